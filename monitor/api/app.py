@@ -1,0 +1,151 @@
+"""The HTTP API: ingestion, read endpoints, and the routers of the later stages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import text
+
+from monitor.api.auth import current_actor
+from monitor.api.errors import PayloadTooLarge, install_error_handlers
+from monitor.collect.ingest import IngestResult, write_inferences, write_overrides
+from monitor.errors import BatchValidationError
+from monitor.runtime import Runtime
+from monitor.schema import INFERENCE_BATCH, OVERRIDE_BATCH, parse_batch
+from monitor.store import repo
+from monitor.store.db import session_scope
+
+Actor = Annotated[str, Depends(current_actor)]
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The request's JSON, refusing bodies over ``max_bytes`` (413) before reading them whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BatchValidationError(
+            [{"index": None, "field": "body", "message": f"malformed JSON: {exc}"}]
+        ) from None
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or Runtime.open()
+    app = FastAPI(
+        title="Imaging AI monitor",
+        version="0.1.0",
+        description="Post-deployment monitoring of medical-imaging AI models.",
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    settings = runtime.settings
+
+    async def _ingest(request: Request, adapter: Any, write: Callable[..., IngestResult]
+                      ) -> dict[str, int]:
+        data = await read_json_body(request, settings.max_body_bytes)
+        if isinstance(data, list) and len(data) > settings.max_batch_events:
+            raise BatchValidationError([{
+                "index": None, "field": "body",
+                "message": f"batch of {len(data)} events exceeds the limit of "
+                f"{settings.max_batch_events} (MONITOR_MAX_BATCH_EVENTS)",
+            }])
+
+        def validate_and_store() -> IngestResult:
+            batch = parse_batch(adapter, data)
+            with session_scope(runtime.sessions) as session:
+                return write(session, batch, runtime.pseudonymiser)
+
+        result = await run_in_threadpool(validate_and_store)  # committed before we answer
+        return {"accepted": result.accepted, "new": result.new, "duplicates": result.duplicates}
+
+    @app.post("/v1/inferences", tags=["ingest"], summary="Log a batch of inference events")
+    async def post_inferences(request: Request, _actor: Actor) -> dict[str, int]:
+        """A JSON list of inference events (see the README's event contract). All or nothing:
+        one invalid item rejects the batch with 422 naming its index and field."""
+        return await _ingest(request, INFERENCE_BATCH, write_inferences)
+
+    @app.post("/v1/overrides", tags=["ingest"], summary="Log a batch of radiologist reads")
+    async def post_overrides(request: Request, _actor: Actor) -> dict[str, int]:
+        return await _ingest(request, OVERRIDE_BATCH, write_overrides)
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, str]:
+        with runtime.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    @app.get("/v1/models", tags=["read"])
+    def models(_actor: Actor, model: str | None = None) -> list[dict[str, Any]]:
+        with session_scope(runtime.sessions) as session:
+            return [vars(v) for v in repo.list_model_versions(session, model)]
+
+    @app.get("/v1/models/{model}/versions/{version}", tags=["read"])
+    def model_version(model: str, version: str, _actor: Actor) -> dict[str, Any]:
+        with session_scope(runtime.sessions) as session:
+            return vars(repo.get_model_version(session, model, version))
+
+    @app.get("/v1/models/{model}/summary", tags=["read"])
+    def model_summary(
+        model: str,
+        _actor: Actor,
+        version: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        by: Literal["day", "site", "scanner", "version"] = "day",
+    ) -> list[dict[str, Any]]:
+        """Studies, positives, radiologist reads and overrides per day, site, scanner or
+        version."""
+        with session_scope(runtime.sessions) as session:
+            return repo.summary(session, model, version=version, start=start, end=end, by=by)
+
+    @app.get("/v1/inferences", tags=["read"])
+    def inferences(
+        model: str,
+        _actor: Actor,
+        version: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        include_embedding: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Stored events, newest first, without embeddings unless asked for."""
+        with session_scope(runtime.sessions) as session:
+            return repo.list_inferences(session, model, version=version, start=start, end=end,
+                                        limit=limit, offset=offset,
+                                        include_embedding=include_embedding)
+
+    @app.get("/v1/overrides", tags=["read"])
+    def overrides(
+        model: str,
+        _actor: Actor,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[dict[str, Any]]:
+        with session_scope(runtime.sessions) as session:
+            return repo.list_overrides(session, model, start=start, end=end, limit=limit,
+                                       offset=offset)
+
+    for include in _ROUTERS:
+        include(app)
+    return app
+
+
+# Later stages (checks, metrics, alerts, registry) add their routes here: each is a function
+# taking the app.
+_ROUTERS: list[Callable[[FastAPI], None]] = []

@@ -1,0 +1,49 @@
+"""The in-process collector: an inference server in Python writes straight to the store,
+with the same validation and all-or-nothing semantics as the HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from monitor.collect.ingest import IngestResult, write_inferences, write_overrides
+from monitor.config import Settings
+from monitor.runtime import Runtime
+from monitor.schema import INFERENCE_BATCH, OVERRIDE_BATCH, parse_batch
+from monitor.store.db import session_scope
+
+
+class InProcessCollector:
+    """``log_*`` validate a batch, write it and commit before returning.
+
+    Example
+    -------
+    >>> collector = InProcessCollector.open()          # MONITOR_DATABASE_URL, MONITOR_SECRET_KEY
+    >>> collector.log_inference(event_dict)            # doctest: +SKIP
+    """
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> InProcessCollector:
+        return cls(Runtime.open(settings))
+
+    def log_inferences(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
+        batch = parse_batch(INFERENCE_BATCH, list(events))
+        with session_scope(self.runtime.sessions) as session:
+            return write_inferences(session, batch, self.runtime.pseudonymiser)
+
+    def log_overrides(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
+        batch = parse_batch(OVERRIDE_BATCH, list(events))
+        with session_scope(self.runtime.sessions) as session:
+            return write_overrides(session, batch, self.runtime.pseudonymiser)
+
+    def log_inference(self, event: Mapping[str, Any]) -> IngestResult:
+        return self.log_inferences([event])
+
+    def log_override(self, event: Mapping[str, Any]) -> IngestResult:
+        return self.log_overrides([event])
+
+    def close(self) -> None:
+        self.runtime.close()

@@ -1,0 +1,224 @@
+"""The event contract: inference and override events as clients send them.
+
+A timestamp without a UTC offset is read as UTC. Embeddings arrive as a JSON list of floats or
+as base64 of little-endian float32; both become ``bytes`` (float32, little-endian) here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+from pydantic import ValidationError as PydanticValidationError
+
+from monitor.errors import BatchValidationError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MAX_EMBEDDING_DIM = 65_536
+
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+
+
+def _decode_embedding(value: Any) -> bytes | None:
+    """Float list or base64 float32 (little-endian) -> float32 little-endian bytes."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("is not valid base64") from exc
+        if len(raw) % 4:
+            raise ValueError(f"base64 decodes to {len(raw)} bytes, not a whole number of float32")
+    elif isinstance(value, list | tuple):
+        try:
+            array = np.asarray(value, dtype="<f4")
+        except (TypeError, ValueError) as exc:
+            raise ValueError("must be a list of numbers") from exc
+        if array.ndim != 1 or any(isinstance(v, bool | str) for v in value):
+            raise ValueError("must be a flat list of numbers")
+        raw = array.tobytes()
+    else:
+        raise ValueError("must be a list of floats or a base64 string of float32")
+    vector = np.frombuffer(raw, dtype="<f4")
+    if vector.size == 0:
+        raise ValueError("is empty")
+    if vector.size > MAX_EMBEDDING_DIM:
+        raise ValueError(f"has {vector.size} values, more than {MAX_EMBEDDING_DIM}")
+    if not np.isfinite(vector).all():
+        bad = int(np.flatnonzero(~np.isfinite(vector))[0])
+        raise ValueError(f"value {bad} is not finite")
+    return raw
+
+
+Embedding = Annotated[bytes | None, BeforeValidator(_decode_embedding)]
+
+
+class Scanner(BaseModel):
+    """Acquisition metadata. Unknown keys are kept as tags."""
+
+    model_config = ConfigDict(extra="allow")
+
+    manufacturer: str | None = Field(default=None, max_length=128)
+    model: str | None = Field(default=None, max_length=128)
+    station: str | None = Field(default=None, max_length=128)
+    site: str | None = Field(default=None, max_length=64)
+    modality: str | None = Field(default=None, max_length=16)
+    body_part: str | None = Field(default=None, max_length=64)
+    view: str | None = Field(default=None, max_length=32)
+    kvp: float | None = Field(default=None, ge=0, le=1_000)
+    exposure_mas: float | None = Field(default=None, ge=0, le=100_000)
+    pixel_spacing_mm: float | None = Field(default=None, gt=0, le=100)
+    photometric: str | None = Field(default=None, max_length=32)
+    software_version: str | None = Field(default=None, max_length=128)
+    vendor: str | None = Field(default=None, max_length=64)
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Patient(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=256)
+    sex: Literal["F", "M", "O", "U"] | None = None
+    age_years: float | None = Field(default=None, ge=0, le=130)
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scores: dict[str, float] = Field(min_length=1, max_length=256)
+    positive: bool | None = None
+    threshold: float | None = Field(default=None, ge=0, le=1)
+
+    @field_validator("scores")
+    @classmethod
+    def _scores_are_probabilities(cls, scores: dict[str, float]) -> dict[str, float]:
+        for name, score in scores.items():
+            if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+                raise ValueError(f"score {name!r} = {score} is not a finite number in [0, 1]")
+        return scores
+
+
+class InferenceEvent(BaseModel):
+    """One study read by the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=128)
+    model: str = Field(pattern=NAME_PATTERN)
+    model_version: str = Field(pattern=NAME_PATTERN)
+    timestamp: datetime
+    study_uid: str | None = Field(default=None, min_length=1, max_length=256)
+    scanner: Scanner | None = None
+    dicom: dict[str, Any] | None = None  # DICOM JSON header; scanner/patient are taken from it
+    patient: Patient | None = None
+    prediction: Prediction
+    embedding: Embedding = None
+    latency_ms: float | None = Field(default=None, ge=0, le=3_600_000)
+
+    _utc = field_validator("timestamp")(classmethod(lambda cls, v: _as_utc(v)))
+
+    @model_validator(mode="after")
+    def _from_dicom(self) -> InferenceEvent:
+        """Fill scanner, patient and study_uid from a DICOM header; explicit fields win."""
+        if self.dicom is not None:
+            from monitor.collect.dicom import event_parts_from_dicom
+
+            parts = event_parts_from_dicom(self.dicom)
+            scanner = {**parts["scanner"], **(self.scanner.model_dump(exclude_none=True)
+                                              if self.scanner else {})}
+            patient = {**parts["patient"], **(self.patient.model_dump(exclude_none=True)
+                                              if self.patient else {})}
+            self.scanner = Scanner.model_validate({k: v for k, v in scanner.items()
+                                                   if v is not None})
+            self.patient = Patient.model_validate({k: v for k, v in patient.items()
+                                                   if k in Patient.model_fields})
+            self.study_uid = self.study_uid or parts.get("study_uid")
+            self.dicom = None  # the header itself is never stored
+        if self.study_uid is None:
+            raise ValueError("study_uid is required (directly or from the DICOM header)")
+        return self
+
+    @property
+    def embedding_dim(self) -> int | None:
+        return None if self.embedding is None else len(self.embedding) // 4
+
+
+class OverrideEvent(BaseModel):
+    """One radiologist read of a study the model read (the partial, delayed label)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=128)
+    model: str = Field(pattern=NAME_PATTERN)
+    model_version: str | None = Field(default=None, pattern=NAME_PATTERN)
+    study_uid: str = Field(min_length=1, max_length=256)
+    timestamp: datetime
+    radiologist_positive: bool
+    finding: str | None = Field(default=None, max_length=128)
+    agrees_with_model: bool | None = None
+    reader: str | None = Field(default=None, max_length=256)
+
+    _utc = field_validator("timestamp")(classmethod(lambda cls, v: _as_utc(v)))
+
+
+INFERENCE_BATCH = TypeAdapter(list[InferenceEvent])
+OVERRIDE_BATCH = TypeAdapter(list[OverrideEvent])
+
+
+def decode_embedding(raw: bytes) -> np.ndarray:
+    """Stored bytes -> float32 vector."""
+    return np.frombuffer(raw, dtype="<f4")
+
+
+def encode_embedding(vector: np.ndarray) -> str:
+    """float vector -> the compact base64 float32 form of the contract."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def parse_batch(adapter: TypeAdapter[list[Any]], data: Any) -> list[Any]:
+    """Validate a whole batch; any bad item rejects it with every problem named by index and
+    field (``BatchValidationError``). An empty batch is itself an error."""
+    if not isinstance(data, list):
+        raise BatchValidationError(
+            [{"index": None, "field": "body", "message": "must be a JSON list of events"}]
+        )
+    if not data:
+        raise BatchValidationError([{"index": None, "field": "body", "message": "batch is empty"}])
+    try:
+        return adapter.validate_python(data)
+    except PydanticValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            loc = tuple(error["loc"])
+            index = loc[0] if loc and isinstance(loc[0], int) else None
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append({"index": index, "field": _field_path(loc[1:]), "message": message})
+        raise BatchValidationError(problems) from None

@@ -1,0 +1,314 @@
+"""The tables. SQLAlchemy 2 typed models; the same code runs on SQLite and PostgreSQL.
+
+Schema changes go through Alembic (``monitor/store/migrations``); ``SCHEMA_REVISION`` is the
+revision this code expects, and the service refuses a database that is not at it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_REVISION = "0001"
+
+# Named constraints, so migrations match on SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which keeps no offset) and PostgreSQL alike.
+    A naive datetime is taken to be UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: UTCDateTime(),
+    }
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("model", "version", name="uq_model_version_model_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    # candidate | shadow | active | retired | rolled_back
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    # Registered by the first accepted embedding; later events must match it.
+    embedding_dim: Mapped[int | None] = mapped_column(Integer)
+    notes: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ModelAlias(Base):
+    """(model, alias) -> version; moving ``production`` is one row update (rollback)."""
+
+    __tablename__ = "model_alias"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+    updated_at: Mapped[datetime]
+
+
+class Inference(Base):
+    __tablename__ = "inference"
+    __table_args__ = (
+        Index("ix_inference_version_ts", "model_version_id", "ts"),  # time windows
+        Index("ix_inference_model_study", "model", "study_key"),  # override join
+        Index("ix_inference_model_ts", "model", "ts"),  # per-model summaries
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+    model: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[datetime]
+    received_at: Mapped[datetime]
+    study_key: Mapped[str] = mapped_column(String(32))  # HMAC of the study UID
+    patient_key: Mapped[str | None] = mapped_column(String(32))  # HMAC of the patient ID
+    sex: Mapped[str | None] = mapped_column(String(1))
+    age_years: Mapped[float | None] = mapped_column(Float)  # capped at 90 (safe harbour)
+    age_band: Mapped[str | None] = mapped_column(String(8))
+    manufacturer: Mapped[str | None] = mapped_column(String(128))
+    vendor: Mapped[str | None] = mapped_column(String(64))  # normalised manufacturer
+    scanner_model: Mapped[str | None] = mapped_column(String(128))
+    station: Mapped[str | None] = mapped_column(String(128))
+    site: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    view: Mapped[str | None] = mapped_column(String(32))
+    kvp: Mapped[float | None] = mapped_column(Float)
+    exposure_mas: Mapped[float | None] = mapped_column(Float)
+    pixel_spacing_mm: Mapped[float | None] = mapped_column(Float)
+    photometric: Mapped[str | None] = mapped_column(String(32))
+    software_version: Mapped[str | None] = mapped_column(String(128))
+    tags: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)
+    score: Mapped[float | None] = mapped_column(Float)  # the first (primary) finding's score
+    positive: Mapped[bool | None] = mapped_column(Boolean)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    # float32 little-endian; last column so scans of the others skip its overflow pages
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+
+
+class Override(Base):
+    """A radiologist read. Joined to inferences by (model, study_key) at query time, so a read
+    that arrives before its inference is kept and joins as soon as the inference lands."""
+
+    __tablename__ = "override"
+    __table_args__ = (
+        Index("ix_override_model_study", "model", "study_key"),  # join to inference
+        Index("ix_override_model_ts", "model", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    study_key: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[datetime]
+    received_at: Mapped[datetime]
+    radiologist_positive: Mapped[bool] = mapped_column(Boolean)
+    finding: Mapped[str | None] = mapped_column(String(128))
+    agrees_with_model: Mapped[bool | None] = mapped_column(Boolean)
+    reader_key: Mapped[str | None] = mapped_column(String(32))
+
+
+class Baseline(Base):
+    """A model version's reference: its member studies and the detectors' fitted state."""
+
+    __tablename__ = "baseline"
+    __table_args__ = (Index("ix_baseline_version", "model_version_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    window_start: Mapped[datetime | None]
+    window_end: Mapped[datetime | None]
+    n_studies: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # rates, frequencies, ...
+    fitted_state: Mapped[bytes | None] = mapped_column(LargeBinary)  # npz of arrays
+
+
+class BaselineMember(Base):
+    __tablename__ = "baseline_member"
+
+    baseline_id: Mapped[int] = mapped_column(
+        ForeignKey("baseline.id", ondelete="CASCADE"), primary_key=True
+    )
+    inference_id: Mapped[int] = mapped_column(ForeignKey("inference.id"), primary_key=True)
+
+
+class CheckRun(Base):
+    """One run of every detector over one window of one model version."""
+
+    __tablename__ = "check_run"
+    __table_args__ = (
+        # idempotent per window: re-running a window replaces its results
+        UniqueConstraint("model_version_id", "window_start", "window_end", "window_kind",
+                         name="uq_check_run_window"),
+        Index("ix_check_run_version_end", "model_version_id", "window_end"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+    baseline_id: Mapped[int | None] = mapped_column(ForeignKey("baseline.id"))
+    window_kind: Mapped[str] = mapped_column(String(16))  # time | count
+    window_label: Mapped[str] = mapped_column(String(64))  # 1d, 7d, last:500
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | failed
+    n_studies: Mapped[int] = mapped_column(Integer, default=0)
+    health_score: Mapped[float | None] = mapped_column(Float)
+    health_status: Mapped[str | None] = mapped_column(String(8))
+    report_path: Mapped[str | None] = mapped_column(String(512))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CheckResult(Base):
+    __tablename__ = "check_result"
+    __table_args__ = (
+        UniqueConstraint("check_run_id", "detector", "feature", name="uq_check_result_key"),
+        Index("ix_check_result_detector", "detector", "feature"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    check_run_id: Mapped[int] = mapped_column(ForeignKey("check_run.id", ondelete="CASCADE"))
+    detector: Mapped[str] = mapped_column(String(64))
+    feature: Mapped[str] = mapped_column(String(256))
+    statistic: Mapped[float] = mapped_column(Float)
+    p_value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    drift: Mapped[bool] = mapped_column(Boolean)
+    n_reference: Mapped[int] = mapped_column(Integer)
+    n_current: Mapped[int] = mapped_column(Integer)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Alert(Base):
+    """Alert state, deduplicated by a stable key (rule + labels)."""
+
+    __tablename__ = "alert"
+    __table_args__ = (Index("ix_alert_state", "state", "severity"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    rule: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    severity: Mapped[str] = mapped_column(String(16))  # info | warning | critical
+    state: Mapped[str] = mapped_column(String(16))  # pending | firing | resolved
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    summary: Mapped[str | None] = mapped_column(Text)
+    consecutive: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    acknowledged_at: Mapped[datetime | None]
+    silenced_until: Mapped[datetime | None]
+    last_check_run_id: Mapped[int | None] = mapped_column(ForeignKey("check_run.id"))
+
+
+class Notification(Base):
+    """One delivery of an alert to one channel; failures are retried and recorded here."""
+
+    __tablename__ = "notification"
+    __table_args__ = (Index("ix_notification_status", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alert.id"))
+    channel: Mapped[str] = mapped_column(String(32))  # alertmanager | webhook | email
+    target: Mapped[str] = mapped_column(String(512))
+    event: Mapped[str] = mapped_column(String(16))  # firing | resolved
+    status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+
+class RollbackRecommendation(Base):
+    __tablename__ = "rollback_recommendation"
+    __table_args__ = (Index("ix_rollback_model_status", "model", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    from_version: Mapped[str] = mapped_column(String(128))
+    to_version: Mapped[str] = mapped_column(String(128))
+    policy: Mapped[str] = mapped_column(String(128))
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alert.id"))
+    # pending | approved | rejected | executed | hook_failed
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    hook_status: Mapped[str | None] = mapped_column(String(16))  # pending | sent | failed
+    hook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    hook_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """Append-only: the migration installs triggers that refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_model_ts", "model", "ts"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ts: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    alert_id: Mapped[int | None] = mapped_column(Integer)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
