@@ -90,7 +90,7 @@ class Scanner(BaseModel):
     exposure_mas: float | None = Field(default=None, ge=0, le=100_000)
     pixel_spacing_mm: float | None = Field(default=None, gt=0, le=100)
     photometric: str | None = Field(default=None, max_length=32)
-    software_version: str | None = Field(default=None, max_length=128)
+    software_version: str | None = Field(default=None, max_length=512)
     vendor: str | None = Field(default=None, max_length=64)
 
     @property

@@ -94,14 +94,15 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 def make_settings(database_url: str, tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(
-        database_url=database_url,
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
-        secret_key_file=tmp_path / "secret.key",
-        reports_dir=tmp_path / "reports",
-        check_interval_s=0,
-        **overrides,  # type: ignore[arg-type]
-    )
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "secret_key": TEST_SECRET,
+        "secret_key_file": tmp_path / "secret.key",
+        "reports_dir": tmp_path / "reports",
+        "check_interval_s": 0,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 def open_runtime(database_url: str, tmp_path: Path, **overrides: object) -> Runtime:

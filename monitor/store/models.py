@@ -123,7 +123,7 @@ class Inference(Base):
     exposure_mas: Mapped[float | None] = mapped_column(Float)
     pixel_spacing_mm: Mapped[float | None] = mapped_column(Float)
     photometric: Mapped[str | None] = mapped_column(String(32))
-    software_version: Mapped[str | None] = mapped_column(String(128))
+    software_version: Mapped[str | None] = mapped_column(String(512))
     tags: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     scores: Mapped[dict[str, Any]] = mapped_column(JSON)
     score: Mapped[float | None] = mapped_column(Float)  # the first (primary) finding's score

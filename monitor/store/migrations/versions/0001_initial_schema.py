@@ -105,7 +105,7 @@ def upgrade() -> None:
     sa.Column('exposure_mas', sa.Float(), nullable=True),
     sa.Column('pixel_spacing_mm', sa.Float(), nullable=True),
     sa.Column('photometric', sa.String(length=32), nullable=True),
-    sa.Column('software_version', sa.String(length=128), nullable=True),
+    sa.Column('software_version', sa.String(length=512), nullable=True),
     sa.Column('tags', sa.JSON(), nullable=True),
     sa.Column('scores', sa.JSON(), nullable=False),
     sa.Column('score', sa.Float(), nullable=True),

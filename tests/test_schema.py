@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from monitor.errors import BatchValidationError
+from monitor.schema import (
+    INFERENCE_BATCH,
+    OVERRIDE_BATCH,
+    decode_embedding,
+    encode_embedding,
+    parse_batch,
+)
+from tests.factories import inference_event, override_event
+
+
+def test_base64_and_list_embeddings_decode_to_the_same_bytes() -> None:
+    vector = np.array([0.5, -1.25, 3.0], dtype=np.float32)
+    events = parse_batch(INFERENCE_BATCH, [inference_event(embedding=vector.tolist()),
+                                           inference_event(embedding=encode_embedding(vector))])
+    assert events[0].embedding == events[1].embedding == vector.astype("<f4").tobytes()
+    np.testing.assert_array_equal(decode_embedding(events[0].embedding), vector)
+    assert events[0].embedding_dim == 3
+
+
+def test_timestamp_without_offset_is_utc_and_offsets_are_converted() -> None:
+    naive, offset = parse_batch(INFERENCE_BATCH, [
+        inference_event(timestamp="2026-11-22T10:00:00"),
+        inference_event(timestamp="2026-11-22T11:00:00+01:00"),
+    ])
+    assert naive.timestamp == offset.timestamp
+    assert naive.timestamp.utcoffset().total_seconds() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prediction": {"scores": {}}}, "prediction.scores"),
+        ({"prediction": {"scores": {"x": -0.1}}}, "prediction.scores"),
+        ({"embedding": []}, "embedding"),
+        ({"embedding": ["a", "b"]}, "embedding"),
+        ({"embedding": base64.b64encode(np.array([np.nan], "<f4").tobytes()).decode()},
+         "embedding"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+        ({"model": "bad model name"}, "model"),
+        ({"patient": {"sex": "X"}}, "patient.sex"),
+        ({"unexpected": 1}, "unexpected"),
+    ],
+)
+def test_each_problem_names_index_and_field(change: dict, field: str) -> None:
+    with pytest.raises(BatchValidationError) as caught:
+        parse_batch(INFERENCE_BATCH, [inference_event(), inference_event(**change)])
+    assert caught.value.problems[0]["index"] == 1
+    assert caught.value.problems[0]["field"].startswith(field)
+
+
+def test_study_uid_required() -> None:
+    event = inference_event()
+    del event["study_uid"]
+    with pytest.raises(BatchValidationError, match="study_uid is required"):
+        parse_batch(INFERENCE_BATCH, [event])
+
+
+def test_batch_must_be_a_non_empty_list() -> None:
+    with pytest.raises(BatchValidationError, match="JSON list"):
+        parse_batch(OVERRIDE_BATCH, {"event_id": "x"})
+    with pytest.raises(BatchValidationError, match="empty"):
+        parse_batch(OVERRIDE_BATCH, [])
+    assert parse_batch(OVERRIDE_BATCH, [override_event("1.2.3")])[0].finding == "pneumothorax"
+
+
+def test_scanner_extra_keys_become_tags() -> None:
+    scanner = {**inference_event()["scanner"], "detector_id": "D-17"}
+    (event,) = parse_batch(INFERENCE_BATCH, [inference_event(scanner=scanner)])
+    assert event.scanner is not None and event.scanner.tags == {"detector_id": "D-17"}
