@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from monitor.errors import BatchValidationError
+from monitor.errors import ValidationError as MonitorValidationError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MAX_EMBEDDING_DIM = 65_536
@@ -147,7 +148,10 @@ class InferenceEvent(BaseModel):
         if self.dicom is not None:
             from monitor.collect.dicom import event_parts_from_dicom
 
-            parts = event_parts_from_dicom(self.dicom)
+            try:
+                parts = event_parts_from_dicom(self.dicom)
+            except MonitorValidationError as exc:  # becomes this item's 422 problem
+                raise ValueError(f"dicom: {exc}") from None
             scanner = {**parts["scanner"], **(self.scanner.model_dump(exclude_none=True)
                                               if self.scanner else {})}
             patient = {**parts["patient"], **(self.patient.model_dump(exclude_none=True)

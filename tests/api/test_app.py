@@ -203,3 +203,15 @@ def test_tokens_required_when_configured(runtime: Runtime) -> None:
         ok = client.post("/v1/inferences", json=[inference_event()],
                          headers={"Authorization": "Bearer " + "t" * 32})
         assert ok.status_code == 200
+
+
+def test_malformed_dicom_header_is_a_422_not_a_crash(client: TestClient, runtime: Runtime
+                                                    ) -> None:
+    header = {"00080070": {"vr": "LO", "Value": ["GE"]}, "00180060": {"vr": "DS",
+                                                                      "Value": ["high"]}}
+    event = inference_event(dicom=header)
+    response = client.post("/v1/inferences", json=[inference_event(), event])
+    assert response.status_code == 422
+    problem = response.json()["detail"][0]
+    assert problem["index"] == 1 and "dicom" in problem["message"] and "KVP" in problem["message"]
+    assert stored(runtime)["inferences"] == 0

@@ -1,0 +1,244 @@
+"""Ingestion throughput, side by side in one run.
+
+(a) the in-process collector, (b) HTTP batches of 1,000 events with 512-d embeddings as base64,
+(c) the same as JSON float lists, (d) the limit: a bare ``sqlite3`` executemany of the same rows
+into an equivalent table (same columns and indexes, WAL). Each row prints events/s and its
+ratio to (d). With ``--postgres URL`` the same on PostgreSQL, (d) being psycopg's executemany.
+
+    python benchmarks/ingest.py [--events 20000] [--postgres postgresql://postgres@127.0.0.1/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine
+
+from monitor.collect.inprocess import InProcessCollector
+from monitor.config import Settings
+from monitor.runtime import Runtime
+from monitor.schema import INFERENCE_BATCH, encode_embedding, parse_batch
+from monitor.store.db import make_engine, upgrade
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+KEY = "benchmark-key-0123456789abcdef0123456789"
+BATCH = 1_000
+DIM = 512
+
+
+def make_events(n: int, *, as_list: bool, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    events = []
+    for i in range(n):
+        events.append({
+            "event_id": str(uuid.UUID(int=int(rng.integers(2**63)) << 64 | i)),
+            "model": "cxr-triage", "model_version": "1.4.0",
+            "timestamp": f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
+            "study_uid": f"1.2.826.0.1.3680043.8.498.{seed}.{i}",
+            "scanner": {"manufacturer": "GE Healthcare", "model": "Optima XR240amx",
+                        "station": "XR-NORTH-1", "site": "north", "modality": "DX",
+                        "body_part": "CHEST", "view": "PA", "kvp": 110.0, "exposure_mas": 2.5,
+                        "pixel_spacing_mm": 0.139, "photometric": "MONOCHROME2",
+                        "software_version": "DM_Platform 5.2"},
+            "patient": {"id": f"MRN{i % 5000:07d}", "sex": "F", "age_years": 54},
+            "prediction": {"scores": {"pneumothorax": float(rng.random())}, "positive": True,
+                           "threshold": 0.5},
+            "embedding": vectors[i].tolist() if as_list else encode_embedding(vectors[i]),
+            "latency_ms": 84.0,
+        })
+    return events
+
+
+def settings_for(url: str, tmp: Path) -> Settings:
+    return Settings(database_url=url, secret_key=KEY, secret_key_file=tmp / "k",  # type: ignore[arg-type]
+                    check_interval_s=0)
+
+
+def fresh_url(base: str | None, tmp: Path, name: str) -> str:
+    if base is None:
+        return f"sqlite:///{tmp / (name + '.db')}"
+    import psycopg
+
+    db = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db}"')
+    return base.rsplit("/", 1)[0] + f"/{db}"
+
+
+def bench_inprocess(url: str, tmp: Path, events: list[dict]) -> float:
+    settings = settings_for(url, tmp)
+    upgrade(make_engine(settings.database_url))
+    collector = InProcessCollector(Runtime.open(settings))
+    start = time.perf_counter()
+    for lo in range(0, len(events), BATCH):
+        collector.log_inferences(events[lo : lo + BATCH])
+    elapsed = time.perf_counter() - start
+    collector.close()
+    return len(events) / elapsed
+
+
+def bench_http(url: str, tmp: Path, events: list[dict]) -> float:
+    """The API in its own process (uvicorn, one worker), bodies serialised beforehand."""
+    settings = settings_for(url, tmp)
+    upgrade(make_engine(settings.database_url))
+    port = free_port()
+    env = {**os.environ, "MONITOR_DATABASE_URL": url, "MONITOR_SECRET_KEY": KEY,
+           "MONITOR_CHECK_INTERVAL_S": "0", "MONITOR_PORT": str(port)}
+    server = subprocess.Popen([sys.executable, "-m", "monitor.cli", "serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bodies = [json.dumps(events[lo : lo + BATCH]).encode()
+              for lo in range(0, len(events), BATCH)]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            for _ in range(200):
+                try:
+                    client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            start = time.perf_counter()
+            for body in bodies:
+                response = client.post("/v1/inferences", content=body,
+                                       headers={"content-type": "application/json"})
+                response.raise_for_status()
+            elapsed = time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return len(events) / elapsed
+
+
+LIMIT_COLUMNS = ("event_id", "model_version_id", "model", "ts", "received_at", "study_key",
+                 "patient_key", "sex", "age_years", "age_band", "manufacturer", "vendor",
+                 "scanner_model", "station", "site", "modality", "body_part", "view", "kvp",
+                 "exposure_mas", "pixel_spacing_mm", "photometric", "software_version", "tags",
+                 "scores", "score", "positive", "threshold", "latency_ms", "embedding")
+
+
+def limit_rows(events: list[dict]) -> list[tuple]:
+    """The same rows the service writes, prepared beforehand (the limit does no work)."""
+    from monitor.collect.ingest import _inference_row
+    from monitor.privacy import Pseudonymiser
+
+    pseudonymiser = Pseudonymiser(KEY.encode())
+    rows = []
+    for event in parse_batch(INFERENCE_BATCH, events):
+        row = _inference_row(event, 1, pseudonymiser, event.timestamp)
+        row["ts"] = row["received_at"] = event.timestamp.isoformat()
+        row["scores"] = json.dumps(row["scores"])
+        row["tags"] = None
+        rows.append(tuple(row[c] for c in LIMIT_COLUMNS))
+    return rows
+
+
+def bench_limit_sqlite(tmp: Path, rows: list[tuple]) -> float:
+    connection = sqlite3.connect(tmp / "limit.db")
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    columns = ", ".join(f"{c} BLOB" if c == "embedding" else c for c in LIMIT_COLUMNS)
+    connection.execute(f"CREATE TABLE inference (id INTEGER PRIMARY KEY, {columns})")
+    connection.execute("CREATE UNIQUE INDEX ux_event ON inference(event_id)")
+    connection.execute("CREATE INDEX ix_vts ON inference(model_version_id, ts)")
+    connection.execute("CREATE INDEX ix_ms ON inference(model, study_key)")
+    connection.execute("CREATE INDEX ix_mts ON inference(model, ts)")
+    sql = (f"INSERT INTO inference ({', '.join(LIMIT_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(LIMIT_COLUMNS))})")
+    start = time.perf_counter()
+    for lo in range(0, len(rows), BATCH):
+        connection.executemany(sql, rows[lo : lo + BATCH])
+        connection.commit()
+    elapsed = time.perf_counter() - start
+    connection.close()
+    return len(rows) / elapsed
+
+
+def bench_limit_postgres(url: str, rows: list[tuple]) -> float:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as connection:
+        types = {"embedding": "bytea", "age_years": "float8", "kvp": "float8",
+                 "exposure_mas": "float8", "pixel_spacing_mm": "float8", "score": "float8",
+                 "threshold": "float8", "latency_ms": "float8", "positive": "boolean",
+                 "model_version_id": "int", "ts": "timestamptz", "received_at": "timestamptz",
+                 "scores": "json", "tags": "json"}
+        columns = ", ".join(f"{c} {types.get(c, 'varchar')}" for c in LIMIT_COLUMNS)
+        connection.execute(f"CREATE TABLE limit_inference (id serial PRIMARY KEY, {columns})")
+        connection.execute("CREATE UNIQUE INDEX ON limit_inference(event_id)")
+        connection.execute("CREATE INDEX ON limit_inference(model_version_id, ts)")
+        connection.execute("CREATE INDEX ON limit_inference(model, study_key)")
+        connection.execute("CREATE INDEX ON limit_inference(model, ts)")
+        connection.commit()
+        sql = (f"INSERT INTO limit_inference ({', '.join(LIMIT_COLUMNS)}) "
+               f"VALUES ({', '.join(['%s'] * len(LIMIT_COLUMNS))})")
+        start = time.perf_counter()
+        with connection.cursor() as cursor:
+            for lo in range(0, len(rows), BATCH):
+                cursor.executemany(sql, rows[lo : lo + BATCH])
+                connection.commit()
+        return len(rows) / (time.perf_counter() - start)
+
+
+def run(backend: str, base: str | None, n: int, tmp: Path) -> list[tuple[str, float]]:
+    b64 = make_events(n, as_list=False, seed=1)
+    lists = make_events(n, as_list=True, seed=2)
+    results = []
+    for label, fn in (
+        ("(a) in-process collector", lambda: bench_inprocess(
+            fresh_url(base, tmp, "a"), tmp, make_events(n, as_list=False, seed=3))),
+        ("(b) HTTP, 1,000/batch, base64", lambda: bench_http(fresh_url(base, tmp, "b"), tmp,
+                                                              b64)),
+        ("(c) HTTP, 1,000/batch, JSON lists", lambda: bench_http(fresh_url(base, tmp, "c"),
+                                                                  tmp, lists)),
+        ("(d) limit: bare executemany", lambda: (
+            bench_limit_sqlite(tmp, limit_rows(make_events(n, as_list=False, seed=4)))
+            if base is None else
+            bench_limit_postgres(fresh_url(base, tmp, "d"),
+                                 limit_rows(make_events(n, as_list=False, seed=4))))),
+    ):
+        print(f"[{backend}] {label} ...", file=sys.stderr, flush=True)
+        results.append((label, fn()))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--postgres", default=None, help="admin URL of a PostgreSQL server")
+    args = parser.parse_args()
+    lines = [f"Ingestion, {args.events:,} events of {DIM}-d embeddings, batches of {BATCH:,}; "
+             f"{machine()}", "",
+             "| backend | path | events/s | ratio to (d) |", "| --- | --- | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = [("SQLite", None)] + ([("PostgreSQL", args.postgres)] if args.postgres
+                                         else [])
+        for backend, base in backends:
+            results = run(backend, base, args.events, Path(tmp))
+            limit = results[-1][1]
+            for label, rate in results:
+                lines.append(f"| {backend} | {label} | {rate:,.0f} | {rate / limit:.2f} |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
