@@ -193,14 +193,37 @@ INFERENCE_BATCH = TypeAdapter(list[InferenceEvent])
 OVERRIDE_BATCH = TypeAdapter(list[OverrideEvent])
 
 
-def decode_embedding(raw: bytes) -> np.ndarray:
-    """Stored bytes -> float32 vector."""
-    return np.frombuffer(raw, dtype="<f4")
+def decode_embedding(value: bytes | str) -> np.ndarray:
+    """Stored bytes, or the contract's base64 string -> float32 vector."""
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise MonitorValidationError(f"embedding is not valid base64: {exc}",
+                                         field="embedding") from None
+    if len(value) % 4:
+        raise MonitorValidationError(
+            f"embedding has {len(value)} bytes, not a whole number of float32 values",
+            field="embedding",
+        )
+    return np.frombuffer(value, dtype="<f4").astype(np.float32)
 
 
-def encode_embedding(vector: np.ndarray) -> str:
-    """float vector -> the compact base64 float32 form of the contract."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+def encode_embedding(embedding: Any) -> str:
+    """A vector (numpy array, list, torch tensor on any device) -> the contract's compact form:
+    base64 of little-endian float32 bytes."""
+    if hasattr(embedding, "detach"):  # a torch tensor, possibly on a GPU
+        embedding = embedding.detach().cpu().numpy()
+    values = np.asarray(embedding)
+    if values.ndim != 1:
+        raise MonitorValidationError(
+            f"embedding must be one-dimensional, got shape {values.shape}", field="embedding"
+        )
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise MonitorValidationError(
+            f"embedding must hold real numbers, got dtype {values.dtype}", field="embedding"
+        )
+    return base64.b64encode(values.astype("<f4", copy=False).tobytes()).decode("ascii")
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -44,8 +44,6 @@ Choices a user should know:
 from __future__ import annotations
 
 import atexit
-import base64
-import binascii
 import json
 import logging
 import os
@@ -65,6 +63,7 @@ from pydicom.dataset import Dataset
 
 from monitor.collect.dicom import event_parts_from_dicom, load_header
 from monitor.errors import ConfigError, ValidationError
+from monitor.schema import encode_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -86,38 +85,6 @@ _STAT_KEYS = (
     "retries",  # retry attempts
     "batches",  # successful POSTs
 )
-
-
-def encode_embedding(embedding: Any) -> str:
-    """Base64 of the embedding as little-endian float32 bytes (the compact wire form)."""
-    if hasattr(embedding, "detach"):  # a torch tensor, possibly on a GPU
-        embedding = embedding.detach().cpu().numpy()
-    values = np.asarray(embedding)
-    if values.ndim != 1:
-        raise ValidationError(
-            f"embedding must be one-dimensional, got shape {values.shape}", field="embedding"
-        )
-    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
-        raise ValidationError(
-            f"embedding must hold real numbers, got dtype {values.dtype}", field="embedding"
-        )
-    return base64.b64encode(values.astype("<f4", copy=False).tobytes()).decode("ascii")
-
-
-def decode_embedding(encoded: str) -> np.ndarray:
-    """The float32 vector from ``encode_embedding``'s base64 string."""
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError, TypeError) as error:
-        raise ValidationError(
-            f"embedding is not valid base64: {error}", field="embedding"
-        ) from error
-    if len(raw) % 4:
-        raise ValidationError(
-            f"embedding has {len(raw)} bytes, not a whole number of float32 values",
-            field="embedding",
-        )
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
 def backoff_delay(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> float:

@@ -29,10 +29,9 @@ from monitor.collect.sdk import (
     OVERRIDES_PATH,
     MonitorClient,
     backoff_delay,
-    decode_embedding,
-    encode_embedding,
 )
 from monitor.errors import ConfigError, ValidationError
+from monitor.schema import decode_embedding, encode_embedding
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
