@@ -1,0 +1,141 @@
+"""Check and baseline routes: run a check, list and read stored results, serve a check's
+Evidently report, create and list baselines."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from monitor.api.auth import current_actor, require_operator
+from monitor.baselines import create_baseline
+from monitor.checks import resolve_report_path, run_check
+from monitor.errors import NotFoundError
+from monitor.runtime import Runtime
+from monitor.store import results
+from monitor.store.db import session_scope
+
+router = APIRouter(tags=["checks"])
+Actor = Annotated[str, Depends(current_actor)]
+Operator = Annotated[str, Depends(require_operator)]
+
+
+class CheckRequest(BaseModel):
+    """``window`` is a label (1d, 7d, 12h, last:500) ending at ``now`` (default: just after
+    the version's newest inference); or give ``start`` and ``end``."""
+
+    model: str = Field(min_length=1, max_length=128)
+    version: str | None = None
+    window: str | None = "1d"
+    start: datetime | None = None
+    end: datetime | None = None
+    now: datetime | None = None
+
+
+class BaselineRequest(BaseModel):
+    """A time range (``start`` and ``end``) or the newest ``last`` studies."""
+
+    model: str = Field(min_length=1, max_length=128)
+    version: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    last: int | None = Field(default=None, ge=1)
+    max_studies: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+@router.post("/v1/checks", summary="Run every detector over a window and store the results")
+def post_check(body: CheckRequest, request: Request, _actor: Actor) -> dict[str, Any]:
+    runtime = _runtime(request)
+    window = None if body.start is not None or body.end is not None else body.window
+    outcome = run_check(runtime, model=body.model, version=body.version, window=window,
+                        start=body.start, end=body.end, now=body.now)
+    with session_scope(runtime.sessions) as session:
+        run = results.get_check_run(session, outcome.check_run_id)
+    return {**run.to_dict(), "replaced": outcome.replaced,
+            "attribution": [vars(a) for a in outcome.attribution[:3]]}
+
+
+@router.get("/v1/checks", summary="Stored check results, newest window first")
+def list_results(
+    request: Request,
+    _actor: Actor,
+    model: str | None = None,
+    version: str | None = None,
+    detector: str | None = None,
+    feature: str | None = None,
+    drift: bool | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    """Filtered by model, version, detector, feature, verdict, and the window's end in
+    (start, end]."""
+    with session_scope(_runtime(request).sessions) as session:
+        found = results.list_check_results(
+            session, model=model, version=version, detector=detector, feature=feature,
+            drift=drift, start=start, end=end, limit=limit, offset=offset)
+        return [r.to_dict() for r in found]
+
+
+@router.get("/v1/checks/runs", summary="Check runs (without results), newest window first")
+def list_runs(
+    request: Request,
+    _actor: Actor,
+    model: str | None = None,
+    version: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    with session_scope(_runtime(request).sessions) as session:
+        runs = results.list_check_runs(session, model=model, version=version, start=start,
+                                       end=end, limit=limit, offset=offset)
+        return [r.to_dict(with_results=False) for r in runs]
+
+
+@router.get("/v1/checks/{check_id}", summary="One check run with its results")
+def get_check(check_id: int, request: Request, _actor: Actor) -> dict[str, Any]:
+    with session_scope(_runtime(request).sessions) as session:
+        return results.get_check_run(session, check_id).to_dict()
+
+
+@router.get("/v1/checks/{check_id}/report", summary="The check's Evidently report (HTML)",
+            response_class=FileResponse)
+def get_report(check_id: int, request: Request, _actor: Actor) -> FileResponse:
+    runtime = _runtime(request)
+    with session_scope(runtime.sessions) as session:
+        run = results.get_check_run(session, check_id, with_results=False)
+    if not run.report_path:
+        raise NotFoundError(f"check run id {check_id} has no report"
+                            + (f" ({run.error})" if run.error else ""))
+    path = resolve_report_path(runtime.settings.reports_dir, run.report_path)
+    if not path.is_file():
+        raise NotFoundError(f"the report of check run id {check_id} is missing: {path.name}")
+    return FileResponse(path, media_type="text/html")
+
+
+@router.post("/v1/baselines", summary="Create a baseline for a model version (operator)")
+def post_baseline(body: BaselineRequest, request: Request, actor: Operator) -> dict[str, Any]:
+    info = create_baseline(_runtime(request), model=body.model, version=body.version,
+                           start=body.start, end=body.end, last=body.last,
+                           max_studies=body.max_studies, created_by=actor, seed=body.seed)
+    return info.to_dict()
+
+
+@router.get("/v1/baselines", summary="Baselines, newest first")
+def list_baselines(request: Request, _actor: Actor, model: str | None = None,
+                   version: str | None = None) -> list[dict[str, Any]]:
+    with session_scope(_runtime(request).sessions) as session:
+        return [b.to_dict() for b in results.list_baselines(session, model=model,
+                                                             version=version)]

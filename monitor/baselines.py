@@ -1,0 +1,254 @@
+"""Baselines: the reference sample of a model version that every check compares a window to.
+
+A baseline keeps
+
+* its members (``baseline_member`` rows): a sample of the version's studies in a time range
+  (``start``/``end``) or its newest N (``last``), stratified by site and scanner model
+  (proportional allocation, largest remainders, every stratum present keeps at least one
+  study) and capped at ``Settings.baseline_max_studies``;
+* ``summary`` (JSON): what the dashboards, reports and reviewers read: the sampling, the
+  category shares and numeric quantiles of the metadata, the score quantiles, the positive
+  rate and the performance against radiologist reads with Wilson intervals.
+
+Detectors are refitted from the members at check time and ``fitted_state`` stays empty:
+every fit here is cheap next to its test (the embedding tests keep the reference sample and
+fit their PCA on the pooled sample at test time by design, the metadata tests keep value
+counts, the novelty score indexes at most a few thousand reference studies), and refitting
+means a change to a detector's defaults applies to old baselines too.
+
+The newest baseline of a version is the one checks use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from monitor.detect.performance import performance_summary
+from monitor.errors import InsufficientDataError, NotFoundError, ValidationError
+from monitor.registry import SYSTEM_ACTOR, record_audit
+from monitor.runtime import Runtime
+from monitor.store import repo, results
+from monitor.store.db import session_scope
+from monitor.store.models import ModelAlias
+from monitor.store.results import BaselineInfo
+from monitor.windows import as_utc, default_now, join_reads, load_embeddings, read_frame
+
+STRATA = ("site", "scanner_model")
+CATEGORICAL_FIELDS = ("vendor", "manufacturer", "scanner_model", "station", "site", "view",
+                      "photometric", "software_version", "sex", "age_band")
+NUMERIC_FIELDS = ("kvp", "exposure_mas", "pixel_spacing_mm", "age_years")
+MIN_BASELINE_STUDIES = 30
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A baseline's member studies as the checks read them (``embeddings`` row-aligned with
+    ``frame``, NaN rows for studies logged without one)."""
+
+    baseline: BaselineInfo
+    frame: pd.DataFrame
+    embeddings: np.ndarray | None
+
+
+def resolve_version(session: Session, model: str, version: str | None = None
+                    ) -> repo.ModelVersionInfo:
+    """``version`` when given; else the version the ``production`` alias points at; else the
+    newest version with status ``active``."""
+    if version is not None:
+        return repo.get_model_version(session, model, version)
+    versions = repo.list_model_versions(session, model)
+    if not versions:
+        raise NotFoundError(f"model {model!r} not found (no version has logged inferences)")
+    production = session.get(ModelAlias, (model, "production"))
+    if production is not None:
+        for info in versions:
+            if info.id == production.model_version_id:
+                return info
+    active = [v for v in versions if v.status == "active"]
+    if active:
+        return max(active, key=lambda v: (v.created_at, v.id))
+    raise NotFoundError(
+        f"model {model!r} has no production alias and no active version: name one with "
+        f"--version (known: {', '.join(v.version for v in versions)})"
+    )
+
+
+def monitored_versions(session: Session) -> list[repo.ModelVersionInfo]:
+    """What scheduled checks cover: per model, the production version and every active one."""
+    production = set(session.scalars(
+        select(ModelAlias.model_version_id).where(ModelAlias.alias == "production")))
+    return [v for v in repo.list_model_versions(session)
+            if v.id in production or v.status == "active"]
+
+
+def stratified_sample(
+    frame: pd.DataFrame, *, max_studies: int, rng: np.random.Generator,
+    strata: tuple[str, ...] = STRATA,
+) -> np.ndarray:
+    """Row positions of a sample of at most ``max_studies``, allocated to the strata in
+    proportion to their size (largest remainders; each stratum keeps at least one study),
+    drawn without replacement within each stratum; sorted."""
+    n = len(frame)
+    if n <= max_studies:
+        return np.arange(n)
+    keys = frame[list(strata)].astype(object).where(frame[list(strata)].notna(), "(missing)")
+    labels = keys.astype(str).agg("\x1f".join, axis=1).to_numpy()
+    names, codes = np.unique(labels, return_inverse=True)
+    sizes = np.bincount(codes, minlength=names.size)
+    quota = sizes * max_studies / n
+    allocation = np.maximum(np.floor(quota).astype(int), 1)
+    allocation = np.minimum(allocation, sizes)
+    remainder = quota - np.floor(quota)
+    for index in np.argsort(-remainder, kind="stable"):
+        if allocation.sum() >= max_studies:
+            break
+        if allocation[index] < sizes[index]:
+            allocation[index] += 1
+    while allocation.sum() > max_studies:  # the at-least-one rule overshot: trim the largest
+        allocation[int(np.argmax(allocation))] -= 1
+    chosen = [rng.choice(np.flatnonzero(codes == k), size=int(allocation[k]), replace=False)
+              for k in range(names.size) if allocation[k] > 0]
+    return np.sort(np.concatenate(chosen))
+
+
+def _quantiles(values: pd.Series) -> dict[str, float] | None:
+    numbers = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    if numbers.size == 0:
+        return None
+    q = np.percentile(numbers, [5, 25, 50, 75, 95])
+    return {"mean": float(numbers.mean()), **{f"p{p}": float(v) for p, v in
+                                              zip((5, 25, 50, 75, 95), q, strict=True)}}
+
+
+def reads_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns the performance detectors read, from a window frame."""
+    return pd.DataFrame({
+        "model_positive": frame["positive"].to_numpy(dtype=object),
+        "radiologist_positive": frame["radiologist_positive"].to_numpy(dtype=object),
+        "agrees": frame["agrees_with_model"].to_numpy(dtype=object),
+    })
+
+
+def summarise(frame: pd.DataFrame) -> dict[str, Any]:
+    """Descriptive state of a baseline sample (see the module docstring)."""
+    categories = {}
+    for name in CATEGORICAL_FIELDS:
+        shares = frame[name].dropna().astype(str).value_counts(normalize=True)
+        categories[name] = {str(k): float(v) for k, v in shares.items()}
+    known = frame["positive"].dropna()
+    usable = frame[frame["positive"].notna()]
+    return {
+        "categories": categories,
+        "numeric": {name: _quantiles(frame[name]) for name in NUMERIC_FIELDS},
+        "score": _quantiles(frame["score"]),
+        "positive_rate": float(known.astype(bool).mean()) if len(known) else None,
+        "performance": performance_summary(reads_frame(usable)) if len(usable) else None,
+        "n_patients": int(frame["patient_key"].nunique()),
+    }
+
+
+def create_baseline(
+    runtime: Runtime,
+    *,
+    model: str,
+    version: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    last: int | None = None,
+    max_studies: int | None = None,
+    created_by: str | None = None,
+    seed: int = 0,
+) -> BaselineInfo:
+    """Create a baseline for a model version from its studies in [start, end) or its newest
+    ``last`` studies; returns it. The newest baseline of a version is the one checks use."""
+    if (last is None) == (start is None and end is None):
+        raise ValidationError("give either a time range (start and end) or last=N, not both",
+                              field="last" if last is not None else "start")
+    if last is not None and last < 1:
+        raise ValidationError(f"last has value {last}; must be >= 1", field="last")
+    cap = max_studies if max_studies is not None else runtime.settings.baseline_max_studies
+    if cap < 1:
+        raise ValidationError(f"max_studies has value {cap}; must be >= 1", field="max_studies")
+    with session_scope(runtime.sessions) as session:
+        info = resolve_version(session, model, version)
+        if last is not None:
+            frame, _ = read_frame(session, info.id, end=default_now(session, info.id),
+                                  last=last)
+        else:
+            lo = as_utc(start) if start is not None else None
+            hi = as_utc(end) if end is not None else None
+            if lo is not None and hi is not None and hi <= lo:
+                raise ValidationError(f"end {hi.isoformat()} is not after start "
+                                      f"{lo.isoformat()}", field="end")
+            frame, _ = read_frame(session, info.id, start=lo, end=hi)
+        where = (f"its newest {last} studies" if last is not None
+                 else f"[{start.isoformat() if start else '-'}, {end.isoformat() if end else '-'})")
+        if len(frame) < MIN_BASELINE_STUDIES:
+            raise InsufficientDataError(
+                f"{model} {info.version} has {len(frame)} studies in {where}; a baseline needs "
+                f"at least {MIN_BASELINE_STUDIES}"
+            )
+        sample = frame.iloc[stratified_sample(frame, max_studies=cap,
+                                              rng=np.random.default_rng(seed))]
+        first = as_utc(pd.Timestamp(frame["ts"].min()).to_pydatetime())
+        newest = as_utc(pd.Timestamp(frame["ts"].max()).to_pydatetime())
+        window_start = as_utc(start) if start is not None else first
+        window_end = as_utc(end) if end is not None else newest + pd.Timedelta(microseconds=1)
+        summary = {
+            "source": {"last": last} if last is not None else {
+                "start": window_start.isoformat(), "end": window_end.isoformat()},
+            "sampling": {
+                "strata": list(STRATA), "population": len(frame), "sampled": len(sample),
+                "max_studies": cap, "seed": seed, "allocation": "proportional",
+                "per_stratum": {
+                    f"{site} / {scanner}": int(count) for (site, scanner), count in
+                    sample.groupby(list(STRATA), dropna=False).size().items()
+                },
+            },
+            "fitted_state": "none: detectors refit from the members at check time",
+            **summarise(sample),
+        }
+        baseline_id = results.insert_baseline(
+            session, model_version_id=info.id, created_at=datetime.now(UTC),
+            created_by=created_by, window_start=window_start, window_end=window_end,
+            summary=summary, member_ids=sample["id"].astype(int).tolist(),
+        )
+        # What "normal" means for a version is a decision: who took it goes in the audit log.
+        record_audit(session, actor=created_by or SYSTEM_ACTOR, action="baseline_created",
+                     model=info.model, model_version=info.version,
+                     details={"baseline_id": baseline_id, "n_studies": len(sample),
+                              "population": len(frame), **summary["source"]})
+        return results.get_baseline(session, baseline_id)
+
+
+def require_baseline(session: Session, info: repo.ModelVersionInfo) -> BaselineInfo:
+    """The version's newest baseline, or an error naming the command that creates one."""
+    baseline = results.newest_baseline(session, info.id)
+    if baseline is None:
+        raise NotFoundError(
+            f"{info.model} {info.version} has no baseline: create one with `monitor baseline "
+            f"create --model {info.model} --version {info.version} --last 5000` (or --from/--to) "
+            "or POST /v1/baselines"
+        )
+    return baseline
+
+
+def load_reference(session: Session, baseline: BaselineInfo, *, with_embeddings: bool = True
+                   ) -> Reference:
+    """The baseline's member studies (window frame rows, reads joined) and embeddings."""
+    members = results.baseline_member_ids(session, baseline.id)
+    frame, _ = repo.window_frame(session, baseline.model_version_id, start=baseline.window_start,
+                                 end=baseline.window_end, with_reads=False)
+    frame = frame[frame["id"].isin(members)].reset_index(drop=True)
+    frame = join_reads(session, frame, baseline.model_version_id)
+    embeddings = None
+    if with_embeddings and len(frame):
+        embeddings = load_embeddings(session, frame["id"].astype(int).tolist())
+    return Reference(baseline, frame, embeddings)

@@ -1,0 +1,346 @@
+"""Checks end to end on the simulated deployment: every family over a window, stored once per
+window, episodes found and attributed, small windows and failing detectors handled."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from monitor import checks
+from monitor.baselines import create_baseline
+from monitor.checks import CheckOptions, CheckOutcome, run_check
+from monitor.collect.inprocess import InProcessCollector
+from monitor.commands.checks import add_commands
+from monitor.errors import NotFoundError, ValidationError
+from monitor.runtime import Runtime
+from monitor.simulate import simulate_deployment
+from monitor.store import results
+from monitor.store.db import session_scope
+from monitor.store.models import CheckResult, CheckRun
+from tests.conftest import TEST_SECRET, open_runtime
+from tests.factories import inference_event
+from tests.simdb import (
+    MODEL,
+    NEW_VENDOR,
+    PRODUCTION,
+    UPDATED_SCANNER,
+    SimulatedTemplate,
+    populate,
+)
+
+pytest_plugins = ["tests.simdb"]
+
+QUICK = CheckOptions(report=False, n_permutations=200)
+FAMILIES = {"embedding", "metadata", "prediction", "performance", "bias"}
+
+
+def stored_run(runtime: Runtime, run_id: int) -> results.CheckRunInfo:
+    with session_scope(runtime.sessions) as session:
+        return results.get_check_run(session, run_id)
+
+
+def by_key(run: results.CheckRunInfo) -> dict[tuple[str, str], results.CheckResultInfo]:
+    return {(r.detector, r.feature): r for r in run.results}
+
+
+def identifies_updated_scanner(field: str, value: str) -> bool:
+    return UPDATED_SCANNER.get(field) == value
+
+
+def test_every_family_runs_and_a_clean_window_is_green(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    run = stored_run(simulated_runtime, simulated_template.check_run_ids["clean"])
+    assert run.status == "ok" and run.error is None
+    assert run.health_status == "green" and run.health_score == pytest.approx(1.0)
+    assert run.n_studies > 80
+    families = {(r.details or {}).get("family") for r in run.results}
+    assert families >= FAMILIES
+    found = by_key(run)
+    for key in [("mmd", "embedding"), ("classifier", "embedding"), ("novelty", "embedding"),
+                ("ScoreDrift", "score"), ("PositiveRateDrift", "positive_rate"),
+                ("NumericDrift", "kvp"), ("CategoricalDrift", "vendor"),
+                ("PerformanceDrift", "override_rate")]:
+        assert key in found, key
+    assert not [r for r in run.results if r.drift]
+    assert run.report_path is not None
+
+
+def test_software_update_scanner_leads_the_attribution(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    before = run_check(simulated_runtime, model=MODEL, window="1d",
+                       now=simulated_template.day(10), options=QUICK)
+    assert not any(identifies_updated_scanner(a.field, a.value) for a in before.attribution)
+
+    # The first day of the update: the new software version and kVp give it away.
+    run = stored_run(simulated_runtime, simulated_template.check_run_ids["software-update"])
+    found = by_key(run)
+    software = found[("CategoricalDrift", "software_version")]
+    assert software.drift and UPDATED_SCANNER["software_version"] in software.details[
+        "new_categories"]
+    top = found[("Attribution", "metadata")].details["ranking"][0]
+    assert identifies_updated_scanner(top["field"], top["value"]), top
+    assert run.health_status in ("amber", "red")
+
+    # Over the last week the embeddings drift too, and the same scanner explains it.
+    late = by_key(stored_run(simulated_runtime, simulated_template.check_run_ids["late"]))
+    assert late[("mmd", "embedding")].drift
+    ranking = late[("Attribution", "embedding")].details["ranking"]
+    assert ranking[0]["basis"] == "embedding"
+    assert identifies_updated_scanner(ranking[0]["field"], ranking[0]["value"]), ranking[0]
+    assert late[("mmd", "embedding")].details["attribution"][0] == ranking[0]
+
+
+def test_new_vendor_is_a_finding_on_the_first_window_it_appears_in(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    day_before = run_check(simulated_runtime, model=MODEL, window="1d",
+                           now=simulated_template.day(14), options=QUICK)
+    vendor = next(r for r in day_before.results if r.feature == "vendor")
+    assert vendor.details["new_categories"] == {}
+
+    run = stored_run(simulated_runtime, simulated_template.check_run_ids["new-vendor"])
+    found = by_key(run)
+    for field in ("vendor", "scanner_model"):
+        result = found[("CategoricalDrift", field)]
+        assert result.drift and result.details["reason"] == "new_category"
+        assert NEW_VENDOR[field] in result.details["new_categories"]
+    assert run.health_status == "red"
+
+
+def test_late_window_finds_the_performance_drop(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    found = by_key(stored_run(simulated_runtime, simulated_template.check_run_ids["late"]))
+    assert found[("PerformanceDrift", "override_rate")].drift
+    assert found[("PerformanceDrift", "sensitivity")].drift
+    assert found[("PerformanceDrift", "sensitivity")].statistic < 0
+
+
+def test_rerunning_a_window_replaces_its_results(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    first_id = simulated_template.check_run_ids["new-vendor"]
+    start, end = simulated_template.window("new-vendor")
+    again = run_check(simulated_runtime, model=MODEL, window="1d", now=end, options=QUICK)
+    assert again.replaced and again.check_run_id == first_id
+    with session_scope(simulated_runtime.sessions) as session:
+        runs = session.scalar(select(func.count()).select_from(CheckRun).where(
+            CheckRun.window_start == start, CheckRun.window_end == end))
+        stored = session.scalar(select(func.count()).select_from(CheckResult).where(
+            CheckResult.check_run_id == first_id))
+    assert runs == 1
+    assert stored == len(again.results)
+
+
+def test_count_windows(simulated_runtime: Runtime, simulated_template: SimulatedTemplate) -> None:
+    now = simulated_template.day(16)
+    outcome = run_check(simulated_runtime, model=MODEL, window="last:300", now=now,
+                        options=QUICK)
+    assert outcome.window.kind == "count" and outcome.window.label == "last:300"
+    assert outcome.n_studies == 300
+    assert outcome.window.end <= now
+    run = stored_run(simulated_runtime, outcome.check_run_id)
+    assert run.window_kind == "count" and run.n_studies == 300
+    again = run_check(simulated_runtime, model=MODEL, window="last:300", now=now, options=QUICK)
+    assert again.replaced and again.check_run_id == outcome.check_run_id
+    bigger = run_check(simulated_runtime, model=MODEL, window="last:400", now=now,
+                       options=QUICK)
+    assert bigger.window.start < outcome.window.start and bigger.window.end == outcome.window.end
+    assert bigger.check_run_id != outcome.check_run_id
+
+
+def test_small_windows_give_insufficient_data_not_errors(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    tiny = run_check(simulated_runtime, model=MODEL, window="last:5",
+                     now=simulated_template.day(20), options=QUICK)
+    assert tiny.status == "ok" and not tiny.failures
+    found = {(r.detector, r.feature): r for r in tiny.results}
+    assert found[("mmd", "embedding")].details["status"] == "insufficient data"
+    assert found[("PerformanceDrift", "sensitivity")].details["status"] == "insufficient data"
+    assert tiny.health is not None
+
+    empty = run_check(simulated_runtime, model=MODEL, start=simulated_template.day(-3),
+                      end=simulated_template.day(-2), options=QUICK)
+    assert empty.n_studies == 0 and empty.status == "ok"
+    assert empty.health is None and empty.health_status == "no data"
+    assert stored_run(simulated_runtime, empty.check_run_id).health_status == "no data"
+
+
+def test_a_failing_detector_is_recorded_and_the_rest_kept(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Broken:
+        def __init__(self, **_kwargs: Any):
+            pass
+
+        def fit(self, *_args: Any, **_kwargs: Any) -> Broken:
+            raise RuntimeError("kaput")
+
+    monkeypatch.setattr(checks, "ScoreDrift", Broken)
+    outcome = run_check(simulated_runtime, model=MODEL, window="1d",
+                        now=simulated_template.day(12), options=QUICK)
+    assert outcome.status == "partial"
+    assert "kaput" in outcome.failures["prediction"]
+    run = stored_run(simulated_runtime, outcome.check_run_id)
+    found = by_key(run)
+    assert found[("ScoreDrift", "score")].details["status"] == "failed"
+    assert "RuntimeError: kaput" in found[("ScoreDrift", "score")].details["error"]
+    assert found[("PositiveRateDrift", "positive_rate")].details["status"] == "ok"
+    assert ("mmd", "embedding") in found and run.status == "partial"
+    assert run.error is not None and "kaput" in run.error
+
+
+def test_studies_without_embeddings_are_left_out_of_the_embedding_tests_only(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    day = simulated_template.day(12)
+    InProcessCollector(simulated_runtime).log_inferences([inference_event(
+        model=MODEL, model_version=PRODUCTION, embedding=None,
+        timestamp=(day + timedelta(hours=1, minutes=i)).isoformat()) for i in range(3)])
+    outcome = run_check(simulated_runtime, model=MODEL, window="1d",
+                        now=day + timedelta(days=1), options=QUICK)
+    assert outcome.status == "ok" and not outcome.failures
+    found = {(r.detector, r.feature): r for r in outcome.results}
+    mmd = found[("mmd", "embedding")]
+    assert mmd.details["n_current_without_embedding"] == 3
+    assert mmd.n_current == outcome.n_studies - 3
+    assert found[("CategoricalDrift", "vendor")].n_current == outcome.n_studies
+
+
+def test_stored_details_are_strict_json(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    run = stored_run(simulated_runtime, simulated_template.check_run_ids["late"])
+    json.dumps([r.details for r in run.results], allow_nan=False)
+    novelty = by_key(run)[("novelty", "embedding")].details
+    for study in novelty["novel_studies"]:
+        assert {"study_key", "patient_key", "site", "station", "scanner_model"} <= set(study)
+
+
+def test_default_version_is_production_and_missing_baseline_names_the_command(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    outcome = run_check(simulated_runtime, model=MODEL, window="1d",
+                        now=simulated_template.day(9), options=QUICK)
+    assert outcome.version == PRODUCTION
+    InProcessCollector(simulated_runtime).log_inferences([inference_event(
+        model=MODEL, model_version="2.0.0", timestamp="2026-10-20T10:00:00Z",
+        embedding=[0.0] * 64)])
+    with pytest.raises(NotFoundError, match=re.escape(
+            "monitor baseline create --model cxr-triage --version 2.0.0")):
+        run_check(simulated_runtime, model=MODEL, version="2.0.0", options=QUICK)
+    with pytest.raises(NotFoundError, match="no-such-model"):
+        run_check(simulated_runtime, model="no-such-model", options=QUICK)
+    with pytest.raises(ValidationError, match="window"):
+        run_check(simulated_runtime, model=MODEL, window="yesterday", options=QUICK)
+
+
+def test_hooks_run_after_the_check_is_stored(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    seen: list[tuple[int, str | None]] = []
+
+    def record(runtime: Runtime, outcome: CheckOutcome) -> None:
+        with session_scope(runtime.sessions) as session:
+            seen.append((outcome.check_run_id,
+                         results.get_check_run(session, outcome.check_run_id).health_status))
+
+    def explode(_runtime: Runtime, _outcome: CheckOutcome) -> None:
+        raise RuntimeError("hook bug")
+
+    outcome = run_check(simulated_runtime, model=MODEL, window="1d",
+                        now=simulated_template.day(12), options=QUICK,
+                        hooks=[explode, record])
+    assert seen == [(outcome.check_run_id, outcome.health_status)]
+
+
+def test_cli_prints_the_summary(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("MONITOR_DATABASE_URL", simulated_runtime.settings.database_url)
+    monkeypatch.setenv("MONITOR_SECRET_KEY", TEST_SECRET)
+    monkeypatch.setenv("MONITOR_REPORTS_DIR", str(tmp_path / "cli-reports"))
+    parser = argparse.ArgumentParser(prog="monitor")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv: str) -> str:
+        args = parser.parse_args(list(argv))
+        assert args.func(args) == 0
+        return capsys.readouterr().out
+
+    out = run("check", "--model", MODEL, "--window", "7d", "--permutations", "200")
+    for expected in ("detector", "feature", "statistic", "verdict", "mmd", "CategoricalDrift",
+                     "DRIFT new: ", "health: ", "attribution (embedding basis), top 3:",
+                     "  1. ", "  3. ", "report: "):
+        assert expected in out, expected
+    report = Path(out.split("report: ")[1].splitlines()[0])
+    assert report.is_file() and report.is_relative_to(tmp_path / "cli-reports")
+
+    out = run("baseline", "create", "--model", MODEL, "--version", "1.3.0", "--last", "400")
+    assert "for cxr-triage 1.3.0: 400 studies" in out
+    listing = run("baseline", "list", "--model", MODEL)
+    assert listing.splitlines()[2].split()[2] == "1.3.0"  # newest first
+
+
+@pytest.mark.slow
+def test_no_shift_false_alarm_rate(tmp_path: Path) -> None:
+    """10 deployments without episodes: baseline week 1, check week 2 (like-for-like weeks).
+    Each family is Bonferroni-controlled at 0.05 inside the health score, so a window is
+    non-green with probability <= ~0.23 (union over five families; 4 of 20 in a larger run).
+    Band: at most 5 of 10 non-green (P = 0.02 at 0.23), and the pooled share of per-feature
+    p-values below 0.05 at most 0.10 (nominal 0.05; 0.066 in the larger run)."""
+    non_green, significant, tested = 0, 0, 0
+    runs = 10
+    for seed in range(300, 300 + runs):
+        deployment = simulate_deployment(seed=seed, n_studies=1_200, days=14, episodes=(),
+                                         embedding_dim=32)
+        directory = tmp_path / f"seed-{seed}"
+        directory.mkdir()
+        runtime = open_runtime(f"sqlite:///{directory / 'monitor.db'}", directory)
+        try:
+            populate(runtime, deployment)
+            outcome = run_check(runtime, model=MODEL, window="7d",
+                                now=deployment.start + timedelta(days=14),
+                                options=CheckOptions(report=False, n_permutations=200,
+                                                     seed=seed))
+        finally:
+            runtime.close()
+        non_green += outcome.health_status != "green"
+        p_values = [r.p_value for r in outcome.results
+                    if r.p_value is not None and r.detector != "SubgroupBias"]
+        significant += int(np.sum(np.asarray(p_values) < 0.05))
+        tested += len(p_values)
+    assert non_green <= 5
+    assert tested > runs * 15
+    assert significant / tested <= 0.10
+
+
+def test_check_on_each_database(runtime: Runtime) -> None:
+    """The same check on SQLite and PostgreSQL: stored, listed, idempotent."""
+    deployment = simulate_deployment(seed=5, n_studies=1_200, days=12,
+                                     episodes=("software-update",), embedding_dim=32)
+    populate(runtime, deployment)
+    end = deployment.start + timedelta(days=12)
+    first = run_check(runtime, model=MODEL, window="2d", now=end, options=QUICK)
+    second = run_check(runtime, model=MODEL, window="2d", now=end, options=QUICK)
+    assert second.replaced and second.check_run_id == first.check_run_id
+    with session_scope(runtime.sessions) as session:
+        listed = results.list_check_results(session, model=MODEL, detector="CategoricalDrift",
+                                            feature="software_version")
+        runs = results.list_check_runs(session, model=MODEL)
+    assert len(listed) == 1 and listed[0].drift
+    assert [r.id for r in runs] == [first.check_run_id]
+    assert create_baseline(runtime, model=MODEL, version="1.3.0", last=100).n_studies == 100
