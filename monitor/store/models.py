@@ -246,8 +246,11 @@ class Alert(Base):
     state: Mapped[str] = mapped_column(String(16))  # pending | firing | resolved
     labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     summary: Mapped[str | None] = mapped_column(Text)
-    consecutive: Mapped[int] = mapped_column(Integer, default=0)
+    consecutive: Mapped[int] = mapped_column(Integer, default=0)  # windows with the condition
+    firing_windows: Mapped[int] = mapped_column(Integer, default=0)  # of them, while firing
+    last_window_end: Mapped[datetime | None]  # newest window counted (re-checks don't count)
     started_at: Mapped[datetime]
+    fired_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
     resolved_at: Mapped[datetime | None]
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
@@ -267,7 +270,7 @@ class Notification(Base):
     channel: Mapped[str] = mapped_column(String(32))  # alertmanager | webhook | email
     target: Mapped[str] = mapped_column(String(512))
     event: Mapped[str] = mapped_column(String(16))  # firing | resolved
-    status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed | silenced
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
@@ -285,7 +288,7 @@ class RollbackRecommendation(Base):
     to_version: Mapped[str] = mapped_column(String(128))
     policy: Mapped[str] = mapped_column(String(128))
     alert_id: Mapped[int | None] = mapped_column(ForeignKey("alert.id"))
-    # pending | approved | rejected | executed | hook_failed
+    # pending | executed | rejected (a manual rollback is recorded as executed, policy "manual")
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
@@ -295,6 +298,8 @@ class RollbackRecommendation(Base):
     hook_status: Mapped[str | None] = mapped_column(String(16))  # pending | sent | failed
     hook_attempts: Mapped[int] = mapped_column(Integer, default=0)
     hook_error: Mapped[str | None] = mapped_column(Text)
+    hook_next_attempt_at: Mapped[datetime | None]
+    alias: Mapped[str] = mapped_column(String(64), default="production")
 
 
 class AuditEntry(Base):

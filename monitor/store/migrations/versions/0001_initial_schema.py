@@ -172,7 +172,10 @@ def upgrade() -> None:
     sa.Column('labels', sa.JSON(), nullable=True),
     sa.Column('summary', sa.Text(), nullable=True),
     sa.Column('consecutive', sa.Integer(), nullable=False),
+    sa.Column('firing_windows', sa.Integer(), nullable=False),
+    sa.Column('last_window_end', sa.DateTime(timezone=True), nullable=True),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('fired_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('acknowledged_by', sa.String(length=128), nullable=True),
@@ -239,6 +242,8 @@ def upgrade() -> None:
     sa.Column('hook_status', sa.String(length=16), nullable=True),
     sa.Column('hook_attempts', sa.Integer(), nullable=False),
     sa.Column('hook_error', sa.Text(), nullable=True),
+    sa.Column('hook_next_attempt_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('alias', sa.String(length=64), nullable=False),
     sa.ForeignKeyConstraint(['alert_id'], ['alert.id'], name=op.f('fk_rollback_recommendation_alert_id_alert')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_rollback_recommendation'))
     )

@@ -1,0 +1,100 @@
+"""Alert routes: list and read alerts, acknowledge and silence them (operators; audited),
+and run one delivery pass."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+
+from monitor.alerting import engine, register_check_hook
+from monitor.alerting.config import parse_duration
+from monitor.api.auth import current_actor, require_operator
+from monitor.errors import ConfigError, ValidationError
+from monitor.runtime import Runtime
+from monitor.store.db import session_scope
+
+router = APIRouter(tags=["alerts"])
+register_check_hook()  # the scheduled checks of `monitor serve` evaluate the alert rules
+Actor = Annotated[str, Depends(current_actor)]
+Operator = Annotated[str, Depends(require_operator)]
+
+
+class AcknowledgeRequest(BaseModel):
+    reason: str | None = None
+
+
+class SilenceRequest(BaseModel):
+    """Silence until ``until``, or for ``duration`` (``"30m"``, ``"2h"``, seconds)."""
+
+    until: datetime | None = None
+    duration: str | float | None = None
+    reason: str | None = None
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def silence_until(until: datetime | None, duration: str | float | None, *, now: datetime
+                  ) -> datetime:
+    if (until is None) == (duration is None):
+        raise ValidationError("give exactly one of until and duration", field="until")
+    if until is not None:
+        return until.replace(tzinfo=UTC) if until.tzinfo is None else until
+    try:
+        return now + timedelta(seconds=parse_duration(duration, field="duration"))
+    except ConfigError as exc:
+        raise ValidationError(str(exc), field="duration") from None
+
+
+@router.get("/v1/alerts", summary="List alerts (default: pending and firing)")
+def list_alerts(
+    request: Request,
+    _actor: Actor,
+    state: str | None = "active",
+    model: str | None = None,
+    version: str | None = None,
+    severity: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[dict[str, Any]]:
+    """``state``: active (pending or firing), pending, firing, resolved or all."""
+    with session_scope(_runtime(request).sessions) as session:
+        found = engine.list_alerts(session, state=None if state == "all" else state,
+                                   model=model, version=version, severity=severity,
+                                   limit=limit)
+        return [alert.to_dict() for alert in found]
+
+
+@router.get("/v1/alerts/{alert_id}", summary="One alert with its notifications")
+def get_alert(alert_id: int, request: Request, _actor: Actor) -> dict[str, Any]:
+    with session_scope(_runtime(request).sessions) as session:
+        return engine.get_alert(session, alert_id).to_dict()
+
+
+@router.post("/v1/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert (operator)")
+def acknowledge(alert_id: int, body: AcknowledgeRequest, request: Request, actor: Operator
+                ) -> dict[str, Any]:
+    with session_scope(_runtime(request).sessions) as session:
+        return engine.acknowledge(session, alert_id, actor=actor, reason=body.reason).to_dict()
+
+
+@router.post("/v1/alerts/{alert_id}/silence", summary="Silence an alert's notifications "
+             "until a time (operator; needs a reason)")
+def silence(alert_id: int, body: SilenceRequest, request: Request, actor: Operator
+            ) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    until = silence_until(body.until, body.duration, now=now)
+    with session_scope(_runtime(request).sessions) as session:
+        return engine.silence(session, alert_id, actor=actor, until=until, reason=body.reason,
+                              now=now).to_dict()
+
+
+@router.post("/v1/alerts/deliver", summary="Send due notifications and deploy hooks now "
+             "(operator)")
+def deliver(request: Request, _actor: Operator) -> dict[str, Any]:
+    report = engine.deliver_due(_runtime(request))
+    return {"resent": report.resent, "notifications": vars(report.delivery),
+            "deploy_hooks": vars(report.hooks)}
