@@ -10,7 +10,7 @@ import sys
 
 from monitor.errors import MonitorError
 
-COMMAND_MODULES = ("core", "demo")
+COMMAND_MODULES = ("core", "demo", "checks", "versions", "alerts")
 
 
 def build_parser() -> argparse.ArgumentParser:

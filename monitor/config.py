@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     reports_dir: Path = Path(".monitor/reports")
     # Scheduled checks run by `monitor serve`; 0 switches the scheduler off.
     check_interval_s: int = Field(default=3_600, ge=0)
+    # The window scheduled checks cover (1d, 7d, last:500, ...). 7 days by default: a 1-day
+    # window against a baseline of whole weeks flags the weekday/weekend case mix as drift.
+    check_window: str = "7d"
     baseline_max_studies: int = Field(default=5_000, ge=100)
     # API tokens, name -> token, as JSON: {"alice": "s3cret"}. Empty: the API is open.
     api_tokens: dict[str, SecretStr] = Field(default_factory=dict)

@@ -17,6 +17,8 @@ from monitor.config import Settings
 from monitor.runtime import Runtime
 from monitor.store.db import make_engine, upgrade
 
+pytest_plugins = ["tests.simdb"]  # the simulated-deployment database, built once per session
+
 SHARED_DATA = Path(
     os.environ.get("MONITOR_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared"
                    / "data")

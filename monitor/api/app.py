@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -13,6 +14,7 @@ from sqlalchemy import text
 
 from monitor.api.auth import current_actor
 from monitor.api.errors import PayloadTooLarge, install_error_handlers
+from monitor.api.metrics import install as install_metrics
 from monitor.collect.ingest import IngestResult, write_inferences, write_overrides
 from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime
@@ -141,11 +143,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             return repo.list_overrides(session, model, start=start, end=end, limit=limit,
                                        offset=offset)
 
-    for include in _ROUTERS:
-        include(app)
+    for name in ROUTER_MODULES:
+        app.include_router(importlib.import_module(f"monitor.api.{name}").router)
+    install_metrics(app)  # /metrics, and ingestion latency and rejects
     return app
 
 
-# Later stages (checks, metrics, alerts, registry) add their routes here: each is a function
-# taking the app.
-_ROUTERS: list[Callable[[FastAPI], None]] = []
+# The later stages' routes, one module each under monitor/api/.
+ROUTER_MODULES = ("checks", "alerts", "registry")

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+from datetime import timedelta
 
 from tqdm import tqdm
 
+from monitor import registry
+from monitor.alerting import register_check_hook
+from monitor.baselines import create_baseline
+from monitor.checks import run_check
 from monitor.collect.inprocess import InProcessCollector
 from monitor.config import Settings, ensure_secret_key, load_settings
 from monitor.runtime import Runtime
 from monitor.simulate import SimulatedDeployment, simulate_deployment
 from monitor.store import repo
 from monitor.store.db import make_engine, session_scope, upgrade
+from monitor.store.results import list_baselines, list_check_runs
 
 log = logging.getLogger("monitor.demo")
 
@@ -55,8 +61,59 @@ def build_demo(settings: Settings, *, seed: int, n_studies: int) -> Runtime:
     return runtime
 
 
-# Later stages add their demo steps (registry, baselines, checks): fn(runtime, deployment).
-DEMO_STEPS: list = []
+def register_versions(runtime: Runtime, deployment: SimulatedDeployment) -> None:
+    """Through the registry, audited: the newest version is ``production``, the one before it
+    keeps serving part of the traffic as ``fallback`` (the rollback target)."""
+    previous, newest = sorted(deployment.model_versions, key=_version_key)[-2:]
+    with session_scope(runtime.sessions) as session:
+        if registry.aliases(session, deployment.model).get("production"):
+            return
+        for alias, version, reason in (
+            ("fallback", previous, "demo: the previous version keeps part of the traffic"),
+            ("production", newest, "demo: validated on the retrospective test set"),
+        ):
+            registry.promote(session, model=deployment.model, version=version, actor="demo",
+                             reason=reason, alias=alias, now=deployment.start)
+    print(f"registry: production -> {newest}, fallback -> {previous}")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def build_baselines(runtime: Runtime, deployment: SimulatedDeployment) -> None:
+    """One baseline per version from the clean first week."""
+    with session_scope(runtime.sessions) as session:
+        existing = {b.version for b in list_baselines(session, model=deployment.model)}
+    for version in deployment.model_versions:
+        if version not in existing:
+            baseline = create_baseline(runtime, model=deployment.model, version=version,
+                                       start=deployment.baseline_start,
+                                       end=deployment.baseline_end, created_by="demo")
+            print(f"baseline for {deployment.model} {version}: {baseline.n_studies} studies, "
+                  f"{deployment.baseline_start:%Y-%m-%d} to {deployment.baseline_end:%Y-%m-%d}")
+
+
+def run_daily_checks(runtime: Runtime, deployment: SimulatedDeployment) -> None:
+    """The checks a scheduler would have run: every day after the baseline week, a rolling
+    7-day window per version, with the alert rules evaluated after each."""
+    register_check_hook()
+    days = range((deployment.baseline_end - deployment.start).days + 1, deployment.days + 1)
+    with session_scope(runtime.sessions) as session:
+        done = {(r.version, r.window_end) for r in
+                list_check_runs(session, model=deployment.model, limit=10_000)}
+    todo = [(version, deployment.start + timedelta(days=day))
+            for day in days for version in deployment.model_versions]
+    todo = [(v, end) for v, end in todo if (v, end) not in done]
+    for version, end in tqdm(todo, unit="check", desc="daily checks"):
+        outcome = run_check(runtime, model=deployment.model, version=version, window="7d",
+                            now=end)
+        if outcome.health is not None and outcome.health.status != "green":
+            tqdm.write(f"{end:%Y-%m-%d} {version}: health {outcome.health.status} "
+                       f"({outcome.health.score:.2f})")
+
+
+DEMO_STEPS = (register_versions, build_baselines, run_daily_checks)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
