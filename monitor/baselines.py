@@ -37,8 +37,9 @@ from monitor.runtime import Runtime
 from monitor.store import repo, results
 from monitor.store.db import session_scope
 from monitor.store.models import ModelAlias
+from monitor.store.repo import join_reads, load_embeddings
 from monitor.store.results import BaselineInfo
-from monitor.windows import as_utc, default_now, join_reads, load_embeddings, read_frame
+from monitor.windows import as_utc, default_now
 
 STRATA = ("site", "scanner_model")
 CATEGORICAL_FIELDS = ("vendor", "manufacturer", "scanner_model", "station", "site", "view",
@@ -179,7 +180,7 @@ def create_baseline(
     with session_scope(runtime.sessions) as session:
         info = resolve_version(session, model, version)
         if last is not None:
-            frame, _ = read_frame(session, info.id, end=default_now(session, info.id),
+            frame, _ = repo.window_frame(session, info.id, end=default_now(session, info.id),
                                   last=last)
         else:
             lo = as_utc(start) if start is not None else None
@@ -187,7 +188,7 @@ def create_baseline(
             if lo is not None and hi is not None and hi <= lo:
                 raise ValidationError(f"end {hi.isoformat()} is not after start "
                                       f"{lo.isoformat()}", field="end")
-            frame, _ = read_frame(session, info.id, start=lo, end=hi)
+            frame, _ = repo.window_frame(session, info.id, start=lo, end=hi)
         where = (f"its newest {last} studies" if last is not None
                  else f"[{start.isoformat() if start else '-'}, {end.isoformat() if end else '-'})")
         if len(frame) < MIN_BASELINE_STUDIES:

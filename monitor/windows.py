@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -23,11 +23,10 @@ from sqlalchemy.orm import Session
 
 from monitor.errors import InsufficientDataError, ValidationError
 from monitor.store import repo
-from monitor.store.models import Inference, ModelVersion, Override
+from monitor.store.models import Inference
 
 TICK = timedelta(microseconds=1)
 _IN_CHUNK = 900  # bound parameters per IN list (SQLite's default limit is 999)
-READ_COLUMNS = ("radiologist_positive", "agrees_with_model", "read_ts")
 _TIME = re.compile(r"^(\d+)([mhdw])$")
 _COUNT = re.compile(r"^last:(\d+)$")
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
@@ -90,73 +89,6 @@ def default_now(session: Session, version_id: int) -> datetime:
     return newest + TICK
 
 
-def join_reads(session: Session, frame: pd.DataFrame, version_id: int) -> pd.DataFrame:
-    """The frame with each study's latest radiologist read (``READ_COLUMNS``), looked up by
-    (model, study key) on the override index, so the cost follows the window's size."""
-    frame = frame.drop(columns=[c for c in READ_COLUMNS if c in frame.columns])
-    model = session.scalar(select(ModelVersion.model).where(ModelVersion.id == version_id))
-    keys = frame["study_key"].dropna().unique().tolist()
-    rows: list[Any] = []
-    for lo in range(0, len(keys), _IN_CHUNK):
-        rows += session.execute(
-            select(Override.study_key, Override.radiologist_positive,
-                   Override.agrees_with_model, Override.ts)
-            .where(Override.model == model, Override.study_key.in_(keys[lo : lo + _IN_CHUNK]))
-        ).all()
-    if not rows:
-        for name in READ_COLUMNS:
-            frame[name] = pd.Series([None] * len(frame), dtype=object, index=frame.index)
-        return frame
-    reads = pd.DataFrame(rows, columns=["study_key", *READ_COLUMNS])
-    latest = reads.sort_values("read_ts", kind="stable").drop_duplicates("study_key", keep="last")
-    merged = frame.merge(latest, on="study_key", how="left")
-    for name in ("radiologist_positive", "agrees_with_model"):
-        merged[name] = merged[name].astype(object).where(merged[name].notna(), None)
-    return merged
-
-
-def load_embeddings(session: Session, inference_ids: list[int]) -> np.ndarray | None:
-    """float32 (n, d) in the order of ``inference_ids``, a row of NaN for a study logged
-    without an embedding; None when none of them has one."""
-    blobs: dict[int, bytes | None] = {}
-    for lo in range(0, len(inference_ids), _IN_CHUNK):
-        chunk = inference_ids[lo : lo + _IN_CHUNK]
-        blobs.update(session.execute(
-            select(Inference.id, Inference.embedding).where(Inference.id.in_(chunk))
-        ).tuples().all())
-    present = [blobs.get(i) for i in inference_ids]
-    first = next((blob for blob in present if blob is not None), None)
-    if first is None:
-        return None
-    dim = len(first) // 4
-    out = np.full((len(inference_ids), dim), np.nan, dtype=np.float32)
-    rows = [k for k, blob in enumerate(present) if blob is not None and len(blob) == 4 * dim]
-    if rows:
-        out[rows] = np.frombuffer(b"".join(present[k] or b"" for k in rows),
-                                  dtype="<f4").reshape(len(rows), dim)
-    return out
-
-
-def read_frame(
-    session: Session,
-    version_id: int,
-    *,
-    start: datetime | None = None,
-    end: datetime | None = None,
-    last: int | None = None,
-    with_embeddings: bool = False,
-) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """``repo.window_frame`` with the reads joined by ``join_reads``; embeddings, when asked
-    for, from ``load_embeddings`` (rows of NaN for studies without one)."""
-    frame, _ = repo.window_frame(session, version_id, start=start, end=end, last=last,
-                                 with_reads=False)
-    frame = join_reads(session, frame, version_id)
-    embeddings = None
-    if with_embeddings and len(frame):
-        embeddings = load_embeddings(session, frame["id"].astype(int).tolist())
-    return frame, embeddings
-
-
 def load_window(
     session: Session,
     version_id: int,
@@ -179,7 +111,7 @@ def load_window(
             raise ValidationError(f"window end {end.isoformat()} is not after start "
                                   f"{start.isoformat()}", field="end")
         resolved = Window("time", "custom", start, end)
-        frame, embeddings = read_frame(session, version_id, start=start, end=end,
+        frame, embeddings = repo.window_frame(session, version_id, start=start, end=end,
                                        with_embeddings=with_embeddings)
         return resolved, frame, embeddings
     if window is None:
@@ -189,10 +121,10 @@ def load_window(
     if spec.kind == "time":
         assert spec.span is not None
         resolved = Window("time", spec.label, now - spec.span, now)
-        frame, embeddings = read_frame(session, version_id, start=resolved.start,
+        frame, embeddings = repo.window_frame(session, version_id, start=resolved.start,
                                        end=resolved.end, with_embeddings=with_embeddings)
         return resolved, frame, embeddings
-    frame, embeddings = read_frame(session, version_id, end=now, last=spec.count,
+    frame, embeddings = repo.window_frame(session, version_id, end=now, last=spec.count,
                                    with_embeddings=with_embeddings)
     if frame.empty:
         raise InsufficientDataError(

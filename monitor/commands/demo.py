@@ -118,6 +118,9 @@ DEMO_STEPS = (register_versions, build_baselines, run_daily_checks)
 
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
+    if not args.verbose:  # one line per check and alert would bury the progress bar
+        for name in ("monitor.checks", "monitor.alerting", "monitor.baselines"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     runtime = build_demo(settings, seed=args.seed, n_studies=args.studies)
     if args.no_serve:
         runtime.close()

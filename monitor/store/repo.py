@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 from monitor.errors import NotFoundError
 from monitor.store.models import Inference, ModelAlias, ModelVersion, Override
 
+_IN_CHUNK = 900  # bound parameters per IN list (SQLite's default limit is 999)
+
 # Columns of a window frame: what the detectors and the dashboard read per study.
 WINDOW_COLUMNS = (
     "id", "event_id", "ts", "study_key", "patient_key", "sex", "age_years", "age_band",
@@ -90,7 +92,7 @@ def window_frame(
     """The studies of one model version in [start, end) (or its ``last`` N), one row each,
     with the latest radiologist read joined by (model, study): columns ``WINDOW_COLUMNS`` plus
     ``radiologist_positive``, ``agrees_with_model``, ``read_ts``. Embeddings, when asked for,
-    come back as an (n, d) float32 array in the frame's row order."""
+    come back as an (n, d) float32 array in the frame's row order (``load_embeddings``)."""
     columns = [getattr(Inference, name) for name in WINDOW_COLUMNS]
     query = _window(select(*columns), version_id, None, start, end)
     if last is not None:
@@ -98,51 +100,61 @@ def window_frame(
     frame = pd.DataFrame(session.execute(query).all(), columns=list(WINDOW_COLUMNS))
     frame = frame.sort_values(["ts", "id"], kind="stable").reset_index(drop=True)
     if with_reads:
-        frame = _join_reads(session, frame, version_id)
+        frame = join_reads(session, frame, version_id)
     embeddings = None
-    if with_embeddings:
-        embeddings = load_embeddings(session, frame["id"].tolist())
+    if with_embeddings and len(frame):
+        embeddings = load_embeddings(session, frame["id"].astype(int).tolist())
     return frame, embeddings
 
 
-def _join_reads(session: Session, frame: pd.DataFrame, version_id: int) -> pd.DataFrame:
+READ_COLUMNS = ("radiologist_positive", "agrees_with_model", "read_ts")
+
+
+def join_reads(session: Session, frame: pd.DataFrame, version_id: int) -> pd.DataFrame:
+    """The frame with each study's latest radiologist read (``READ_COLUMNS``), looked up by
+    (model, study key) on the override index, so the cost follows the window's size."""
+    frame = frame.drop(columns=[c for c in READ_COLUMNS if c in frame.columns])
     model = session.scalar(select(ModelVersion.model).where(ModelVersion.id == version_id))
-    reads = pd.DataFrame(
-        session.execute(
-            select(Override.study_key, Override.radiologist_positive, Override.agrees_with_model,
-                   Override.ts)
-            .join(Inference, (Inference.model == Override.model)
-                  & (Inference.study_key == Override.study_key))
-            .where(Inference.id.in_(select(Inference.id).where(
-                Inference.model_version_id == version_id,
-                Inference.ts >= frame["ts"].min() if len(frame) else True,
-            )))
-            .where(Override.model == model)
-        ).all(),
-        columns=["study_key", "radiologist_positive", "agrees_with_model", "read_ts"],
-    )
-    if reads.empty:
-        for name in ("radiologist_positive", "agrees_with_model", "read_ts"):
-            frame[name] = pd.Series([None] * len(frame), dtype=object)
+    keys = frame["study_key"].dropna().unique().tolist()
+    rows: list[Any] = []
+    for lo in range(0, len(keys), _IN_CHUNK):
+        rows += session.execute(
+            select(Override.study_key, Override.radiologist_positive,
+                   Override.agrees_with_model, Override.ts)
+            .where(Override.model == model, Override.study_key.in_(keys[lo : lo + _IN_CHUNK]))
+        ).all()
+    if not rows:
+        for name in READ_COLUMNS:
+            frame[name] = pd.Series([None] * len(frame), dtype=object, index=frame.index)
         return frame
-    latest = reads.sort_values("read_ts").drop_duplicates("study_key", keep="last")
-    return frame.merge(latest, on="study_key", how="left")
+    reads = pd.DataFrame(rows, columns=["study_key", *READ_COLUMNS])
+    latest = reads.sort_values("read_ts", kind="stable").drop_duplicates("study_key", keep="last")
+    merged = frame.merge(latest, on="study_key", how="left")
+    for name in ("radiologist_positive", "agrees_with_model"):
+        merged[name] = merged[name].astype(object).where(merged[name].notna(), None)
+    return merged
 
 
-def load_embeddings(session: Session, inference_ids: list[int]) -> np.ndarray:
-    """float32 (n, d) in the order of ``inference_ids``."""
-    if not inference_ids:
-        return np.zeros((0, 0), dtype=np.float32)
-    by_id: dict[int, bytes] = {}
-    for start in range(0, len(inference_ids), 900):
-        chunk = inference_ids[start : start + 900]
-        by_id.update(session.execute(
+def load_embeddings(session: Session, inference_ids: list[int]) -> np.ndarray | None:
+    """float32 (n, d) in the order of ``inference_ids``, a row of NaN for a study logged
+    without an embedding; None when none of them has one."""
+    blobs: dict[int, bytes | None] = {}
+    for lo in range(0, len(inference_ids), _IN_CHUNK):
+        chunk = inference_ids[lo : lo + _IN_CHUNK]
+        blobs.update(session.execute(
             select(Inference.id, Inference.embedding).where(Inference.id.in_(chunk))
         ).tuples().all())
-    blobs = [by_id[i] for i in inference_ids]
-    if any(blob is None for blob in blobs):
-        raise NotFoundError("some studies of the window have no embedding")
-    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1).copy()
+    present = [blobs.get(i) for i in inference_ids]
+    first = next((blob for blob in present if blob is not None), None)
+    if first is None:
+        return None
+    dim = len(first) // 4
+    out = np.full((len(inference_ids), dim), np.nan, dtype=np.float32)
+    rows = [k for k, blob in enumerate(present) if blob is not None and len(blob) == 4 * dim]
+    if rows:
+        out[rows] = np.frombuffer(b"".join(present[k] or b"" for k in rows),
+                                  dtype="<f4").reshape(len(rows), dim)
+    return out
 
 
 SummaryBy = Literal["day", "site", "scanner", "version"]
