@@ -10,7 +10,7 @@ import sys
 
 from monitor.errors import MonitorError
 
-COMMAND_MODULES = ("core", "demo", "checks", "versions", "alerts")
+COMMAND_MODULES = ("core", "demo", "checks", "versions", "alerts", "dashboard")
 
 
 def build_parser() -> argparse.ArgumentParser:

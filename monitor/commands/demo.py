@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 from tqdm import tqdm
 
 from monitor import registry
-from monitor.alerting import register_check_hook
+from monitor.alerting.engine import process_check_run
 from monitor.baselines import create_baseline
-from monitor.checks import run_check
+from monitor.checks import CheckOutcome, run_check
 from monitor.collect.inprocess import InProcessCollector
+from monitor.commands.dashboard import APP, streamlit_command
 from monitor.config import Settings, ensure_secret_key, load_settings
 from monitor.runtime import Runtime
+from monitor.server import serve
 from monitor.simulate import SimulatedDeployment, simulate_deployment
 from monitor.store import repo
 from monitor.store.db import make_engine, session_scope, upgrade
@@ -94,10 +99,15 @@ def build_baselines(runtime: Runtime, deployment: SimulatedDeployment) -> None:
                   f"{deployment.baseline_start:%Y-%m-%d} to {deployment.baseline_end:%Y-%m-%d}")
 
 
+def _evaluate_alerts_at_window_end(runtime: Runtime, outcome: CheckOutcome) -> None:
+    """The alert rules, evaluated as of the window's end (the data is back-filled, so the
+    wall clock would stamp October's alerts with today's date)."""
+    process_check_run(runtime, outcome.check_run_id, now=outcome.window.end)
+
+
 def run_daily_checks(runtime: Runtime, deployment: SimulatedDeployment) -> None:
     """The checks a scheduler would have run: every day after the baseline week, a rolling
     7-day window per version, with the alert rules evaluated after each."""
-    register_check_hook()
     days = range((deployment.baseline_end - deployment.start).days + 1, deployment.days + 1)
     with session_scope(runtime.sessions) as session:
         done = {(r.version, r.window_end) for r in
@@ -107,7 +117,7 @@ def run_daily_checks(runtime: Runtime, deployment: SimulatedDeployment) -> None:
     todo = [(v, end) for v, end in todo if (v, end) not in done]
     for version, end in tqdm(todo, unit="check", desc="daily checks"):
         outcome = run_check(runtime, model=deployment.model, version=version, window="7d",
-                            now=end)
+                            now=end, hooks=[_evaluate_alerts_at_window_end])
         if outcome.health is not None and outcome.health.status != "green":
             tqdm.write(f"{end:%Y-%m-%d} {version}: health {outcome.health.status} "
                        f"({outcome.health.score:.2f})")
@@ -116,20 +126,37 @@ def run_daily_checks(runtime: Runtime, deployment: SimulatedDeployment) -> None:
 DEMO_STEPS = (register_versions, build_baselines, run_daily_checks)
 
 
+DEMO_ALERT_RULES = Path(__file__).resolve().parents[2] / "alerts" / "monitor-rules.demo.yml"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
+    if settings.alert_rules_file is None and DEMO_ALERT_RULES.is_file():
+        settings = settings.model_copy(update={"alert_rules_file": DEMO_ALERT_RULES})
     if not args.verbose:  # one line per check and alert would bury the progress bar
         for name in ("monitor.checks", "monitor.alerting", "monitor.baselines"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    runtime = build_demo(settings, seed=args.seed, n_studies=args.studies)
+    build_demo(settings, seed=args.seed, n_studies=args.studies).close()
     if args.no_serve:
-        runtime.close()
         return 0
-    runtime.close()
-    from monitor.server import serve
-
-    serve(settings, host=settings.host, port=settings.port)
+    dashboard = start_dashboard(settings)
+    print(f"dashboard: http://127.0.0.1:{settings.dashboard_port}   "
+          f"API: http://{settings.host}:{settings.port}/docs   Ctrl-C stops both", flush=True)
+    try:
+        serve(settings, host=settings.host, port=settings.port)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
     return 0
+
+
+def start_dashboard(settings: Settings) -> subprocess.Popen[bytes]:
+    """The Streamlit dashboard beside the API, over the same database and alert rules."""
+    env = {**os.environ, "DO_NOT_TRACK": "1", "MONITOR_DATABASE_URL": settings.database_url}
+    if settings.alert_rules_file is not None:
+        env["MONITOR_ALERT_RULES_FILE"] = str(settings.alert_rules_file)
+    command = streamlit_command(app=APP, address="127.0.0.1", port=settings.dashboard_port)
+    return subprocess.Popen(command, env=env)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

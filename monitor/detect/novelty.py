@@ -44,8 +44,9 @@ class NoveltyDrift:
     under exchangeability q ~ Beta(j, n_cal + 1 - j) whatever the score distribution (j - 1 is
     the most calibration scores a study may lie below and still be novel). The count is then
     Beta-Binomial(n, j, n_cal + 1 - j), an exact law, and the window p-value is its upper tail
-    at the observed count; drift when it is below ``alpha``. (A plain binomial test ignores the
-    shared calibration set and over-alarms.)
+    at the observed count; drift when it is below ``alpha``. A plain Binomial(n, novelty_alpha)
+    test ignores the shared calibration set and over-alarms: with 300 calibration studies and
+    windows of 300 it alarms at 7 novel studies, which happens in 8.8 % of no-shift windows.
 
     Repeat studies: with ``groups`` at ``fit``, the fit/calibration split is by patient (a
     calibration study must not find its own patient among the neighbours) and calibration keeps

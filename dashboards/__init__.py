@@ -1,0 +1,1 @@
+"""The Streamlit quality dashboard (``dashboards/app.py``) and its shared helpers."""

@@ -1,0 +1,86 @@
+"""Overview: every model and its active version at a glance, then the chosen model's health
+trend and ingestion volume."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboards import charts
+from dashboards.common import (
+    RAG_COLOURS,
+    Context,
+    context,
+    fmt_ago,
+    fmt_time,
+    query,
+    rag_badge,
+    scope_caption,
+)
+from monitor.store.dashboard import Filters, ModelStatus
+
+
+def model_card(status: ModelStatus) -> None:
+    with st.container(border=True):
+        colour = RAG_COLOURS[status.rag]
+        head = st.columns([1, 40])
+        head[0].markdown(f"<div style='background:{colour}; width:10px; height:2.2em; "
+                         "border-radius:3px'></div>", unsafe_allow_html=True)
+        head[1].markdown(f"#### {status.model} &nbsp; {rag_badge(status.rag)}")
+        cols = st.columns(6)
+        cols[0].metric("Active version", status.active_version or "–")
+        cols[1].metric("Health (latest check)",
+                       "–" if status.health_score is None else f"{status.health_score:.2f}",
+                       help="1 = every detector family quiet; green ≥ 0.8, amber ≥ 0.6, "
+                       "red below. The line: the active version's recent checks.",
+                       chart_data=list(status.health_history) or None, chart_type="area")
+        cols[2].metric("Alerts firing", f"{status.alerts_firing}",
+                       delta=f"{status.critical_firing} critical" if status.critical_firing
+                       else None, delta_color="inverse")
+        cols[3].metric("Studies", f"{status.studies:,}", help="Inferences logged in the "
+                       "chosen time range, every version and site.")
+        cols[4].metric("Last check", fmt_ago(status.last_check_at),
+                       help=f"{fmt_time(status.last_check_at)}: when the newest check of any "
+                       "version finished.")
+        aliases = ", ".join(f"{a} → {v}" for a, v in sorted(status.aliases.items()))
+        cols[5].metric("Versions", f"{len(status.versions)}", help=aliases or None)
+        if status.reasons:
+            st.caption("Why: " + "; ".join(status.reasons))
+
+
+def render(ctx: Context) -> None:
+    st.title("Overview")
+    f = ctx.filters
+    statuses = query(ctx.settings, "model_statuses", start=f.start, end=f.end)
+    st.subheader("Models")
+    for status in statuses:
+        model_card(status)
+
+    st.subheader(f"{f.model}: health and volume")
+    scope_caption(ctx)
+    trend = query(ctx.settings, "health_trend", Filters(model=f.model, version=f.version,
+                                                         start=f.start, end=f.end))
+    volume = query(ctx.settings, "daily_volume", f)
+    n_studies = int(volume["studies"].sum()) if len(volume) else 0
+    cols = st.columns(4)
+    cols[0].metric("Studies in view", f"{n_studies:,}")
+    cols[1].metric("Positive rate", "–" if not n_studies
+                   else f"{100 * volume['positives'].sum() / n_studies:.1f}%")
+    cols[2].metric("Check runs", f"{len(trend):,}")
+    latest = trend.dropna(subset=["health_score"]).tail(1)
+    cols[3].metric("Latest health", "–" if latest.empty else
+                   f"{latest['health_score'].iloc[0]:.2f} ({latest['health_status'].iloc[0]})")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Health score per check window**")
+        labels = sorted(trend["window_label"].dropna().unique()) if len(trend) else []
+        if len(labels) > 1:
+            label = st.segmented_control("Window", labels, default=labels[0],
+                                         key="overview_window") or labels[0]
+            trend = trend[trend["window_label"] == label]
+        st.altair_chart(charts.health_trend(trend), width="stretch")
+    with right:
+        st.markdown("**Ingestion volume (studies per day)**")
+        st.altair_chart(charts.volume(volume), width="stretch")
+
+
+render(context())

@@ -1,0 +1,146 @@
+"""Versions: the registry and its aliases, two versions' metrics side by side, pending
+rollback recommendations to approve or reject (operator token and reason), and the audit
+log."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import streamlit as st
+
+from dashboards import actions, charts
+from dashboards.common import (
+    Context,
+    context,
+    fmt_day,
+    fmt_rate,
+    fmt_time,
+    query,
+    refresh,
+    runtime_for,
+    show_error,
+)
+from monitor.errors import MonitorError
+
+COMPARED_RATES = ("override_rate", "sensitivity", "specificity", "ppv", "positive_rate")
+
+
+def comparison(ctx: Context, versions: list[str]) -> None:
+    st.subheader("Compare two versions")
+    f = ctx.filters
+    st.caption(f"Same studies' time range and site for both: {fmt_day(f.start)} to "
+               f"{fmt_day(f.end - timedelta(days=1) if f.end else None)}, site "
+               f"**{f.site or 'all'}**. Rates with Wilson 95% intervals.")
+    if len(versions) < 2:
+        st.caption("Only one version is registered.")
+        return
+    active = ctx.options.active_versions.get(ctx.filters.model)
+    first = versions.index(active) if active in versions else len(versions) - 1
+    cols = st.columns(2)
+    a = cols[0].selectbox("Version A", versions, index=first, key="compare_a")
+    others = [v for v in versions if v != a]
+    b = cols[1].selectbox("Version B", others, index=len(others) - 1, key="compare_b")
+    metrics = query(ctx.settings, "version_metrics", ctx.filters, (a, b))
+    rates = metrics[metrics["metric"].isin(COMPARED_RATES)]
+    st.altair_chart(charts.version_comparison(rates), width="stretch")
+    rows = []
+    for metric in dict.fromkeys(metrics["metric"]):
+        row: dict[str, object] = {"metric": metric.replace("_", " ")}
+        for version in (a, b):
+            hit = metrics[(metrics["metric"] == metric) & (metrics["version"] == version)]
+            if hit.empty:
+                row[version] = "–"
+                continue
+            item = hit.iloc[0]
+            if metric in COMPARED_RATES or metric == "read_coverage":
+                row[version] = fmt_rate(item["value"], item["low"], item["high"])
+                if metric in COMPARED_RATES:
+                    row[version] = f"{row[version]}, n={item['n']:,}"
+            elif pd.isna(item["value"]):
+                row[version] = "–"
+            elif metric in ("studies", "reads"):
+                row[version] = f"{int(item['value']):,}"
+            else:
+                row[version] = f"{item['value']:.3g}"
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 height=36 * (len(rows) + 1) + 4)
+
+
+def recommendation_form(ctx: Context, rec: pd.Series) -> None:
+    rec_id = int(rec["recommendation_id"])
+    with st.container(border=True):
+        st.markdown(f"**#{rec_id}: roll {rec['model']} `{rec['alias']}` back from "
+                    f"{rec['from_version']} to {rec['to_version']}**")
+        st.caption(f"Policy {rec['policy']}, alert #{rec['alert_id']}, recommended "
+                   f"{fmt_time(rec['created_at'])}. {rec['reason'] or ''}")
+        with st.form(f"decide_{rec_id}"):
+            credential = st.text_input("Operator token", type="password",
+                                       key=f"decide_token_{rec_id}",
+                                       help="An API token whose name is in MONITOR_OPERATORS; "
+                                       "with no tokens configured, your name.")
+            reason = st.text_area("Reason", key=f"decide_reason_{rec_id}", height=68,
+                                  help="Required; recorded in the audit log.")
+            cols = st.columns([1, 1, 4])
+            approve = cols[0].form_submit_button("Approve rollback", type="primary")
+            reject = cols[1].form_submit_button("Reject")
+        if approve or reject:
+            runtime = runtime_for(ctx.database_url, ctx.settings)
+            try:
+                info = actions.decide_rollback(runtime, rec_id, approve=bool(approve),
+                                               credential=credential, reason=reason)
+            except MonitorError as exc:
+                show_error(exc)
+                return
+            refresh()
+            verdict = ("approved: " + f"{info.alias} now points at {info.to_version}"
+                       if approve else "rejected")
+            hook = f" (deploy hook {info.hook_status})" if info.hook_status else ""
+            st.session_state["versions_message"] = (
+                f"Recommendation #{rec_id} {verdict}{hook}, by {info.decided_by}.")
+            st.rerun()
+
+
+def render(ctx: Context) -> None:
+    st.title("Versions")
+    model = ctx.filters.model
+    if message := st.session_state.pop("versions_message", None):
+        st.success(message)
+    registry = query(ctx.settings, "registry_frame", model)
+    aliases = query(ctx.settings, "model_aliases", model)
+    pending = query(ctx.settings, "rollback_recommendations", model=model, status="pending")
+    cols = st.columns(4)
+    cols[0].metric("Versions", f"{len(registry)}")
+    cols[1].metric("Production", aliases.get("production", "–"))
+    cols[2].metric("Pending rollbacks", f"{len(pending)}")
+    cols[3].metric("Aliases", f"{len(aliases)}",
+                   help=", ".join(f"{k} → {v}" for k, v in aliases.items()) or None)
+    st.subheader(f"Registry: {model}")
+    st.dataframe(registry, hide_index=True, width="stretch", column_config={
+        name: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")
+        for name in ("first_ts", "last_ts", "baseline_start", "baseline_end", "created_at")})
+
+    st.subheader("Rollback recommendations")
+    if pending.empty:
+        st.caption("No pending recommendation.")
+    for _, rec in pending.iterrows():
+        recommendation_form(ctx, rec)
+    decided = query(ctx.settings, "rollback_recommendations", model=model)
+    decided = decided[decided["status"] != "pending"]
+    if not decided.empty:
+        with st.expander(f"Decided recommendations ({len(decided)})"):
+            st.dataframe(decided, hide_index=True, width="stretch")
+
+    comparison(ctx, registry["version"].tolist())
+
+    st.subheader("Audit log")
+    audit = query(ctx.settings, "audit_log", model=model, limit=200)
+    if audit.empty:
+        st.caption("No audited action yet.")
+    else:
+        st.dataframe(audit, hide_index=True, width="stretch", column_config={
+            "ts": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss")})
+
+
+render(context())

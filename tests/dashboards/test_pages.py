@@ -1,0 +1,375 @@
+"""Every dashboard page, run with Streamlit's AppTest over the small simulated deployment:
+it runs without an exception and shows the numbers the database and the simulator's ground
+truth say it should; the actions (acknowledge, silence, approve, reject) change the store
+only for an operator with a reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from dashboards.actions import authenticate_operator
+from dashboards.views.report import report_file
+from monitor.api.errors import Forbidden, Unauthorized
+from monitor.store.db import session_scope
+from monitor.store.models import (
+    Alert,
+    AuditEntry,
+    CheckResult,
+    Inference,
+    ModelAlias,
+    ModelVersion,
+    RollbackRecommendation,
+)
+from tests.conftest import make_settings, open_runtime
+from tests.dashboards.conftest import (
+    APP,
+    OPERATOR,
+    OPERATOR_TOKEN,
+    VIEWER_TOKEN,
+    DashboardData,
+)
+from tests.simdb import MODEL, PREVIOUS, PRODUCTION
+
+TIMEOUT_S = 120
+
+
+def open_page(page: str | None = None, **query: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page is not None:
+        at.switch_page(f"views/{page}.py")
+        at.query_params.update(query)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return found[0]
+
+
+def texts(elements: object) -> str:
+    return "\n".join(str(e.value) for e in elements)  # type: ignore[attr-defined]
+
+
+def button(at: AppTest, label: str, index: int = 0):  # type: ignore[no-untyped-def]
+    found = [b for b in at.button if b.label == label]
+    assert len(found) > index, f"no button {label!r}"
+    return found[index]
+
+
+def scalar(data: DashboardData, query):  # type: ignore[no-untyped-def]
+    with session_scope(data.runtime.sessions) as session:
+        return session.scalar(query)
+
+
+def rows(data: DashboardData, query) -> list:  # type: ignore[no-untyped-def]
+    with session_scope(data.runtime.sessions) as session:
+        return [tuple(row) for row in session.execute(query)]
+
+
+def test_overview_shows_every_study_and_the_red_status(dashboard_env: DashboardData) -> None:
+    at = open_page()
+    n_studies = scalar(dashboard_env, select(func.count()).select_from(Inference))
+    assert n_studies == len(dashboard_env.template.deployment.inferences)
+    assert metric(at, "Studies") == f"{n_studies:,}"
+    assert metric(at, "Active version") == PRODUCTION
+    firing = scalar(dashboard_env, select(func.count()).select_from(Alert).where(
+        Alert.state == "firing"))
+    assert firing > 0
+    assert metric(at, "Alerts firing") == str(firing)
+    # the latest check of 1.4.0 (the late window: subgroup drop and override rise) is red
+    assert ":red-badge[" in texts(at.markdown)
+    assert "critical alert(s) firing" in texts(at.caption)
+    production = dashboard_env.template.deployment.truth.model_version == PRODUCTION
+    assert metric(at, "Studies in view") == f"{int(production.sum()):,}"
+
+
+def test_overview_follows_the_version_and_site_filters(dashboard_env: DashboardData) -> None:
+    at = open_page()
+    truth = dashboard_env.template.deployment.truth
+    at.selectbox(key=f"filter_version_{MODEL}").set_value(PREVIOUS)
+    at.selectbox(key="filter_site").set_value("east")
+    at.run()
+    assert not at.exception
+    expected = int(((truth.model_version == PREVIOUS) & (truth.site == "east")).sum())
+    assert metric(at, "Studies in view") == f"{expected:,}"
+
+
+def test_drift_page_attributes_the_software_update_to_its_scanner(
+        dashboard_env: DashboardData) -> None:
+    at = open_page("drift")
+    template = dashboard_env.template
+    assert metric(at, "Check windows") == str(len(template.check_run_ids))
+    n_results = scalar(dashboard_env, select(func.count()).select_from(CheckResult).where(
+        CheckResult.detector.not_in(("SubgroupBias", "Attribution"))))
+    assert metric(at, "Detector results") == f"{n_results:,}"
+    at.selectbox(key="drift_window").set_value(template.check_run_ids["software-update"])
+    at.run()
+    assert not at.exception
+    # the software update of XR-SOUTH-1 (SIEMENS Ysio Max, VF10E -> VF12B) drives the drift
+    assert ("Top driver: **software_version = VF12B** on SIEMENS Ysio Max XR-SOUTH-1"
+            in texts(at.markdown))
+    ranking = at.dataframe[0].value
+    assert ranking["value"].iloc[0] == "VF12B"
+    assert "report?run=" in texts(at.markdown)
+    # a week later the embeddings have moved: the same scanner leads the embedding ranking
+    at.selectbox(key="drift_window").set_value(template.check_run_ids["late"])
+    at.run()
+    ranking = at.dataframe[0].value
+    assert ranking["basis"].iloc[0] == "embedding"
+    assert {"VF12B", "XR-SOUTH-1", "Ysio Max"} <= set(ranking["value"].head(4))
+
+
+def test_drift_page_lists_a_windows_findings(dashboard_env: DashboardData) -> None:
+    at = open_page("drift")
+    run_id = dashboard_env.template.check_run_ids["clean"]
+    at.selectbox(key="drift_window").set_value(run_id)
+    at.run()
+    assert not at.exception
+    flagged = rows(dashboard_env, select(CheckResult.detector, CheckResult.feature).where(
+        CheckResult.check_run_id == run_id, CheckResult.drift.is_(True),
+        CheckResult.detector.not_in(("SubgroupBias", "Attribution"))))
+    shown = [d.value for d in at.dataframe if "detector" in d.value.columns]
+    if flagged:
+        assert sorted(zip(shown[0]["detector"], shown[0]["feature"], strict=True)) == sorted(
+            flagged)
+    else:
+        assert not shown and "No detector found drift in this window." in texts(at.markdown)
+
+
+def test_report_page_serves_the_windows_evidently_report(dashboard_env: DashboardData) -> None:
+    run_id = dashboard_env.template.check_run_ids["software-update"]
+    at = open_page("report", run=str(run_id))
+    assert not at.warning, texts(at.warning)
+    assert any(b.label == "Download the HTML report" for b in at.get("download_button"))
+    missing = open_page("report", run="999999")
+    assert "check run 999999 not found" in texts(missing.error)
+
+
+def test_report_file_refuses_paths_outside_the_reports_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    reports = tmp_path / "reports"
+    (reports / "m").mkdir(parents=True)
+    (reports / "m" / "r.html").write_text("<html></html>")
+    (tmp_path / "secret.html").write_text("no")
+    assert report_file(reports, "m/r.html") == (reports / "m" / "r.html").resolve()
+    assert report_file(reports, str(reports / "m" / "r.html")) is not None
+    assert report_file(reports, "../secret.html") is None
+    assert report_file(reports, str(tmp_path / "secret.html")) is None
+    assert report_file(reports, "m/missing.html") is None
+
+
+def test_scanner_page_flags_the_new_scanner_and_software_with_their_dates(
+        dashboard_env: DashboardData) -> None:
+    at = open_page("fleet")
+    truth = dashboard_env.template.deployment.truth
+    start = dashboard_env.template.start
+    production = truth.model_version == PRODUCTION
+
+    def first_day(mask: np.ndarray) -> str:
+        return f"{start + timedelta(seconds=float(truth.time_s[mask & production].min())):%Y-%m-%d}"
+
+    warnings = texts(at.warning)
+    assert "software **VF12B** on SIEMENS Ysio Max, first seen " + first_day(
+        truth.software_version == "VF12B") in warnings
+    assert "scanner **FUJIFILM Corporation FDR Smart X**, first seen " + first_day(
+        truth.scanner_model == "FDR Smart X") in warnings
+    assert "Ysio Max**" not in warnings and "VF10E" not in warnings
+    assert metric(at, "New since baseline") == "4"  # vendor, scanner, two software versions
+    assert metric(at, "Sites") == "3"
+
+
+def test_bias_page_lists_the_injected_subgroup(dashboard_env: DashboardData) -> None:
+    at = open_page("bias")
+    # subgroup-drop: patients aged 80+ (age band 65+) get worse calls in the late window
+    findings = texts(at.error)
+    assert "**age_band = 65+**" in findings
+    late = dashboard_env.template.check_run_ids["late"]
+    n_results = scalar(dashboard_env, select(func.count()).select_from(CheckResult).where(
+        CheckResult.check_run_id == late, CheckResult.detector == "SubgroupBias"))
+    assert metric(at, "Subgroup comparisons") == str(n_results)
+    table = at.dataframe[0].value
+    assert len(table) == n_results
+    assert (table["status"] == "insufficient data").any()
+    row = table[(table["field"] == "age_band") & (table["group"] == "65+")
+                & table["status"].str.startswith("significant")]
+    assert not row.empty
+    assert int(metric(at, "Insufficient data")) == int(
+        (table["status"] == "insufficient data").sum())
+
+
+def test_overrides_page_matches_the_reads_in_the_store(dashboard_env: DashboardData) -> None:
+    at = open_page("overrides")
+    truth = dashboard_env.template.deployment.truth
+    production = truth.model_version == PRODUCTION
+    read = truth.read & production
+    assert metric(at, "Studies") == f"{int(production.sum()):,}"
+    assert metric(at, "Reads") == f"{int(read.sum()):,}"
+    overridden = read & (truth.radiologist_positive != truth.positive)
+    assert metric(at, "Override rate") == f"{100 * overridden.sum() / read.sum():.1f}%"
+    positives = read & truth.radiologist_positive
+    assert metric(at, "Sensitivity") == (
+        f"{100 * (positives & truth.positive).sum() / positives.sum():.1f}%")
+    recent = at.dataframe[0].value
+    assert len(recent) == 25
+    assert recent["study_key"].str.fullmatch(r"[0-9a-f]{32}").all()
+    assert not set(recent["study_key"]) & set(truth.study_uid.tolist())
+    assert (recent["model_positive"] != recent["radiologist_positive"]).all()
+
+
+def _alert_form(at: AppTest, alert_id: int, *, action: str, token: str, reason: str,
+                hours: float = 4.0) -> AppTest:
+    at.selectbox(key="alert_action_id").set_value(alert_id)
+    at.radio(key="alert_action_kind").set_value(action)
+    at.number_input(key="alert_action_hours").set_value(hours)
+    at.text_input(key="alert_action_token").input(token)
+    at.text_input(key="alert_action_reason").input(reason)
+    button(at, "Apply").click()
+    return at.run()
+
+
+def test_alerts_page_acknowledges_and_silences_for_operators_only(
+        dashboard_env: DashboardData) -> None:
+    at = open_page("alerts")
+    firing = scalar(dashboard_env, select(func.count()).select_from(Alert).where(
+        Alert.model == MODEL, Alert.state == "firing"))
+    assert metric(at, "Firing") == str(firing)
+    alert_id = scalar(dashboard_env, select(Alert.id).where(Alert.state == "firing",
+                                                            Alert.severity == "critical"))
+
+    _alert_form(at, alert_id, action="acknowledge", token=VIEWER_TOKEN, reason="looking")
+    assert "not an operator" in texts(at.error)
+    _alert_form(at, alert_id, action="acknowledge", token="wrong", reason="looking")
+    assert "valid bearer token" in texts(at.error)
+    assert scalar(dashboard_env, select(Alert.acknowledged_by).where(Alert.id == alert_id)) \
+        is None
+
+    _alert_form(at, alert_id, action="acknowledge", token=OPERATOR_TOKEN, reason="on it")
+    assert not at.exception
+    assert f"acknowledged by {OPERATOR}" in texts(at.success)
+    assert scalar(dashboard_env, select(Alert.acknowledged_by).where(Alert.id == alert_id)) \
+        == OPERATOR
+
+    _alert_form(at, alert_id, action="silence", token=OPERATOR_TOKEN, reason="", hours=2)
+    assert "reason is required" in texts(at.error)
+    before = datetime.now(UTC)
+    _alert_form(at, alert_id, action="silence", token=OPERATOR_TOKEN, reason="known cause",
+                hours=2)
+    until = scalar(dashboard_env, select(Alert.silenced_until).where(Alert.id == alert_id))
+    assert before + timedelta(hours=2) <= until <= datetime.now(UTC) + timedelta(hours=2)
+    assert metric(at, "Silenced") == "1"
+    audited = rows(dashboard_env, select(AuditEntry.action, AuditEntry.reason).where(
+        AuditEntry.alert_id == alert_id, AuditEntry.actor == OPERATOR))
+    assert sorted(audited) == [("acknowledge_alert", "on it"),
+                               ("silence_alert", "known cause")]
+
+
+def _decide(at: AppTest, rec_id: int, *, token: str, reason: str, approve: bool) -> AppTest:
+    at.text_input(key=f"decide_token_{rec_id}").input(token)
+    at.text_area(key=f"decide_reason_{rec_id}").input(reason)
+    button(at, "Approve rollback" if approve else "Reject").click()
+    return at.run()
+
+
+def _production(data: DashboardData) -> str:
+    return scalar(data, select(ModelVersion.version).join(
+        ModelAlias, ModelAlias.model_version_id == ModelVersion.id).where(
+        ModelAlias.model == MODEL, ModelAlias.alias == "production"))
+
+
+def test_versions_page_approves_a_rollback_with_token_and_reason(
+        dashboard_env: DashboardData) -> None:
+    rec_id = dashboard_env.recommendation_id
+    at = open_page("versions")
+    assert metric(at, "Pending rollbacks") == "1"
+    assert metric(at, "Production") == PRODUCTION
+    _decide(at, rec_id, token=OPERATOR_TOKEN, reason="", approve=True)
+    assert "reason is required" in texts(at.error)
+    _decide(at, rec_id, token=VIEWER_TOKEN, reason="sensitivity dropped", approve=True)
+    assert "not an operator" in texts(at.error)
+    assert _production(dashboard_env) == PRODUCTION
+
+    _decide(at, rec_id, token=OPERATOR_TOKEN, reason="sensitivity dropped", approve=True)
+    assert not at.exception
+    assert _production(dashboard_env) == PREVIOUS
+    assert f"production now points at {PREVIOUS}" in texts(at.success)
+    assert metric(at, "Production") == PREVIOUS and metric(at, "Pending rollbacks") == "0"
+    audit = at.dataframe[-1].value
+    top = audit.iloc[0]
+    assert (top["actor"], top["action"], top["reason"]) == (OPERATOR, "rollback",
+                                                            "sensitivity dropped")
+
+
+def test_versions_page_rejects_and_compares(dashboard_env: DashboardData) -> None:
+    rec_id = dashboard_env.recommendation_id
+    at = open_page("versions")
+    _decide(at, rec_id, token=OPERATOR_TOKEN, reason="a data problem, not the model",
+            approve=False)
+    decision = rows(dashboard_env, select(RollbackRecommendation.status,
+                                          RollbackRecommendation.decided_by)
+                    .where(RollbackRecommendation.id == rec_id))
+    assert decision == [("rejected", OPERATOR)]
+    assert _production(dashboard_env) == PRODUCTION
+    comparison = next(d.value for d in at.dataframe if "metric" in d.value.columns)
+    assert list(comparison.columns) == ["metric", PRODUCTION, PREVIOUS]
+    truth = dashboard_env.template.deployment.truth
+    studies = comparison[comparison["metric"] == "studies"].iloc[0]
+    assert studies[PREVIOUS] == f"{int((truth.model_version == PREVIOUS).sum()):,}"
+
+
+def test_operator_check_without_configured_tokens_accepts_a_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    open_settings = make_settings("sqlite://", tmp_path)
+    assert authenticate_operator(open_settings, "  dr. who ") == "dr. who"
+    with pytest.raises(Unauthorized):
+        authenticate_operator(open_settings, "   ")
+    guarded = make_settings("sqlite://", tmp_path, api_tokens={"a": "tok-a", "b": "tok-b"},
+                            operators=["a"])
+    assert authenticate_operator(guarded, "tok-a") == "a"
+    with pytest.raises(Forbidden):
+        authenticate_operator(guarded, "tok-b")
+    with pytest.raises(Unauthorized):
+        authenticate_operator(guarded, "a")
+
+
+def test_empty_database_says_what_to_do(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    runtime = open_runtime(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path)
+    runtime.close()
+    monkeypatch.setenv("MONITOR_DATABASE_URL", runtime.settings.database_url)
+    monkeypatch.setenv("MONITOR_SECRET_KEY", runtime.settings.secret_key.get_secret_value())
+    at = open_page()
+    assert "No model has logged inferences yet" in texts(at.info)
+    at = open_page("drift")
+    assert "No model has logged inferences yet" in texts(at.info)
+
+
+def test_unmigrated_database_is_refused_with_the_fix(tmp_path,  # type: ignore[no-untyped-def]
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONITOR_DATABASE_URL", f"sqlite:///{tmp_path / 'new.db'}")
+    monkeypatch.setenv("MONITOR_SECRET_KEY", "k" * 40)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
+    assert not at.exception
+    assert "monitor init" in texts(at.error)
+
+
+def test_dashboard_command_runs_streamlit_headless_on_loopback() -> None:
+    import argparse
+
+    from monitor.commands.dashboard import add_commands, cmd_dashboard, streamlit_command
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["dashboard", "--port", "8765"])
+    assert (args.func, args.port, args.address) == (cmd_dashboard, 8765, "127.0.0.1")
+    command = streamlit_command(app=APP, address=args.address, port=args.port)
+    flags = dict(zip(command[5::2], command[6::2], strict=True))
+    assert command[1:5] == ["-m", "streamlit", "run", str(APP)]
+    assert flags["--server.headless"] == "true"
+    assert (flags["--server.address"], flags["--server.port"]) == ("127.0.0.1", "8765")
+    assert flags["--browser.gatherUsageStats"] == "false"
