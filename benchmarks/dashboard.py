@@ -82,8 +82,8 @@ SCANNERS = (
 )
 NEW_SCANNER_SHARE = 0.08
 DRIFT_RESULTS = (
-    [("mmd", "embedding", "embedding"), ("classifier", "embedding", "embedding"),
-     ("novelty", "embedding", "embedding")]
+    [("MMDDrift", "embedding", "embedding"), ("ClassifierDrift", "embedding", "embedding"),
+     ("NoveltyDrift", "embedding", "embedding")]
     + [("CategoricalDrift", f, "metadata") for f in (
         "vendor", "scanner_model", "site", "view", "photometric", "software_version", "sex",
         "age_band")]

@@ -47,7 +47,7 @@ WINDOWS = (("1d", timedelta(days=1)), ("7d", timedelta(days=7)))
 SUBGROUP_FIELDS = {"scanner_model": 50, "site": 20, "age_band": 10, "view": 10, "vendor": 8,
                    "sex": 2}
 DRIFT_RESULTS = (
-    [("mmd", "embedding"), ("classifier", "embedding"), ("novelty", "embedding")]
+    [("MMDDrift", "embedding"), ("ClassifierDrift", "embedding"), ("NoveltyDrift", "embedding")]
     + [("CategoricalDrift", f) for f in ("vendor", "scanner_model", "site", "view",
                                          "photometric", "software_version", "sex", "age_band")]
     + [("NumericDrift", f) for f in ("kvp", "exposure_mas", "pixel_spacing_mm", "age_years")]

@@ -241,7 +241,8 @@ def _embedding_family(ctx: _Context) -> list[DetectionResult]:
                                n_reference=len(frame_ref), n_current=len(frame_cur))]
 
     out: list[DetectionResult] = []
-    for name, run in (("mmd", mmd), ("classifier", classifier), ("novelty", novelty)):
+    runs = (("MMDDrift", mmd), ("ClassifierDrift", classifier), ("NoveltyDrift", novelty))
+    for name, run in runs:
         if len(frame_ref) == 0 or len(frame_cur) == 0:
             out += empty(name)
         else:
@@ -406,7 +407,7 @@ def _with_attribution_summary(results: list[DetectionResult], rows: list[Detecti
     out = []
     for result in results:
         basis = family_of(result)
-        if result.drift and basis in tops and result.detector in ("mmd", "MMDDrift",
+        if result.drift and basis in tops and result.detector in ("MMDDrift",
                                                                   "CategoricalDrift"):
             result = replace(result, details={**result.details, "attribution": tops[basis]})
         out.append(result)

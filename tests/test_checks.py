@@ -65,7 +65,8 @@ def test_every_family_runs_and_a_clean_window_is_green(
     families = {(r.details or {}).get("family") for r in run.results}
     assert families >= FAMILIES
     found = by_key(run)
-    for key in [("mmd", "embedding"), ("classifier", "embedding"), ("novelty", "embedding"),
+    for key in [("MMDDrift", "embedding"), ("ClassifierDrift", "embedding"),
+                ("NoveltyDrift", "embedding"),
                 ("ScoreDrift", "score"), ("PositiveRateDrift", "positive_rate"),
                 ("NumericDrift", "kvp"), ("CategoricalDrift", "vendor"),
                 ("PerformanceDrift", "override_rate")]:
@@ -93,11 +94,11 @@ def test_software_update_scanner_leads_the_attribution(
 
     # Over the last week the embeddings drift too, and the same scanner explains it.
     late = by_key(stored_run(simulated_runtime, simulated_template.check_run_ids["late"]))
-    assert late[("mmd", "embedding")].drift
+    assert late[("MMDDrift", "embedding")].drift
     ranking = late[("Attribution", "embedding")].details["ranking"]
     assert ranking[0]["basis"] == "embedding"
     assert identifies_updated_scanner(ranking[0]["field"], ranking[0]["value"]), ranking[0]
-    assert late[("mmd", "embedding")].details["attribution"][0] == ranking[0]
+    assert late[("MMDDrift", "embedding")].details["attribution"][0] == ranking[0]
 
 
 def test_new_vendor_is_a_finding_on_the_first_window_it_appears_in(
@@ -166,7 +167,7 @@ def test_small_windows_give_insufficient_data_not_errors(
                      now=simulated_template.day(20), options=QUICK)
     assert tiny.status == "ok" and not tiny.failures
     found = {(r.detector, r.feature): r for r in tiny.results}
-    assert found[("mmd", "embedding")].details["status"] == "insufficient data"
+    assert found[("MMDDrift", "embedding")].details["status"] == "insufficient data"
     assert found[("PerformanceDrift", "sensitivity")].details["status"] == "insufficient data"
     assert tiny.health is not None
 
@@ -198,7 +199,7 @@ def test_a_failing_detector_is_recorded_and_the_rest_kept(
     assert found[("ScoreDrift", "score")].details["status"] == "failed"
     assert "RuntimeError: kaput" in found[("ScoreDrift", "score")].details["error"]
     assert found[("PositiveRateDrift", "positive_rate")].details["status"] == "ok"
-    assert ("mmd", "embedding") in found and run.status == "partial"
+    assert ("MMDDrift", "embedding") in found and run.status == "partial"
     assert run.error is not None and "kaput" in run.error
 
 
@@ -213,7 +214,7 @@ def test_studies_without_embeddings_are_left_out_of_the_embedding_tests_only(
                         now=day + timedelta(days=1), options=QUICK)
     assert outcome.status == "ok" and not outcome.failures
     found = {(r.detector, r.feature): r for r in outcome.results}
-    mmd = found[("mmd", "embedding")]
+    mmd = found[("MMDDrift", "embedding")]
     assert mmd.details["n_current_without_embedding"] == 3
     assert mmd.n_current == outcome.n_studies - 3
     assert found[("CategoricalDrift", "vendor")].n_current == outcome.n_studies
@@ -224,7 +225,7 @@ def test_stored_details_are_strict_json(
 ) -> None:
     run = stored_run(simulated_runtime, simulated_template.check_run_ids["late"])
     json.dumps([r.details for r in run.results], allow_nan=False)
-    novelty = by_key(run)[("novelty", "embedding")].details
+    novelty = by_key(run)[("NoveltyDrift", "embedding")].details
     for study in novelty["novel_studies"]:
         assert {"study_key", "patient_key", "site", "station", "scanner_model"} <= set(study)
 
@@ -282,7 +283,7 @@ def test_cli_prints_the_summary(
         return capsys.readouterr().out
 
     out = run("check", "--model", MODEL, "--window", "7d", "--permutations", "200")
-    for expected in ("detector", "feature", "statistic", "verdict", "mmd", "CategoricalDrift",
+    for expected in ("detector", "feature", "statistic", "verdict", "MMDDrift", "CategoricalDrift",
                      "DRIFT new: ", "health: ", "attribution (embedding basis), top 3:",
                      "  1. ", "  3. ", "report: "):
         assert expected in out, expected

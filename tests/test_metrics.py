@@ -161,14 +161,14 @@ def test_latest_check_results_become_drift_performance_and_subgroup_metrics(
 ) -> None:
     log(runtime, 2, version="1.4.0")
     vid = version_id(runtime, "1.4.0")
-    older = [result("mmd", "embedding", 0.5, 0.001, True)]
+    older = [result("MMDDrift", "embedding", 0.5, 0.001, True)]
     store_run(runtime, vid, older, end=NOW - timedelta(hours=1), health=0.2)
     latest = [
-        result("mmd", "embedding", 0.0123, 0.41, False),
+        result("MMDDrift", "embedding", 0.0123, 0.41, False),
         result("CategoricalDrift", "vendor", 31.5, 1e-6, True),
         result("NumericDrift", "kvp", 0.02, None, False,
                details={"status": "insufficient data"}),
-        result("classifier", "embedding", 0.0, None, False,
+        result("ClassifierDrift", "embedding", 0.0, None, False,
                details={"status": "failed", "error": "boom"}),
         result("PerformanceDrift", "sensitivity", -0.12, 0.003, True, n_current=84,
                details=performance_details(0.71, 0.61, 0.79, 84, 0.83)),
@@ -190,7 +190,7 @@ def test_latest_check_results_become_drift_performance_and_subgroup_metrics(
     def drift(family: str, detector: str, feature: str) -> dict[str, str]:
         return {**window, "family": family, "detector": detector, "feature": feature}
 
-    mmd = drift("embedding", "mmd", "embedding")
+    mmd = drift("embedding", "MMDDrift", "embedding")
     assert value("monitor_drift_p_value", mmd) == 0.41
     assert value("monitor_drift_statistic", mmd) == 0.0123
     assert value("monitor_drift_detected", mmd) == 0
@@ -200,7 +200,8 @@ def test_latest_check_results_become_drift_performance_and_subgroup_metrics(
     kvp = drift("metadata", "NumericDrift", "kvp")
     assert value("monitor_drift_statistic", kvp) is None  # insufficient data: no statistic
     assert value("monitor_drift_detected", kvp) == 0
-    assert value("monitor_drift_detected", drift("embedding", "classifier", "embedding")) is None
+    classifier = drift("embedding", "ClassifierDrift", "embedding")
+    assert value("monitor_drift_detected", classifier) is None
     sensitivity = drift("performance", "PerformanceDrift", "sensitivity")
     assert value("monitor_drift_detected", sensitivity) == 1
     assert value("monitor_health_score", window) == 0.55
@@ -239,13 +240,13 @@ def test_latest_run_is_per_window_and_failed_or_ended_versions_are_left_out(
     log(runtime, 1, version="1.4.0")
     log(runtime, 1, version="1.2.0")
     vid, old = version_id(runtime, "1.4.0"), version_id(runtime, "1.2.0")
-    store_run(runtime, vid, [result("mmd", "embedding", 0.1, 0.2, False)], window="1d")
-    store_run(runtime, vid, [result("mmd", "embedding", 0.3, 0.01, True)], window="7d")
-    store_run(runtime, vid, [result("mmd", "embedding", 0.9, 0.0, True)], window="1d",
+    store_run(runtime, vid, [result("MMDDrift", "embedding", 0.1, 0.2, False)], window="1d")
+    store_run(runtime, vid, [result("MMDDrift", "embedding", 0.3, 0.01, True)], window="7d")
+    store_run(runtime, vid, [result("MMDDrift", "embedding", 0.9, 0.0, True)], window="1d",
               end=NOW + timedelta(hours=1), status="failed")
-    store_run(runtime, vid, [result("mmd", "embedding", 0.2, 0.04, True)], window="last:500",
+    store_run(runtime, vid, [result("MMDDrift", "embedding", 0.2, 0.04, True)], window="last:500",
               status="partial")
-    store_run(runtime, old, [result("mmd", "embedding", 0.9, 0.001, True)])
+    store_run(runtime, old, [result("MMDDrift", "embedding", 0.9, 0.001, True)])
     with session_scope(runtime.sessions) as session:
         session.execute(update(ModelVersion).where(ModelVersion.id == old)
                         .values(status="rolled_back"))
@@ -254,7 +255,7 @@ def test_latest_run_is_per_window_and_failed_or_ended_versions_are_left_out(
     def p(window: str, version: str = "1.4.0") -> float | None:
         return registry.get_sample_value("monitor_drift_p_value", {
             "model": MODEL, "version": version, "window": window, "family": "embedding",
-            "detector": "mmd", "feature": "embedding"})
+            "detector": "MMDDrift", "feature": "embedding"})
 
     assert p("1d") == 0.2  # the failed later run is not a result
     assert p("7d") == 0.01
@@ -264,7 +265,7 @@ def test_latest_run_is_per_window_and_failed_or_ended_versions_are_left_out(
     # Once the model has a live version, only live versions export check results.
     log(runtime, 1, version="1.5.0")
     candidate = version_id(runtime, "1.5.0")
-    store_run(runtime, candidate, [result("mmd", "embedding", 0.3, 0.02, True)])
+    store_run(runtime, candidate, [result("MMDDrift", "embedding", 0.3, 0.02, True)])
     assert p("1d", "1.5.0") == 0.02
     with session_scope(runtime.sessions) as session:
         session.add(ModelAlias(model=MODEL, alias="production", model_version_id=vid,
@@ -458,7 +459,7 @@ def test_promtool_accepts_the_exposition(sqlite_runtime: Runtime, tmp_path: Path
     InProcessCollector(sqlite_runtime).log_overrides([override_event(uids[0])])
     vid = version_id(sqlite_runtime, "1.4.0")
     store_run(sqlite_runtime, vid, [
-        result("mmd", "embedding", 0.01, 0.3, False),
+        result("MMDDrift", "embedding", 0.01, 0.3, False),
         result("PerformanceDrift", "sensitivity", -0.1, 0.01, True,
                details=performance_details(0.7, 0.6, 0.8, 90, 0.8)),
         result("SubgroupBias", "site=north:sensitivity", -0.2, 0.001, True),

@@ -43,7 +43,7 @@ from monitor.detect.metadata import as_categories
 from monitor.errors import ValidationError
 
 MISSING = "(missing)"
-DEFAULT_FIELDS = ("site", "scanner_model", "software_version", "manufacturer")
+DEFAULT_FIELDS = ("site", "scanner_model", "software_version", "vendor")
 
 
 @dataclass(frozen=True)

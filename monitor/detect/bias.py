@@ -21,7 +21,7 @@ from monitor.detect.stats import (
 )
 from monitor.errors import ValidationError
 
-DEFAULT_FIELDS = ("manufacturer", "scanner_model", "site", "sex", "age_band", "view")
+DEFAULT_FIELDS = ("vendor", "scanner_model", "site", "sex", "age_band", "view")
 DEFAULT_METRICS: tuple[Metric, ...] = ("sensitivity", "specificity", "override_rate")
 
 

@@ -38,8 +38,9 @@ class ClassifierDrift:
     p = (1 + #{permuted AUC >= observed}) / (1 + B). Refitting matters: permuting labels on
     fixed out-of-fold scores ignores that the fold models were trained on each other's
     labels, and over-alarms (measured with a logistic regression scored that way: 0.08 on
-    independent and 0.12 on repeat-study windows at nominal 0.05). A least-squares fit is linear in the labels (w = M y, M fixed per
-    fold), so all B refits cost one matrix product per fold.
+    independent and 0.12 on repeat-study windows at nominal 0.05). A least-squares fit is
+    linear in the labels (w = M y, M fixed per fold), so all B refits cost one matrix product
+    per fold.
 
     With ``groups`` (patient keys for both samples) the folds keep a patient's studies
     together, so repeat studies do not leak between training and scoring, and the relabelling
@@ -124,7 +125,7 @@ class ClassifierDrift:
             "device": str(self.device_),
         }
         return DetectionResult(
-            detector="classifier",
+            detector="ClassifierDrift",
             feature="embedding",
             statistic=observed,
             p_value=p_value,

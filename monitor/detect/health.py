@@ -58,11 +58,8 @@ AMBER_AT = 0.6
 # Family of each detector name; a result's own details["family"] takes precedence.
 DETECTOR_FAMILIES: dict[str, str] = {
     "MMDDrift": "embedding",
-    "mmd": "embedding",
     "ClassifierDrift": "embedding",
-    "classifier": "embedding",
     "NoveltyDrift": "embedding",
-    "novelty": "embedding",
     "CategoricalDrift": "metadata",
     "NumericDrift": "metadata",
     "ScoreDrift": "prediction",

@@ -179,7 +179,7 @@ class MMDDrift:
             "permuted_q95": float(np.quantile(permuted, 0.95)),
         }
         return DetectionResult(
-            detector="mmd",
+            detector="MMDDrift",
             feature="embedding",
             statistic=observed,
             p_value=p_value,

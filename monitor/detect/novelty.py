@@ -171,7 +171,7 @@ class NoveltyDrift:
         if key_list is not None:
             details["novel_keys"] = [key_list[i] for i in novel_indices]
         return DetectionResult(
-            detector="novelty",
+            detector="NoveltyDrift",
             feature="embedding",
             statistic=float(n_novel_counted),
             p_value=p_value,

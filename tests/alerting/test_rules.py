@@ -115,7 +115,8 @@ def test_config_is_reread_when_the_file_changes(tmp_path: Path) -> None:
 
 def test_detector_rules_select_results_by_family_detector_and_feature() -> None:
     run = _run(
-        _result("mmd", "embedding", p_value=0.001, drift=True, details={"family": "embedding"}),
+        _result("MMDDrift", "embedding", p_value=0.001, drift=True,
+                details={"family": "embedding"}),
         _result("CategoricalDrift", "software_version", p_value=1e-6, drift=True),
         _result("CategoricalDrift", "site", p_value=0.4),
         _result("NumericDrift", "kvp", p_value=0.03, drift=True),

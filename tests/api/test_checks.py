@@ -40,7 +40,7 @@ def test_post_check_runs_and_returns_the_stored_results(
     body = response.json()
     assert body["version"] == PRODUCTION and body["window_label"] == "1d"
     assert body["replaced"] is False and body["health_status"] in ("green", "amber", "red")
-    assert {r["detector"] for r in body["results"]} >= {"mmd", "CategoricalDrift",
+    assert {r["detector"] for r in body["results"]} >= {"MMDDrift", "CategoricalDrift",
                                                         "PerformanceDrift", "SubgroupBias"}
     stored = client.get(f"/v1/checks/{body['id']}").json()
     assert stored["results"] == body["results"]

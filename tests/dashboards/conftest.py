@@ -18,11 +18,7 @@ from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from monitor.store.models import CheckRun, RollbackRecommendation
 from tests.conftest import TEST_SECRET
-from tests.simdb import (  # noqa: F401
-    SimulatedTemplate,
-    simulated_runtime,
-    simulated_template,
-)
+from tests.simdb import SimulatedTemplate
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 OPERATOR, OPERATOR_TOKEN = "olivia", "operator-token-1234"
@@ -58,8 +54,8 @@ def raise_alerts(runtime: Runtime) -> int:
 
 
 @pytest.fixture
-def dashboard_data(simulated_runtime: Runtime,  # noqa: F811
-                   simulated_template: SimulatedTemplate) -> DashboardData:  # noqa: F811
+def dashboard_data(simulated_runtime: Runtime,
+                   simulated_template: SimulatedTemplate) -> DashboardData:
     return DashboardData(simulated_runtime, simulated_template, raise_alerts(simulated_runtime))
 
 

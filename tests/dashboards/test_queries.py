@@ -170,7 +170,7 @@ def test_registry_and_version_comparison(loaded: tuple[Runtime, SimulatedDeploym
 def _store_run(runtime: Runtime, deployment: SimulatedDeployment) -> int:
     start = deployment.start + timedelta(days=10)
     results = [
-        {"detector": "mmd", "feature": "embedding", "statistic": 0.01, "p_value": 0.002,
+        {"detector": "MMDDrift", "feature": "embedding", "statistic": 0.01, "p_value": 0.002,
          "threshold": 0.05, "drift": True, "n_reference": 300, "n_current": 40,
          "details": {"family": "embedding"}},
         {"detector": "NumericDrift", "feature": "kvp", "statistic": 0.3, "p_value": None,
@@ -212,8 +212,8 @@ def test_stored_results_read_back_for_the_drift_and_bias_pages(
     run_id = _store_run(runtime, deployment)
     production = q.Filters(model=MODEL, version=PRODUCTION)
     series = run(runtime, "drift_series", production)
-    assert sorted(series["detector"]) == ["NumericDrift", "mmd"]
-    mmd = series[series["detector"] == "mmd"].iloc[0]
+    assert sorted(series["detector"]) == ["MMDDrift", "NumericDrift"]
+    mmd = series[series["detector"] == "MMDDrift"].iloc[0]
     assert (mmd["kind"], mmd["value"], mmd["family"], bool(mmd["drift"])) == (
         "p-value", 0.002, "embedding", True)
     kvp = series[series["detector"] == "NumericDrift"].iloc[0]

@@ -9,7 +9,7 @@ import pytest
 from monitor.detect.attribution import Attribution, attribute
 from monitor.errors import ValidationError
 
-# Scanner model: (manufacturer, software version, share of studies, site probabilities).
+# Scanner model: (vendor, software version, share of studies, site probabilities).
 SCANNERS = {
     "Optima XR240amx": ("GE Healthcare", "DM 5.2", 0.20, [0.6, 0.2, 0.2]),
     "Discovery XR656": ("GE Healthcare", "DM 5.2", 0.25, [0.2, 0.4, 0.4]),
@@ -52,7 +52,7 @@ def fleet_embeddings(
         {
             "site": site,
             "scanner_model": scanner,
-            "manufacturer": [SCANNERS[s][0] for s in scanner],
+            "vendor": [SCANNERS[s][0] for s in scanner],
             "software_version": [SCANNERS[s][1] for s in scanner],
         }
     )
@@ -72,7 +72,7 @@ def test_embedding_shares_sum_to_one_per_field_and_fields_are_checked():
     current.loc[:9, "site"] = None
     ranked = attribute(reference, current, embeddings_ref=e_ref, embeddings_cur=e_cur)
     assert all(isinstance(a, Attribution) and a.basis == "embedding" for a in ranked)
-    for field in ("site", "scanner_model", "software_version", "manufacturer"):
+    for field in ("site", "scanner_model", "software_version", "vendor"):
         shares = [a.explained_share for a in ranked if a.field == field]
         assert sum(shares) == pytest.approx(1.0)
     assert any(a.value == "(missing)" and a.n_current == 10 for a in ranked)
@@ -88,7 +88,7 @@ def test_embedding_shares_sum_to_one_per_field_and_fields_are_checked():
 def test_shifted_scanner_ranks_first(record_property):
     """Optima studies (20% of the window, 60% of them at site north) move by 0.25 reference
     standard deviations in every one of 32 dimensions; reference 1500, window 500 studies.
-    Its site, its manufacturer and its software version contain it and must rank below."""
+    Its site, its vendor and its software version contain it and must rank below."""
     first = []
     for seed in range(100):
         rng = np.random.default_rng(seed)
@@ -113,7 +113,7 @@ def test_new_vendor_ranks_first_by_composition(record_property):
         reference, _ = fleet_embeddings(rng, 1500, offsets=offsets)
         current, _ = fleet_embeddings(rng, 500, offsets=offsets)
         canon = rng.random(500) < 0.05
-        current.loc[canon, ["site", "scanner_model", "manufacturer", "software_version"]] = [
+        current.loc[canon, ["site", "scanner_model", "vendor", "software_version"]] = [
             "north",
             "CXDI-710C",
             "Canon Medical",

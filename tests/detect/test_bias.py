@@ -19,7 +19,7 @@ MANUFACTURERS = {
 SITES = np.array(["north", "south", "east"])
 AGE_BANDS = np.array(["18-39", "40-59", "60-79", "80+"])
 VIEWS = np.array(["PA", "AP", "LATERAL"])
-VENDOR_FIELDS = ("manufacturer", "scanner_model")
+VENDOR_FIELDS = ("vendor", "scanner_model")
 
 
 def rate(record_property, name: str, outcomes: list[bool]) -> float:
@@ -40,7 +40,7 @@ def subgroup_window(
     """A window of studies with subgroup columns and reads (80% read, prevalence 25%).
 
     Sensitivity against reads is 0.85 and specificity 0.90 everywhere, except that studies of
-    manufacturer ``lowered`` lose ``sensitivity_drop``. Scanner, site, sex and age band belong
+    vendor ``lowered`` lose ``sensitivity_drop``. Scanner, site, sex and age band belong
     to the patient; view and model call to the study.
     """
     sizes = np.where(rng.random(n) < repeat_share, rng.integers(2, 7, n), 1)
@@ -61,7 +61,7 @@ def subgroup_window(
     read = rng.random(n) < 0.8
     frame = pd.DataFrame(
         {
-            "manufacturer": vendor,
+            "vendor": vendor,
             "scanner_model": scanner,
             "site": SITES[rng.integers(0, SITES.size, n_patients)][patient],
             "sex": np.array(["F", "M"])[rng.integers(0, 2, n_patients)][patient],
@@ -81,7 +81,7 @@ def test_results_carry_every_comparison_with_intervals_and_q_values():
     frame.loc[5:9, "sex"] = None
     results = SubgroupBias(min_group_size=30).test(frame)
     features = {r.feature for r in results}
-    assert "manufacturer=Philips:sensitivity" in features
+    assert "vendor=Philips:sensitivity" in features
     assert "view=LATERAL:override_rate" in features
     tiny = [r for r in results if r.feature.startswith("site=tiny:")]
     assert len(tiny) == 3
@@ -91,7 +91,7 @@ def test_results_carry_every_comparison_with_intervals_and_q_values():
     tested = [r for r in results if r.p_value is not None]
     assert all(r.details["q_value"] >= r.p_value * (1 - 1e-12) for r in tested)
     assert {r.details["n_comparisons"] for r in tested} == {len(tested)}
-    one = next(r for r in results if r.feature == "manufacturer=Siemens:specificity")
+    one = next(r for r in results if r.feature == "vendor=Siemens:specificity")
     low, high = one.details["ci"]
     assert low < one.details["group_value"] < high
     assert one.statistic == pytest.approx(one.details["group_value"] - one.details["rest_value"])
@@ -103,9 +103,9 @@ def test_fit_stores_baseline_values_and_skips_absent_fields():
     rng = np.random.default_rng(1)
     baseline, _ = subgroup_window(rng, 2000)
     window, _ = subgroup_window(rng, 2000)
-    detector = SubgroupBias(fields=("manufacturer", "not_a_column")).fit(baseline)
+    detector = SubgroupBias(fields=("vendor", "not_a_column")).fit(baseline)
     results = detector.test(window)
-    assert {r.details["field"] for r in results} == {"manufacturer"}
+    assert {r.details["field"] for r in results} == {"vendor"}
     assert all(r.details["baseline_value"] is not None for r in results)
     with pytest.raises(ValidationError):
         SubgroupBias(fields="site").test(window)  # type: ignore[arg-type]
@@ -113,7 +113,7 @@ def test_fit_stores_baseline_values_and_skips_absent_fields():
 
 def test_lowered_subgroup_is_found(record_property):
     """Philips studies lose 15 points of sensitivity (0.85 -> 0.70); 6000 studies, so about
-    300 radiologist-positive reads per manufacturer; 66 comparisons under BH at FDR 0.05.
+    300 radiologist-positive reads per vendor; 66 comparisons under BH at FDR 0.05.
 
     Findings in site, sex, age band or view are false (those are independent of the vendor);
     their share among a run's findings, averaged over runs, is the false discovery rate.
@@ -123,7 +123,7 @@ def test_lowered_subgroup_is_found(record_property):
         rng = np.random.default_rng(seed)
         frame, _ = subgroup_window(rng, 6000, lowered="Philips")
         results = SubgroupBias().test(frame)
-        target = next(r for r in results if r.feature == "manufacturer=Philips:sensitivity")
+        target = next(r for r in results if r.feature == "vendor=Philips:sensitivity")
         found.append(target.drift and target.details["direction"] == "worse")
         findings = [r for r in results if r.drift]
         false = [r for r in findings if r.details["field"] not in VENDOR_FIELDS]

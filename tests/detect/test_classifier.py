@@ -63,7 +63,7 @@ def test_separable_samples_give_auc_one_and_smallest_p():
     assert result.statistic == pytest.approx(1.0)
     assert result.p_value == pytest.approx(1 / 100)
     assert result.drift
-    assert result.detector == "classifier" and result.feature == "embedding"
+    assert result.detector == "ClassifierDrift" and result.feature == "embedding"
     assert result.details["auc"] == result.statistic
     assert result.details["folds"] == 5 and result.details["permutation_unit"] == "study"
 

@@ -98,7 +98,7 @@ def test_bias_uses_q_values_and_insufficient_data_is_no_evidence():
 def test_statistic_bound_results_and_family_precedence():
     bound = result("classifier_auc", None, drift=True, statistic=0.9, alpha=0.6, family="embedding")
     assert family_of(bound) == "embedding"
-    assert family_of(result("mmd", 0.5)) == "embedding"
+    assert family_of(result("MMDDrift", 0.5)) == "embedding"
     assert family_of(result("SomethingNew", 0.5)) == "SomethingNew"
     assert health_score([bound]).components["embedding"] < 0.6
 

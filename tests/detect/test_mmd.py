@@ -127,7 +127,7 @@ def test_result_fields_and_details():
     windows = independent_windows(np.random.default_rng(3), 120, 48)
     detector = MMDDrift(n_permutations=99, seed=5).fit(windows.reference)
     result = detector.test(subspace_shift(windows.current, size=3.0))
-    assert result.detector == "mmd" and result.feature == "embedding"
+    assert result.detector == "MMDDrift" and result.feature == "embedding"
     assert result.drift and result.p_value == pytest.approx(1 / 100)  # never 0
     assert result.threshold == 0.05
     assert (result.n_reference, result.n_current) == (120, 120)

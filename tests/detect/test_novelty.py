@@ -77,7 +77,8 @@ def test_novel_studies_are_listed_with_keys():
     assert all(p < 0.01 for p in details["novel_p_values"])
     assert details["n_novel"] == len(details["novel_indices"]) == result.statistic
     assert details["expected"] == pytest.approx(60 * 3 / 301)
-    assert result.detector == "novelty" and result.n_current == 60 and result.n_reference == 1000
+    assert result.detector == "NoveltyDrift"
+    assert result.n_current == 60 and result.n_reference == 1000
 
 
 def test_contract_errors():

@@ -71,7 +71,7 @@ def test_nih_patient_halves_do_not_drift_when_tested_by_patient(detector, seed, 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_pneumoniamnist_random_halves_do_not_drift(detector, seed, pneumonia_embeddings):
     """Two disjoint random sets of 1,000 PneumoniaMNIST images. Under no shift a p-value is
-    uniform; none of the three seeds falls below 0.01 (measured >= 0.075)."""
+    uniform; none of the three seeds falls below 0.01 (measured >= 0.07)."""
     order = np.random.default_rng(seed).permutation(len(pneumonia_embeddings))
     reference = pneumonia_embeddings[order[:1000]]
     current = pneumonia_embeddings[order[1000:2000]]
