@@ -9,7 +9,6 @@ so a patient ID and a study UID that happen to be equal do not collide.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 
@@ -22,8 +21,7 @@ class Pseudonymiser:
     def _hash(self, domain: str, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        digest = hmac.new(self._key, f"{domain}:{value}".encode(), hashlib.sha256)
-        return digest.hexdigest()[:32]
+        return hmac.digest(self._key, f"{domain}:{value}".encode(), "sha256").hex()[:32]
 
     def study(self, study_uid: str | None) -> str | None:
         return self._hash("study", study_uid)

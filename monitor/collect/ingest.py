@@ -38,34 +38,35 @@ class IngestResult:
     duplicates: int
 
 
-def _sqlite_value(value: Any) -> Any:
-    """What SQLAlchemy's SQLite types store: naive UTC text datetimes, JSON text, 0/1."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, dict):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return int(value)
-    return value
+def _sqlite_text(moment: datetime) -> str:
+    """How SQLAlchemy's DateTime stores a (UTC) datetime on SQLite."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _insert_sqlite_inferences(session: Session, rows: list[dict[str, Any]]) -> int:
+    """The hot path on SQLite: the driver's executemany with values converted as SQLAlchemy's
+    types would (datetimes as text, JSON as text; sqlite3 stores bools as 0/1 itself).
+    SQLAlchemy's per-value bind processing doubled the cost of a batch (benchmarks/ingest.py).
+    ON CONFLICT DO NOTHING skips event_ids already stored; returns the rows inserted."""
+    columns = list(rows[0])
+    received_at = _sqlite_text(rows[0]["received_at"])  # one value for the whole batch
+    values = []
+    for row in rows:
+        row = {**row, "ts": _sqlite_text(row["ts"]), "received_at": received_at,
+               "scores": json.dumps(row["scores"]),
+               "tags": None if row["tags"] is None else json.dumps(row["tags"])}
+        values.append(tuple(row[c] for c in columns))
+    sql = (f"INSERT INTO {Inference.__tablename__} ({', '.join(columns)}) "
+           f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (event_id) DO NOTHING")
+    return int(session.connection().exec_driver_sql(sql, values).rowcount)
 
 
 def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT (event_id) DO NOTHING, so a concurrent retry cannot fail the batch.
-
-    On SQLite, the hot path (the inference table) goes to the driver's executemany with values
-    converted as SQLAlchemy's types would: SQLAlchemy's per-value bind processing doubled the
-    cost of a batch (benchmarks/ingest.py)."""
+    """INSERT ... ON CONFLICT (event_id) DO NOTHING, so a concurrent retry cannot fail the
+    batch."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    if dialect == "sqlite" and table is Inference:
-        columns = list(rows[0])
-        sql = (f"INSERT INTO {table.__tablename__} ({', '.join(columns)}) "
-               f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (event_id) DO NOTHING")
-        session.connection().exec_driver_sql(
-            sql, [tuple(_sqlite_value(row[c]) for c in columns) for row in rows]
-        )
-        return
     if dialect == "sqlite":
         stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=["event_id"])
     elif dialect == "postgresql":
@@ -206,8 +207,13 @@ def write_inferences(
     """Store a validated batch in the caller's transaction (the caller commits)."""
     unique = _unique_by_event_id(events)
     versions = _check_embedding_lengths(session, unique)
-    existing = _existing_event_ids(session, Inference.event_id, [e.event_id for _, e in unique])
     received_at = datetime.now(UTC)
+    if session.get_bind().dialect.name == "sqlite":  # the insert itself counts what is new
+        rows = [_inference_row(event, versions[(event.model, event.model_version)].id,
+                               pseudonymiser, received_at) for _, event in unique]
+        new = _insert_sqlite_inferences(session, rows)
+        return IngestResult(accepted=len(unique), new=new, duplicates=len(events) - new)
+    existing = _existing_event_ids(session, Inference.event_id, [e.event_id for _, e in unique])
     rows = [
         _inference_row(event, versions[(event.model, event.model_version)].id,
                        pseudonymiser, received_at)
