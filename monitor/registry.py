@@ -181,8 +181,8 @@ def aliases(session: Session, model: str) -> dict[str, str]:
         select(ModelAlias.alias, ModelVersion.version)
         .join(ModelVersion, ModelVersion.id == ModelAlias.model_version_id)
         .where(ModelAlias.model == model)
-    ).tuples()
-    return dict(sorted(rows))
+    ).all()
+    return dict(sorted((alias, version) for alias, version in rows))
 
 
 def alias_version(session: Session, model: str, alias: str) -> ModelVersion | None:
@@ -298,7 +298,7 @@ def rollback_target(session: Session, *, model: str, alias: str = "production") 
         select(AuditEntry.model_version, func.max(AuditEntry.ts))
         .where(AuditEntry.model == model, AuditEntry.action.in_(("promote", "rollback")))
         .group_by(AuditEntry.model_version)
-    ).tuples().all())
+    ).all())
     candidates = [
         row for row in session.scalars(select(ModelVersion).where(
             ModelVersion.model == model, ModelVersion.status.in_(("active", "retired"))))
@@ -527,7 +527,7 @@ def _claim_hooks(runtime: Runtime, now: datetime, lease_s: float) -> list[Recomm
             .where(RollbackRecommendation.hook_status == "pending",
                    RollbackRecommendation.hook_next_attempt_at <= now)
             .order_by(RollbackRecommendation.id)
-        ).tuples().all()
+        ).all()
         for rec_id, seen in due:
             taken = session.execute(
                 update(RollbackRecommendation)

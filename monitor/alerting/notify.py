@@ -274,7 +274,7 @@ def _claim(runtime: Runtime, config: AlertingConfig, now: datetime, limit: int
             select(Notification.id, Notification.next_attempt_at)
             .where(Notification.status == "pending", Notification.next_attempt_at <= now)
             .order_by(Notification.id).limit(limit)
-        ).tuples().all()
+        ).all()
         for notification_id, seen in due:
             taken = session.execute(
                 update(Notification)

@@ -143,7 +143,7 @@ def load_embeddings(session: Session, inference_ids: list[int]) -> np.ndarray | 
         chunk = inference_ids[lo : lo + _IN_CHUNK]
         blobs.update(session.execute(
             select(Inference.id, Inference.embedding).where(Inference.id.in_(chunk))
-        ).tuples().all())
+        ).all())
     present = [blobs.get(i) for i in inference_ids]
     first = next((blob for blob in present if blob is not None), None)
     if first is None:
@@ -196,7 +196,7 @@ def summary(
     read_counts = {row.key: row for row in session.execute(reads)}
     names = {}
     if by == "version":
-        names = dict(session.execute(select(ModelVersion.id, ModelVersion.version)).tuples().all())
+        names = dict(session.execute(select(ModelVersion.id, ModelVersion.version)).all())
     out = []
     for row in session.execute(studies):
         read = read_counts.get(row.key)
@@ -229,7 +229,7 @@ def list_inferences(
         columns.append(Inference.embedding)
     query = _window(select(*columns), version_id, model, start, end)
     query = query.order_by(Inference.ts.desc(), Inference.id.desc()).limit(limit).offset(offset)
-    versions = dict(session.execute(select(ModelVersion.id, ModelVersion.version)).tuples().all())
+    versions = dict(session.execute(select(ModelVersion.id, ModelVersion.version)).all())
     out = []
     for row in session.execute(query):
         item = dict(row._mapping)

@@ -144,19 +144,19 @@ def list_baselines(
         query = query.where(ModelVersion.model == model)
     if version is not None:
         query = query.where(ModelVersion.version == version)
-    return [_baseline_info(row, m, v) for row, m, v in session.execute(query).tuples()]
+    return [_baseline_info(row, m, v) for row, m, v in session.execute(query)]
 
 
 def newest_baseline(session: Session, model_version_id: int) -> BaselineInfo | None:
     """The baseline checks use: the newest of the version (by creation time, then id)."""
     query = (_baselines_query().where(Baseline.model_version_id == model_version_id)
              .order_by(Baseline.created_at.desc(), Baseline.id.desc()).limit(1))
-    found = session.execute(query).tuples().first()
+    found = session.execute(query).first()
     return None if found is None else _baseline_info(*found)
 
 
 def get_baseline(session: Session, baseline_id: int) -> BaselineInfo:
-    found = session.execute(_baselines_query().where(Baseline.id == baseline_id)).tuples().first()
+    found = session.execute(_baselines_query().where(Baseline.id == baseline_id)).first()
     if found is None:
         raise NotFoundError(f"baseline id {baseline_id} not found")
     return _baseline_info(*found)
@@ -235,7 +235,7 @@ def _result_info(row: CheckResult, run: CheckRun, model: str, version: str) -> C
 
 def get_check_run(session: Session, check_run_id: int, *, with_results: bool = True
                   ) -> CheckRunInfo:
-    found = session.execute(_runs_query().where(CheckRun.id == check_run_id)).tuples().first()
+    found = session.execute(_runs_query().where(CheckRun.id == check_run_id)).first()
     if found is None:
         raise NotFoundError(f"check run id {check_run_id} not found")
     run, model, version = found
@@ -273,7 +273,7 @@ def list_check_runs(
     """Check runs (without their results) whose window ends in (start, end], newest first."""
     query = _filtered(_runs_query(), model=model, version=version, start=start, end=end)
     query = query.order_by(CheckRun.window_end.desc(), CheckRun.id.desc()).limit(limit)
-    return [_run_info(run, m, v) for run, m, v in session.execute(query.offset(offset)).tuples()]
+    return [_run_info(run, m, v) for run, m, v in session.execute(query.offset(offset))]
 
 
 def list_check_results(
@@ -305,7 +305,7 @@ def list_check_results(
     if check_run_id is not None:
         query = query.where(CheckResult.check_run_id == check_run_id)
     query = query.order_by(CheckRun.window_end.desc(), CheckResult.id).limit(limit).offset(offset)
-    return [_result_info(r, run, m, v) for r, run, m, v in session.execute(query).tuples()]
+    return [_result_info(r, run, m, v) for r, run, m, v in session.execute(query)]
 
 
 def latest_check_runs(session: Session, *, model: str | None = None) -> list[CheckRunInfo]:
@@ -320,7 +320,7 @@ def latest_check_runs(session: Session, *, model: str | None = None) -> list[Che
         query = query.where(ModelVersion.model == model)
     seen: set[int] = set()
     runs = []
-    for run, m, v in session.execute(query).tuples():
+    for run, m, v in session.execute(query):
         if run.model_version_id not in seen:
             seen.add(run.model_version_id)
             runs.append(_run_info(run, m, v))
