@@ -313,13 +313,19 @@ def _rule(**fields: Any) -> Rule:
     return Rule.model_validate(fields)
 
 
-# The built-in rules, used when the config file has no ``rules:``. Drift verdicts come from
-# each detector's own test at its own alpha; ``for`` asks for the evidence to persist.
+# The built-in rules, used when the config file has no ``rules:``. A check runs some thirty
+# tests, so a rule on each test's own verdict at alpha 0.05 would alert on most windows with
+# no shift at all: pages need p < 0.01 in two consecutive windows; a never-seen scanner,
+# software version or photometric value alerts on first sight.
 DEFAULT_RULES: tuple[Rule, ...] = (
-    _rule(name="embedding-drift", family="embedding", condition="drift == true", **{"for": 2},
+    _rule(name="embedding-drift", family="embedding", condition="p_value < 0.01", **{"for": 2},
           severity="critical", category="embedding-drift",
           summary="{model} {model_version}: embedding drift ({detector}, p={p_value})"),
-    _rule(name="metadata-drift", family="metadata", condition="drift == true", severity="warning",
+    _rule(name="new-category", family="metadata", condition='details.reason == "new_category"',
+          severity="warning",
+          summary="{model} {model_version}: new {feature} never seen in the baseline"),
+    _rule(name="metadata-drift", family="metadata", condition="p_value < 0.01", **{"for": 2},
+          severity="warning",
           summary="{model} {model_version}: {feature} distribution changed ({detector}, "
           "p={p_value})"),
     _rule(name="prediction-drift", family="prediction", condition="drift == true",
