@@ -3,42 +3,17 @@ operators only, audited with the token's name."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from monitor import registry
 from monitor.alerting import engine
 from monitor.alerting.config import parse_config
-from monitor.api import create_app
-from monitor.api.alerts import router as alerts_router
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from tests.alerting.support import add_version, result, store_run
-
-OPERATOR = {"Authorization": "Bearer op-token"}
-VIEWER = {"Authorization": "Bearer view-token"}
-
-
-def app_with_alerts(runtime: Runtime) -> FastAPI:
-    app = create_app(runtime)
-    if "/v1/alerts/{alert_id}/silence" not in {getattr(r, "path", None) for r in app.routes}:
-        app.include_router(alerts_router)
-    return app
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    runtime.settings = runtime.settings.model_copy(update={
-        "api_tokens": {"alice": SecretStr("op-token"), "viewer": SecretStr("view-token")},
-        "operators": ["alice"],
-    })
-    with TestClient(app_with_alerts(runtime)) as test_client:
-        yield test_client
+from tests.api.conftest import OPERATOR, VIEWER
 
 
 def _firing_alert(runtime: Runtime) -> int:
@@ -51,48 +26,49 @@ def _firing_alert(runtime: Runtime) -> int:
     return alert_id
 
 
-def test_list_and_read(client: TestClient, runtime: Runtime) -> None:
+def test_list_and_read(token_client: TestClient, runtime: Runtime) -> None:
     alert_id = _firing_alert(runtime)
-    assert client.get("/v1/alerts").status_code == 401
-    listed = client.get("/v1/alerts", headers=VIEWER)
+    assert token_client.get("/v1/alerts").status_code == 401
+    listed = token_client.get("/v1/alerts", headers=VIEWER)
     assert listed.status_code == 200
     (item,) = listed.json()
     assert (item["id"], item["state"], item["severity"]) == (alert_id, "firing", "critical")
     assert item["labels"]["feature"] == "sensitivity"
-    assert client.get("/v1/alerts?state=resolved", headers=VIEWER).json() == []
-    assert len(client.get("/v1/alerts?state=all&model=cxr-triage", headers=VIEWER).json()) == 1
-    bad = client.get("/v1/alerts?state=burning", headers=VIEWER)
+    assert token_client.get("/v1/alerts?state=resolved", headers=VIEWER).json() == []
+    every = token_client.get("/v1/alerts?state=all&model=cxr-triage", headers=VIEWER).json()
+    assert len(every) == 1
+    bad = token_client.get("/v1/alerts?state=burning", headers=VIEWER)
     assert bad.status_code == 422 and bad.json()["field"] == "state"
-    one = client.get(f"/v1/alerts/{alert_id}", headers=VIEWER).json()
+    one = token_client.get(f"/v1/alerts/{alert_id}", headers=VIEWER).json()
     assert one["notifications"] == [] and one["summary"].startswith("perf:")
-    assert client.get("/v1/alerts/999", headers=VIEWER).status_code == 404
+    assert token_client.get("/v1/alerts/999", headers=VIEWER).status_code == 404
 
 
 def test_acknowledge_and_silence_need_an_operator_and_are_audited(
-        client: TestClient, runtime: Runtime) -> None:
+        token_client: TestClient, runtime: Runtime) -> None:
     alert_id = _firing_alert(runtime)
     ack = f"/v1/alerts/{alert_id}/acknowledge"
-    assert client.post(ack, json={}, headers=VIEWER).status_code == 403
-    done = client.post(ack, json={"reason": "paging the vendor"}, headers=OPERATOR)
+    assert token_client.post(ack, json={}, headers=VIEWER).status_code == 403
+    done = token_client.post(ack, json={"reason": "paging the vendor"}, headers=OPERATOR)
     assert done.status_code == 200 and done.json()["acknowledged_by"] == "alice"
 
     silence = f"/v1/alerts/{alert_id}/silence"
-    assert client.post(silence, json={"duration": "2h", "reason": "x"},
+    assert token_client.post(silence, json={"duration": "2h", "reason": "x"},
                        headers=VIEWER).status_code == 403
-    no_reason = client.post(silence, json={"duration": "2h"}, headers=OPERATOR)
+    no_reason = token_client.post(silence, json={"duration": "2h"}, headers=OPERATOR)
     assert no_reason.status_code == 422 and no_reason.json()["field"] == "reason"
-    both = client.post(silence, json={"duration": "2h", "until": "2030-01-01T00:00:00Z",
+    both = token_client.post(silence, json={"duration": "2h", "until": "2030-01-01T00:00:00Z",
                                       "reason": "x"}, headers=OPERATOR)
     assert both.status_code == 422
-    bad = client.post(silence, json={"duration": "soon", "reason": "x"}, headers=OPERATOR)
+    bad = token_client.post(silence, json={"duration": "soon", "reason": "x"}, headers=OPERATOR)
     assert bad.status_code == 422 and bad.json()["field"] == "duration"
     before = datetime.now(UTC)
-    silenced = client.post(silence, json={"duration": "2h", "reason": "scanner service"},
+    silenced = token_client.post(silence, json={"duration": "2h", "reason": "scanner service"},
                            headers=OPERATOR)
     assert silenced.status_code == 200
     until = datetime.fromisoformat(silenced.json()["silenced_until"])
     assert before + timedelta(hours=2) <= until <= datetime.now(UTC) + timedelta(hours=2)
-    until_body = client.post(silence, json={"until": "2030-01-01T00:00:00Z", "reason": "r"},
+    until_body = token_client.post(silence, json={"until": "2030-01-01T00:00:00Z", "reason": "r"},
                              headers=OPERATOR)
     assert until_body.json()["silenced_until"].startswith("2030-01-01")
 
@@ -107,8 +83,8 @@ def test_acknowledge_and_silence_need_an_operator_and_are_audited(
     ]
 
 
-def test_delivery_pass_for_operators(client: TestClient) -> None:
-    assert client.post("/v1/alerts/deliver", headers=VIEWER).status_code == 403
-    done = client.post("/v1/alerts/deliver", headers=OPERATOR)
+def test_delivery_pass_for_operators(token_client: TestClient) -> None:
+    assert token_client.post("/v1/alerts/deliver", headers=VIEWER).status_code == 403
+    done = token_client.post("/v1/alerts/deliver", headers=OPERATOR)
     assert done.status_code == 200
     assert done.json()["notifications"]["sent"] == 0

@@ -3,84 +3,59 @@ recommendations approved or rejected by operators, the audit log."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
-from monitor.api import create_app
-from monitor.api.registry import router as registry_router
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from monitor.store.models import RollbackRecommendation
 from tests.alerting.support import add_version
-
-OPERATOR = {"Authorization": "Bearer op-token"}
-VIEWER = {"Authorization": "Bearer view-token"}
+from tests.api.conftest import OPERATOR, VIEWER
 
 
-def app_with_registry(runtime: Runtime) -> FastAPI:
-    app = create_app(runtime)
-    if "/v1/models/{model}/promote" not in {getattr(r, "path", None) for r in app.routes}:
-        app.include_router(registry_router)
-    return app
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    runtime.settings = runtime.settings.model_copy(update={
-        "api_tokens": {"alice": SecretStr("op-token"), "viewer": SecretStr("view-token")},
-        "operators": ["alice"],
-    })
-    with TestClient(app_with_registry(runtime)) as test_client:
-        yield test_client
-
-
-def test_register_promote_rollback(client: TestClient, runtime: Runtime) -> None:
-    made = client.post("/v1/models/cxr-triage/versions", headers=VIEWER,
+def test_register_promote_rollback(token_client: TestClient, runtime: Runtime) -> None:
+    made = token_client.post("/v1/models/cxr-triage/versions", headers=VIEWER,
                        json={"version": "1.3.0", "embedding_dim": 64, "notes": "first"})
     assert made.status_code == 200 and made.json()["status"] == "candidate"
-    bad = client.post("/v1/models/cxr-triage/versions", headers=VIEWER,
+    bad = token_client.post("/v1/models/cxr-triage/versions", headers=VIEWER,
                       json={"version": "1.4.0", "status": "active"})
     assert bad.status_code == 422 and bad.json()["field"] == "status"
     add_version(runtime, "1.3.0")  # its baseline
     add_version(runtime, "1.4.0")
 
     promote = "/v1/models/cxr-triage/promote"
-    assert client.post(promote, json={"version": "1.3.0", "reason": "r"},
+    assert token_client.post(promote, json={"version": "1.3.0", "reason": "r"},
                        headers=VIEWER).status_code == 403
-    no_reason = client.post(promote, json={"version": "1.3.0"}, headers=OPERATOR)
+    no_reason = token_client.post(promote, json={"version": "1.3.0"}, headers=OPERATOR)
     assert no_reason.status_code == 422 and no_reason.json()["field"] == "reason"
     for version in ("1.3.0", "1.4.0"):
-        moved = client.post(promote, json={"version": version, "reason": f"ship {version}"},
+        moved = token_client.post(promote, json={"version": version, "reason": f"ship {version}"},
                             headers=OPERATOR)
         assert moved.status_code == 200 and moved.json()["to_version"] == version
-    again = client.post(promote, json={"version": "1.4.0", "reason": "x"}, headers=OPERATOR)
+    again = token_client.post(promote, json={"version": "1.4.0", "reason": "x"}, headers=OPERATOR)
     assert again.status_code == 409
-    missing = client.post(promote, json={"version": "9.9", "reason": "x"}, headers=OPERATOR)
+    missing = token_client.post(promote, json={"version": "9.9", "reason": "x"}, headers=OPERATOR)
     assert missing.status_code == 404
-    aliases = client.get("/v1/models/cxr-triage/aliases", headers=VIEWER)
+    aliases = token_client.get("/v1/models/cxr-triage/aliases", headers=VIEWER)
     assert aliases.json() == {"production": "1.4.0"}
 
     rollback = "/v1/models/cxr-triage/rollback"
-    assert client.post(rollback, json={"reason": "r"}, headers=VIEWER).status_code == 403
-    assert client.post(rollback, json={}, headers=OPERATOR).json()["field"] == "reason"
-    done = client.post(rollback, json={"reason": "override rate doubled"}, headers=OPERATOR)
+    assert token_client.post(rollback, json={"reason": "r"}, headers=VIEWER).status_code == 403
+    assert token_client.post(rollback, json={}, headers=OPERATOR).json()["field"] == "reason"
+    done = token_client.post(rollback, json={"reason": "override rate doubled"}, headers=OPERATOR)
     assert done.status_code == 200, done.text
     body = done.json()
     assert (body["from_version"], body["to_version"], body["status"]) == (
         "1.4.0", "1.3.0", "executed")
     assert body["decided_by"] == "alice" and body["hook_status"] is None
-    assert client.get("/v1/models/cxr-triage/aliases", headers=VIEWER).json() == {
+    assert token_client.get("/v1/models/cxr-triage/aliases", headers=VIEWER).json() == {
         "production": "1.3.0"}
-    refused = client.post(rollback, json={"to_version": "1.4.0", "reason": "back"},
+    refused = token_client.post(rollback, json={"to_version": "1.4.0", "reason": "back"},
                           headers=OPERATOR)
     assert refused.status_code == 409 and "rolled back for cause" in refused.json()["detail"]
 
-    audit = client.get("/v1/audit?model=cxr-triage", headers=VIEWER).json()
+    audit = token_client.get("/v1/audit?model=cxr-triage", headers=VIEWER).json()
     assert [(e["action"], e["actor"]) for e in audit[:3]] == [
         ("rollback", "alice"), ("promote", "alice"), ("promote", "alice")]
     assert audit[0]["reason"] == "override rate doubled"
@@ -98,29 +73,30 @@ def _pending(runtime: Runtime) -> int:
         return rec.id
 
 
-def test_recommendations_are_decided_by_operators(client: TestClient, runtime: Runtime) -> None:
+def test_recommendations_are_decided_by_operators(token_client: TestClient,
+                                                  runtime: Runtime) -> None:
     for version in ("1.3.0", "1.4.0"):
         add_version(runtime, version)
-        assert client.post("/v1/models/cxr-triage/promote", headers=OPERATOR,
+        assert token_client.post("/v1/models/cxr-triage/promote", headers=OPERATOR,
                            json={"version": version, "reason": "r"}).status_code == 200
     first, second = _pending(runtime), _pending(runtime)
-    listed = client.get("/v1/rollback-recommendations?model=cxr-triage&status=pending",
+    listed = token_client.get("/v1/rollback-recommendations?model=cxr-triage&status=pending",
                         headers=VIEWER).json()
     assert [r["id"] for r in listed] == [second, first]
 
     reject = f"/v1/rollback-recommendations/{first}/reject"
-    assert client.post(reject, json={"reason": "r"}, headers=VIEWER).status_code == 403
-    assert client.post(reject, json={}, headers=OPERATOR).status_code == 422
-    rejected = client.post(reject, json={"reason": "reads are delayed"}, headers=OPERATOR)
+    assert token_client.post(reject, json={"reason": "r"}, headers=VIEWER).status_code == 403
+    assert token_client.post(reject, json={}, headers=OPERATOR).status_code == 422
+    rejected = token_client.post(reject, json={"reason": "reads are delayed"}, headers=OPERATOR)
     assert rejected.json()["status"] == "rejected"
-    assert client.post(reject, json={"reason": "twice"}, headers=OPERATOR).status_code == 409
+    assert token_client.post(reject, json={"reason": "twice"}, headers=OPERATOR).status_code == 409
 
     approve = f"/v1/rollback-recommendations/{second}/approve"
-    assert client.post(approve, json={"reason": "r"}, headers=VIEWER).status_code == 403
-    approved = client.post(approve, json={"reason": "confirmed"}, headers=OPERATOR)
+    assert token_client.post(approve, json={"reason": "r"}, headers=VIEWER).status_code == 403
+    approved = token_client.post(approve, json={"reason": "confirmed"}, headers=OPERATOR)
     assert approved.status_code == 200 and approved.json()["status"] == "executed"
-    one = client.get(f"/v1/rollback-recommendations/{second}", headers=VIEWER).json()
+    one = token_client.get(f"/v1/rollback-recommendations/{second}", headers=VIEWER).json()
     assert one["decision_reason"] == "confirmed"
-    assert client.get("/v1/rollback-recommendations/999", headers=VIEWER).status_code == 404
-    actions = [e["action"] for e in client.get("/v1/audit?limit=2", headers=VIEWER).json()]
+    assert token_client.get("/v1/rollback-recommendations/999", headers=VIEWER).status_code == 404
+    actions = [e["action"] for e in token_client.get("/v1/audit?limit=2", headers=VIEWER).json()]
     assert actions == ["rollback", "reject_rollback"]
