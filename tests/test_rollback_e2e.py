@@ -9,18 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from monitor import registry
 from monitor.alerting import engine
 from monitor.api import create_app
-from monitor.api.registry import router as registry_router
 from monitor.checks import CheckOptions, run_check
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from tests.alerting.support import HttpReceiver, http_receiver, write_config
+from tests.api.conftest import OPERATOR, VIEWER
 from tests.simdb import (
     MODEL,
     PREVIOUS,
@@ -28,17 +27,7 @@ from tests.simdb import (
     SimulatedTemplate,
 )
 
-OPERATOR = {"Authorization": "Bearer op-token"}
-VIEWER = {"Authorization": "Bearer view-token"}
 RULE = "e2e-performance-drop"
-
-
-def app_with_registry(runtime: Runtime) -> FastAPI:
-    app = create_app(runtime)
-    paths = {getattr(route, "path", None) for route in app.routes}
-    if "/v1/rollback-recommendations/{recommendation_id}/approve" not in paths:
-        app.include_router(registry_router)
-    return app
 
 
 @pytest.fixture
@@ -106,7 +95,7 @@ def test_performance_drop_leads_to_an_approved_audited_rollback(
     assert cause.severity == "critical" and cause.firing_windows == 2
 
     # 4. approval over the API: operators only, with a reason
-    with TestClient(app_with_registry(runtime)) as client:
+    with TestClient(create_app(runtime)) as client:
         url = f"/v1/rollback-recommendations/{recommended.id}/approve"
         assert client.post(url, json={"reason": "x"}).status_code == 401
         assert client.post(url, json={"reason": "x"}, headers=VIEWER).status_code == 403

@@ -6,28 +6,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from monitor.api import create_app
-from monitor.api.checks import router
 from monitor.runtime import Runtime
 from tests.conftest import open_runtime
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION, SimulatedTemplate
 
-pytest_plugins = ["tests.simdb"]
-
-
-def app_for(runtime: Runtime) -> FastAPI:
-    app = create_app(runtime)
-    if not any(getattr(route, "path", None) == "/v1/checks" for route in app.routes):
-        app.include_router(router)
-    return app
-
 
 @pytest.fixture
 def client(simulated_runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(app_for(simulated_runtime)) as test_client:
+    with TestClient(create_app(simulated_runtime)) as test_client:
         yield test_client
 
 
@@ -119,7 +108,7 @@ def test_only_operators_create_baselines(simulated_runtime: Runtime, tmp_path: P
                            api_tokens={"ops": "o" * 24, "viewer": "v" * 24},
                            operators=["ops"])
     try:
-        with TestClient(app_for(runtime)) as client:
+        with TestClient(create_app(runtime)) as client:
             body = {"model": MODEL, "version": PREVIOUS, "last": 200}
             viewer = {"Authorization": "Bearer " + "v" * 24}
             ops = {"Authorization": "Bearer " + "o" * 24}
