@@ -29,7 +29,7 @@ import sqlalchemy
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine
+from _common import machine
 
 from monitor.baselines import create_baseline, load_reference
 from monitor.checks import CheckOptions, run_check

@@ -32,8 +32,8 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ import sqlalchemy
 from sqlalchemy import Engine, insert, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine
+from _common import machine, scratch_postgres
 
 from monitor.store import dashboard as q
 from monitor.store.db import make_engine, session_factory, session_scope, upgrade
@@ -472,15 +472,11 @@ def main() -> None:
 
     tmp = None if args.database else Path(tempfile.mkdtemp(prefix="dashboard-bench-"))
     database = args.database or tmp / "dashboard.db"  # type: ignore[operator]
+    scratch = ExitStack()
     backends = [("sqlite", f"sqlite:///{database}")]
-    admin = None
-    scratch = f"monitor_dashboard_bench_{uuid.uuid4().hex[:8]}"
     if args.postgres:
-        base = args.postgres.replace("postgresql://", "postgresql+psycopg://")
-        admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{scratch}"'))
-        backends.append(("postgresql", base.rsplit("/", 1)[0] + "/" + scratch))
+        backends.append(("postgresql", scratch.enter_context(
+            scratch_postgres(args.postgres, "monitor_dashboard_bench"))))
 
     last_day = (START + timedelta(days=args.days - 1)).date()
     default = q.Filters(model=MODEL, version="1.4.0",
@@ -506,10 +502,7 @@ def main() -> None:
             sections.append((name, sizes, build_s, queries, pages))
             print(format_section(name, sizes, build_s, queries, pages), file=sys.stderr)
     finally:
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
-            admin.dispose()
+        scratch.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _common import machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -261,24 +261,6 @@ def run_cell(
     return json.loads(target.read_text())
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}"
-
-
-def bench_monitor_check(quick: bool) -> list[str]:
-    """Hook for timing a whole ``monitor check`` over 50,000 studies; measured elsewhere."""
-    return []
-
-
 def _rate(result: dict | None) -> str:
     if not result or "verdicts" not in result:
         return "-" if not result else "error"
@@ -399,10 +381,7 @@ def parent(args: argparse.Namespace) -> None:
         "- peak RSS: getrusage max RSS of the worker process (imports and data included); in "
         "brackets, above its RSS after imports and data",
     ]
-    extra = bench_monitor_check(args.quick)
     table = render(cells, sizes, permutations, header)
-    if extra:
-        table += "\n\n" + "\n".join(extra)
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

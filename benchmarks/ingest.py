@@ -20,13 +20,14 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine
+from _common import machine, scratch_postgres
 
 from monitor.collect.inprocess import InProcessCollector
 from monitor.config import Settings
@@ -75,15 +76,11 @@ def settings_for(url: str, tmp: Path) -> Settings:
                     check_interval_s=0)
 
 
-def fresh_url(base: str | None, tmp: Path, name: str) -> str:
+def fresh_url(base: str | None, tmp: Path, name: str, scratch: ExitStack) -> str:
+    """A new SQLite file, or a scratch PostgreSQL database dropped when ``scratch`` closes."""
     if base is None:
         return f"sqlite:///{tmp / (name + '.db')}"
-    import psycopg
-
-    db = f"bench_{name}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{db}"')
-    return base.rsplit("/", 1)[0] + f"/{db}"
+    return scratch.enter_context(scratch_postgres(base, f"bench_ingest_{name}"))
 
 
 def bench_inprocess(url: str, tmp: Path, events: list[dict]) -> float:
@@ -203,21 +200,24 @@ def run(backend: str, base: str | None, n: int, tmp: Path) -> list[tuple[str, fl
     b64 = make_events(n, as_list=False, seed=1)
     lists = make_events(n, as_list=True, seed=2)
     results = []
-    for label, fn in (
-        ("(a) in-process collector", lambda: bench_inprocess(
-            fresh_url(base, tmp, "a"), tmp, make_events(n, as_list=False, seed=3))),
-        ("(b) HTTP, 1,000/batch, base64", lambda: bench_http(fresh_url(base, tmp, "b"), tmp,
-                                                              b64)),
-        ("(c) HTTP, 1,000/batch, JSON lists", lambda: bench_http(fresh_url(base, tmp, "c"),
-                                                                  tmp, lists)),
-        ("(d) limit: bare executemany", lambda: (
-            bench_limit_sqlite(tmp, limit_rows(make_events(n, as_list=False, seed=4)))
-            if base is None else
-            bench_limit_postgres(fresh_url(base, tmp, "d"),
-                                 limit_rows(make_events(n, as_list=False, seed=4))))),
-    ):
-        print(f"[{backend}] {label} ...", file=sys.stderr, flush=True)
-        results.append((label, fn()))
+    with ExitStack() as scratch:
+        def url(name: str) -> str:
+            return fresh_url(base, tmp, name, scratch)
+
+        def limit() -> float:
+            rows = limit_rows(make_events(n, as_list=False, seed=4))
+            return (bench_limit_sqlite(tmp, rows) if base is None
+                    else bench_limit_postgres(url("d"), rows))
+
+        for label, fn in (
+            ("(a) in-process collector",
+             lambda: bench_inprocess(url("a"), tmp, make_events(n, as_list=False, seed=3))),
+            ("(b) HTTP, 1,000/batch, base64", lambda: bench_http(url("b"), tmp, b64)),
+            ("(c) HTTP, 1,000/batch, JSON lists", lambda: bench_http(url("c"), tmp, lists)),
+            ("(d) limit: bare executemany", limit),
+        ):
+            print(f"[{backend}] {label} ...", file=sys.stderr, flush=True)
+            results.append((label, fn()))
     return results
 
 

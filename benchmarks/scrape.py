@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, insert, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine
+from _common import machine, scratch_postgres
 
 from monitor.metrics import build_service_metrics
 from monitor.store.db import make_engine, session_factory, session_scope, upgrade
@@ -231,20 +232,13 @@ def main() -> None:
                         default=Path(__file__).resolve().parent / "results" / "scrape.md")
     args = parser.parse_args()
 
-    backends: list[tuple[str, str]] = []
     tmp = Path(tempfile.mkdtemp(prefix="scrape-bench-"))
-    backends.append(("sqlite", f"sqlite:///{tmp / 'scrape.db'}"))
-    admin = None
-    scratch = f"monitor_scrape_bench_{uuid.uuid4().hex[:8]}"
-    if args.postgres:
-        base = args.postgres.replace("postgresql://", "postgresql+psycopg://")
-        admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{scratch}"'))
-        backends.append(("postgresql", base.rsplit("/", 1)[0] + "/" + scratch))
-
     rows_out = []
-    try:
+    with ExitStack() as scratch:
+        backends = [("sqlite", f"sqlite:///{tmp / 'scrape.db'}")]
+        if args.postgres:
+            backends.append(("postgresql", scratch.enter_context(
+                scratch_postgres(args.postgres, "monitor_scrape_bench"))))
         for name, url in backends:
             engine = make_engine(url)
             started = time.perf_counter()
@@ -259,11 +253,6 @@ def main() -> None:
                 rows_out.append((name, live, sizes, result))
                 print(f"{name}, {live} live: {result}", file=sys.stderr)
             engine.dispose()
-    finally:
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
-            admin.dispose()
 
     header = (f"Scrape benchmark: {args.versions} model versions ({args.models} models), "
               f"{args.rows:,} inferences + {args.rows // 3:,} reads, {args.subgroups} subgroups "
