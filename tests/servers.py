@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,16 @@ from contextlib import contextmanager
 
 import uvicorn
 from fastapi import FastAPI
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 15.0) -> None:
+    """Terminate a server the test started; kill it if it does not stop in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
 
 
 def free_port() -> int:

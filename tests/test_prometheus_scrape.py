@@ -24,7 +24,7 @@ from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from monitor.store.models import CheckResult, CheckRun
 from tests.conftest import require_server
-from tests.servers import free_port, running_app
+from tests.servers import free_port, running_app, stop_process
 from tests.simdb import (
     MODEL,
     PREVIOUS,
@@ -109,12 +109,7 @@ def running_prometheus(binary: str, directory: Path, target: str) -> Iterator[Pr
             time.sleep(0.2)
         yield prometheus
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
 
 
 def stored_results(runtime: Runtime, run_id: int) -> dict[tuple[str, str], CheckResult]:

@@ -20,7 +20,7 @@ from monitor.alerting.config import parse_config
 from monitor.runtime import Runtime
 from tests.alerting.support import HttpReceiver, http_receiver, result, store_run
 from tests.conftest import require_server
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 from tests.simdb import (
     PRODUCTION,
     SimulatedTemplate,
@@ -73,12 +73,7 @@ def alertmanager(tmp_path: Path) -> Iterator[RunningAlertmanager]:
                 time.sleep(0.1)
             yield RunningAlertmanager(url, receiver)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            stop_process(process, timeout_s=10)
             log.close()
 
 

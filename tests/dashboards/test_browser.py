@@ -35,7 +35,7 @@ from monitor.store.db import session_scope
 from monitor.store.models import AuditEntry, ModelAlias, ModelVersion, RollbackRecommendation
 from tests.conftest import require_server
 from tests.dashboards.conftest import APP, OPERATOR, OPERATOR_TOKEN, DashboardData
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION
 
 pytestmark = pytest.mark.server
@@ -99,12 +99,7 @@ def dashboard_url(dashboard_env: DashboardData, tmp_path: Path) -> Iterator[str]
         wait_for_health(url, process, log)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
 
 
 @pytest.fixture
