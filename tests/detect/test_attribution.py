@@ -8,6 +8,7 @@ import pytest
 
 from monitor.detect.attribution import Attribution, attribute
 from monitor.errors import ValidationError
+from tests.detect.support import rate
 
 # Scanner model: (vendor, software version, share of studies, site probabilities).
 SCANNERS = {
@@ -18,13 +19,6 @@ SCANNERS = {
 }
 SITES = np.array(["north", "south", "east"])
 DIMENSION = 32
-
-
-def rate(record_property, name: str, outcomes: list[bool]) -> float:
-    """Share of runs with the outcome, kept in the test report (``--junitxml``)."""
-    value = float(np.mean(outcomes))
-    record_property(name, value)
-    return value
 
 
 def fleet_embeddings(

@@ -9,6 +9,7 @@ import pytest
 
 from monitor.detect.bias import SubgroupBias
 from monitor.errors import ValidationError
+from tests.detect.support import rate
 
 MANUFACTURERS = {
     "GE Healthcare": ["Optima XR240amx", "Discovery XR656"],
@@ -20,13 +21,6 @@ SITES = np.array(["north", "south", "east"])
 AGE_BANDS = np.array(["18-39", "40-59", "60-79", "80+"])
 VIEWS = np.array(["PA", "AP", "LATERAL"])
 VENDOR_FIELDS = ("vendor", "scanner_model")
-
-
-def rate(record_property, name: str, outcomes: list[bool]) -> float:
-    """Share of runs with the outcome, kept in the test report (``--junitxml``)."""
-    value = float(np.mean(outcomes))
-    record_property(name, value)
-    return value
 
 
 def subgroup_window(

@@ -9,6 +9,7 @@ import pytest
 
 from monitor.detect.metadata import CategoricalDrift, NumericDrift, new_categories
 from monitor.errors import InsufficientDataError, NotFittedError, ValidationError
+from tests.detect.support import patient_index, rate
 
 ALPHA = 0.05
 # Scanner model: (share of patients, kVp values, their probabilities, pixel spacing in mm).
@@ -19,14 +20,6 @@ FLEET = {
 }
 VIEWS = np.array(["PA", "AP", "LATERAL", "AP SUPINE", "PA ERECT", "OBLIQUE"])
 VIEW_SHARES = np.array([0.40, 0.25, 0.15, 0.12, 0.05, 0.03])
-
-
-def patient_index(
-    rng: np.random.Generator, n: int, *, repeat_share: float, max_repeats: int = 6
-) -> np.ndarray:
-    """Patient number of each of n studies: a share of patients has 2..max_repeats studies."""
-    sizes = np.where(rng.random(n) < repeat_share, rng.integers(2, max_repeats + 1, n), 1)
-    return np.repeat(np.arange(n), sizes)[:n]
 
 
 def fleet_window(
@@ -61,13 +54,6 @@ def fleet_window(
             "pixel_spacing": spacing,
         }
     )
-
-
-def rate(record_property, name: str, outcomes: list[bool]) -> float:
-    """Share of runs with the outcome, kept in the test report (``--junitxml``)."""
-    value = float(np.mean(outcomes))
-    record_property(name, value)
-    return value
 
 
 # --- behaviour ---------------------------------------------------------------------------
