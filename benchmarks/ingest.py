@@ -29,8 +29,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, scratch_postgres
 
+from monitor.collect.ingest import INFERENCE_COLUMNS, _inference_values, _json_text, _sqlite_text
 from monitor.collect.inprocess import InProcessCollector
 from monitor.config import Settings
+from monitor.privacy import Pseudonymiser
 from monitor.runtime import Runtime
 from monitor.schema import INFERENCE_BATCH, encode_embedding, parse_batch
 from monitor.store.db import make_engine, upgrade
@@ -126,41 +128,26 @@ def bench_http(url: str, tmp: Path, events: list[dict]) -> float:
     return len(events) / elapsed
 
 
-LIMIT_COLUMNS = ("event_id", "model_version_id", "model", "ts", "received_at", "study_key",
-                 "patient_key", "sex", "age_years", "age_band", "manufacturer", "vendor",
-                 "scanner_model", "station", "site", "modality", "body_part", "view", "kvp",
-                 "exposure_mas", "pixel_spacing_mm", "photometric", "software_version", "tags",
-                 "scores", "score", "positive", "threshold", "latency_ms", "embedding")
-
-
 def limit_rows(events: list[dict]) -> list[tuple]:
-    """The same rows the service writes, prepared beforehand (the limit does no work)."""
-    from monitor.collect.ingest import _inference_row
-    from monitor.privacy import Pseudonymiser
-
+    """The rows the service writes on SQLite, prepared beforehand (the limit does no work)."""
     pseudonymiser = Pseudonymiser(KEY.encode())
-    rows = []
-    for event in parse_batch(INFERENCE_BATCH, events):
-        row = _inference_row(event, 1, pseudonymiser, event.timestamp)
-        row["ts"] = row["received_at"] = event.timestamp.isoformat()
-        row["scores"] = json.dumps(row["scores"])
-        row["tags"] = None
-        rows.append(tuple(row[c] for c in LIMIT_COLUMNS))
-    return rows
+    return [_inference_values(event, 1, pseudonymiser, _sqlite_text(event.timestamp),
+                              _sqlite_text, _json_text)
+            for event in parse_batch(INFERENCE_BATCH, events)]
 
 
 def bench_limit_sqlite(tmp: Path, rows: list[tuple]) -> float:
     connection = sqlite3.connect(tmp / "limit.db")
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-    columns = ", ".join(f"{c} BLOB" if c == "embedding" else c for c in LIMIT_COLUMNS)
+    columns = ", ".join(f"{c} BLOB" if c == "embedding" else c for c in INFERENCE_COLUMNS)
     connection.execute(f"CREATE TABLE inference (id INTEGER PRIMARY KEY, {columns})")
     connection.execute("CREATE UNIQUE INDEX ux_event ON inference(event_id)")
     connection.execute("CREATE INDEX ix_vts ON inference(model_version_id, ts)")
     connection.execute("CREATE INDEX ix_ms ON inference(model, study_key)")
     connection.execute("CREATE INDEX ix_mts ON inference(model, ts)")
-    sql = (f"INSERT INTO inference ({', '.join(LIMIT_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(LIMIT_COLUMNS))})")
+    sql = (f"INSERT INTO inference ({', '.join(INFERENCE_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(INFERENCE_COLUMNS))})")
     start = time.perf_counter()
     for lo in range(0, len(rows), BATCH):
         connection.executemany(sql, rows[lo : lo + BATCH])
@@ -179,15 +166,15 @@ def bench_limit_postgres(url: str, rows: list[tuple]) -> float:
                  "threshold": "float8", "latency_ms": "float8", "positive": "boolean",
                  "model_version_id": "int", "ts": "timestamptz", "received_at": "timestamptz",
                  "scores": "json", "tags": "json"}
-        columns = ", ".join(f"{c} {types.get(c, 'varchar')}" for c in LIMIT_COLUMNS)
+        columns = ", ".join(f"{c} {types.get(c, 'varchar')}" for c in INFERENCE_COLUMNS)
         connection.execute(f"CREATE TABLE limit_inference (id serial PRIMARY KEY, {columns})")
         connection.execute("CREATE UNIQUE INDEX ON limit_inference(event_id)")
         connection.execute("CREATE INDEX ON limit_inference(model_version_id, ts)")
         connection.execute("CREATE INDEX ON limit_inference(model, study_key)")
         connection.execute("CREATE INDEX ON limit_inference(model, ts)")
         connection.commit()
-        sql = (f"INSERT INTO limit_inference ({', '.join(LIMIT_COLUMNS)}) "
-               f"VALUES ({', '.join(['%s'] * len(LIMIT_COLUMNS))})")
+        sql = (f"INSERT INTO limit_inference ({', '.join(INFERENCE_COLUMNS)}) "
+               f"VALUES ({', '.join(['%s'] * len(INFERENCE_COLUMNS))})")
         start = time.perf_counter()
         with connection.cursor() as cursor:
             for lo in range(0, len(rows), BATCH):

@@ -9,6 +9,7 @@ so a patient ID and a study UID that happen to be equal do not collide.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 
@@ -16,12 +17,14 @@ class Pseudonymiser:
     """Keyed hash of identifiers; ``None`` stays ``None``."""
 
     def __init__(self, key: bytes):
-        self._key = key
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per value: no key setup
 
     def _hash(self, domain: str, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        return hmac.digest(self._key, f"{domain}:{value}".encode(), "sha256").hex()[:32]
+        mac = self._keyed.copy()
+        mac.update(f"{domain}:{value}".encode())
+        return mac.hexdigest()[:32]
 
     def study(self, study_uid: str | None) -> str | None:
         return self._hash("study", study_uid)

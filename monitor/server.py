@@ -3,6 +3,7 @@ loop beside it."""
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import uvicorn
@@ -25,6 +26,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     delivery = DeliveryLoop(runtime, interval_s=30)
     scheduler.start()  # logs and does nothing when MONITOR_CHECK_INTERVAL_S=0
     delivery.start()
+    gc.freeze()  # the imported libraries' objects are never garbage: keep them out of GC passes
     log.info("serving on http://%s:%d (API docs at /docs, metrics at /metrics)", host, port)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -8,10 +9,12 @@ import pytest
 from monitor.errors import BatchValidationError
 from monitor.schema import (
     INFERENCE_BATCH,
+    INFERENCE_JSON_BATCH,
     OVERRIDE_BATCH,
     decode_embedding,
     encode_embedding,
     parse_batch,
+    parse_json_batch,
 )
 from tests.factories import inference_event, override_event
 
@@ -75,3 +78,40 @@ def test_scanner_extra_keys_become_tags() -> None:
     scanner = {**inference_event()["scanner"], "detector_id": "D-17"}
     (event,) = parse_batch(INFERENCE_BATCH, [inference_event(scanner=scanner)])
     assert event.scanner is not None and event.scanner.tags == {"detector_id": "D-17"}
+
+
+def _b64(values: list[float]) -> str:
+    return base64.b64encode(np.array(values, "<f4").tobytes()).decode()
+
+
+@pytest.mark.parametrize(
+    "embedding",
+    [[], "", "not base64!", base64.b64encode(b"123").decode(), [1.0, "a"], [True], [[1.0]], 5,
+     [0.5, 1e39], _b64([0.5, float("nan")]), _b64([float("inf")])],
+)
+def test_json_bodies_and_python_lists_reject_the_same_embeddings(embedding: object) -> None:
+    batch = [inference_event(), inference_event(embedding=embedding)]
+    for parse in (lambda: parse_batch(INFERENCE_BATCH, batch),
+                  lambda: parse_json_batch(INFERENCE_JSON_BATCH, json.dumps(batch).encode())):
+        with pytest.raises(BatchValidationError) as caught:
+            parse()
+        assert [(p["index"], p["field"].split(".")[0]) for p in caught.value.problems] == [
+            (1, "embedding")]
+
+
+def test_json_bodies_store_the_same_bytes_as_python_lists() -> None:
+    vector = [0.5, -1.25, 3.0]
+    batch = [inference_event(embedding=vector), inference_event(embedding=_b64(vector))]
+    from_json = parse_json_batch(INFERENCE_JSON_BATCH, json.dumps(batch).encode())
+    from_python = parse_batch(INFERENCE_BATCH, batch)
+    assert {e.embedding for e in from_json + from_python} == {np.array(vector, "<f4").tobytes()}
+    assert [e.timestamp for e in from_json] == [e.timestamp for e in from_python]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[", "malformed JSON"), (b'{"event_id": "x"}', "JSON list"), (b"[]", "empty"),
+])
+def test_json_body_problems_name_the_body(body: bytes, message: str) -> None:
+    with pytest.raises(BatchValidationError, match=message) as caught:
+        parse_json_batch(INFERENCE_JSON_BATCH, body)
+    assert caught.value.problems[0]["field"] == "body"

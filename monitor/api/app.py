@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -18,15 +17,15 @@ from monitor.api.metrics import install as install_metrics
 from monitor.collect.ingest import IngestResult, write_inferences, write_overrides
 from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime
-from monitor.schema import INFERENCE_BATCH, OVERRIDE_BATCH, parse_batch
+from monitor.schema import INFERENCE_JSON_BATCH, OVERRIDE_BATCH, parse_json_batch
 from monitor.store import repo
 from monitor.store.db import session_scope
 
 Actor = Annotated[str, Depends(current_actor)]
 
 
-async def read_json_body(request: Request, max_bytes: int) -> Any:
-    """The request's JSON, refusing bodies over ``max_bytes`` (413) before reading them whole."""
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refusing bodies over ``max_bytes`` (413) before reading them whole."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes} bytes")
@@ -36,12 +35,7 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
         if size > max_bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BatchValidationError(
-            [{"index": None, "field": "body", "message": f"malformed JSON: {exc}"}]
-        ) from None
+    return b"".join(chunks)
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -57,16 +51,16 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     async def _ingest(request: Request, adapter: Any, write: Callable[..., IngestResult]
                       ) -> dict[str, int]:
-        data = await read_json_body(request, settings.max_body_bytes)
-        if isinstance(data, list) and len(data) > settings.max_batch_events:
-            raise BatchValidationError([{
-                "index": None, "field": "body",
-                "message": f"batch of {len(data)} events exceeds the limit of "
-                f"{settings.max_batch_events} (MONITOR_MAX_BATCH_EVENTS)",
-            }])
+        body = await read_body(request, settings.max_body_bytes)
 
         def validate_and_store() -> IngestResult:
-            batch = parse_batch(adapter, data)
+            batch = parse_json_batch(adapter, body)
+            if len(batch) > settings.max_batch_events:
+                raise BatchValidationError([{
+                    "index": None, "field": "body",
+                    "message": f"batch of {len(batch)} events exceeds the limit of "
+                    f"{settings.max_batch_events} (MONITOR_MAX_BATCH_EVENTS)",
+                }])
             with session_scope(runtime.sessions) as session:
                 return write(session, batch, runtime.pseudonymiser)
 
@@ -77,7 +71,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     async def post_inferences(request: Request, _actor: Actor) -> dict[str, int]:
         """A JSON list of inference events (see the README's event contract). All or nothing:
         one invalid item rejects the batch with 422 naming its index and field."""
-        return await _ingest(request, INFERENCE_BATCH, write_inferences)
+        return await _ingest(request, INFERENCE_JSON_BATCH, write_inferences)
 
     @app.post("/v1/overrides", tags=["ingest"], summary="Log a batch of radiologist reads")
     async def post_overrides(request: Request, _actor: Actor) -> dict[str, int]:

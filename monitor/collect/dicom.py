@@ -22,6 +22,7 @@ gives ``None``. Dates and ages are the exception: real archives are full of junk
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -92,6 +93,7 @@ _VENDOR_RULES: Final = (
 )
 
 
+@functools.lru_cache(maxsize=4096)  # few spellings, called for every event
 def normalise_manufacturer(manufacturer: str | None) -> str | None:
     """Vendor name for grouping: the many spellings of one manufacturer give one name.
 

@@ -8,10 +8,10 @@ duplicate ``event_id`` (twice in one batch, or a retry of a stored batch) is sto
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -39,26 +39,18 @@ class IngestResult:
 
 
 def _sqlite_text(moment: datetime) -> str:
-    """How SQLAlchemy's DateTime stores a (UTC) datetime on SQLite."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    """How SQLAlchemy's DateTime stores a (UTC) datetime on SQLite: "2026-11-23 18:30:00.000000"."""
+    return moment.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
-def _insert_sqlite_inferences(session: Session, rows: list[dict[str, Any]]) -> int:
-    """The hot path on SQLite: the driver's executemany with values converted as SQLAlchemy's
-    types would (datetimes as text, JSON as text; sqlite3 stores bools as 0/1 itself).
-    SQLAlchemy's per-value bind processing doubled the cost of a batch (benchmarks/ingest.py).
-    ON CONFLICT DO NOTHING skips event_ids already stored; returns the rows inserted."""
-    columns = list(rows[0])
-    received_at = _sqlite_text(rows[0]["received_at"])  # one value for the whole batch
-    values = []
-    for row in rows:
-        row = {**row, "ts": _sqlite_text(row["ts"]), "received_at": received_at,
-               "scores": json.dumps(row["scores"]),
-               "tags": None if row["tags"] is None else json.dumps(row["tags"])}
-        values.append(tuple(row[c] for c in columns))
-    sql = (f"INSERT INTO {Inference.__tablename__} ({', '.join(columns)}) "
-           f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (event_id) DO NOTHING")
-    return int(session.connection().exec_driver_sql(sql, values).rowcount)
+def _insert_sqlite_inferences(session: Session, rows: list[tuple[Any, ...]]) -> int:
+    """The hot path on SQLite: the driver's executemany on rows already in SQLite's form
+    (``_inference_values`` with the SQLite encoders). SQLAlchemy's per-value bind processing
+    doubled the cost of a batch (benchmarks/ingest.py). ON CONFLICT DO NOTHING skips event_ids
+    already stored; returns the rows inserted."""
+    sql = (f"INSERT INTO {Inference.__tablename__} ({', '.join(INFERENCE_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(INFERENCE_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING")
+    return int(session.connection().exec_driver_sql(sql, rows).rowcount)
 
 
 def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -94,111 +86,119 @@ def _unique_by_event_id(events: Sequence[Any]) -> list[tuple[int, Any]]:
     return unique
 
 
-def resolve_model_version(session: Session, model: str, version: str) -> ModelVersion:
-    """The model version row, created (status ``candidate``) on first sight."""
-    row = session.scalar(
-        select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version)
-    )
-    if row is not None:
-        return row
-    now = datetime.now(UTC)
-    dialect = session.get_bind().dialect.name
-    values = {"model": model, "version": version, "status": "candidate",
-              "created_at": now, "updated_at": now}
-    if dialect in ("sqlite", "postgresql"):
-        make = sqlite_insert if dialect == "sqlite" else pg_insert
-        session.execute(make(ModelVersion).values(**values).on_conflict_do_nothing())
-    else:
-        session.add(ModelVersion(**values))
-        session.flush()
-    return session.scalars(
-        select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version)
-    ).one()
+def _version_id(session: Session, model: str, version: str) -> tuple[int, int | None]:
+    """(id, registered embedding length) of a model version, created (status ``candidate``)
+    on first sight."""
+    query = select(ModelVersion.id, ModelVersion.embedding_dim).where(
+        ModelVersion.model == model, ModelVersion.version == version)
+    found = session.execute(query).first()
+    if found is None:
+        now = datetime.now(UTC)
+        values = {"model": model, "version": version, "status": "candidate",
+                  "created_at": now, "updated_at": now}
+        dialect = session.get_bind().dialect.name
+        if dialect in ("sqlite", "postgresql"):  # a concurrent writer may create it first
+            make = sqlite_insert if dialect == "sqlite" else pg_insert
+            session.execute(make(ModelVersion).values(**values).on_conflict_do_nothing())
+        else:
+            session.execute(insert(ModelVersion).values(**values))
+        found = session.execute(query).one()
+    return found.id, found.embedding_dim
 
 
 def _check_embedding_lengths(
     session: Session, unique: list[tuple[int, InferenceEvent]]
-) -> dict[tuple[str, str], ModelVersion]:
-    """Resolve every (model, version) of the batch and enforce one embedding length each:
-    the first accepted length registers it, a different length later is rejected."""
-    versions: dict[tuple[str, str], ModelVersion] = {}
+) -> dict[tuple[str, str], int]:
+    """Resolve every (model, version) of the batch to its id and enforce one embedding length
+    each: the first accepted length registers it, a different length later is rejected."""
+    ids: dict[tuple[str, str], int] = {}
+    lengths: dict[tuple[str, str], int | None] = {}
+    registered: list[tuple[str, str]] = []
     problems = []
     for index, event in unique:
         key = (event.model, event.model_version)
-        if key not in versions:
-            versions[key] = resolve_model_version(session, *key)
-        row = versions[key]
+        if key not in ids:
+            ids[key], lengths[key] = _version_id(session, *key)
         dim = event.embedding_dim
         if dim is None:
             continue
-        if row.embedding_dim is None:
-            row.embedding_dim = dim  # registered by the first accepted embedding
-        elif dim != row.embedding_dim:
+        if lengths[key] is None:
+            lengths[key] = dim  # registered by the first accepted embedding
+            registered.append(key)
+        elif dim != lengths[key]:
             problems.append({
                 "index": index,
                 "field": "embedding",
                 "message": f"embedding length {dim} does not match {event.model} "
-                f"{event.model_version} (expects {row.embedding_dim})",
+                f"{event.model_version} (expects {lengths[key]})",
             })
     if problems:
         raise BatchValidationError(problems)
-    for row in versions.values():
+    for key in registered:
         # only a NULL length is filled in; a concurrent writer that registered first wins
         session.execute(
             update(ModelVersion)
-            .where(ModelVersion.id == row.id, ModelVersion.embedding_dim.is_(None))
-            .values(embedding_dim=row.embedding_dim)
-            .execution_options(synchronize_session=False)
+            .where(ModelVersion.id == ids[key], ModelVersion.embedding_dim.is_(None))
+            .values(embedding_dim=lengths[key])
         )
-    return versions
+    return ids
 
 
-def _inference_row(
-    event: InferenceEvent, version_id: int, pseudonymiser: Pseudonymiser, received_at: datetime
-) -> dict[str, Any]:
+# The inference table's columns in the order ``_inference_values`` gives them.
+INFERENCE_COLUMNS: Final = (
+    "event_id", "model_version_id", "model", "ts", "received_at", "study_key", "patient_key",
+    "sex", "age_years", "age_band", "manufacturer", "vendor", "scanner_model", "station", "site",
+    "modality", "body_part", "view", "kvp", "exposure_mas", "pixel_spacing_mm", "photometric",
+    "software_version", "tags", "scores", "score", "positive", "threshold", "latency_ms",
+    "embedding",
+)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _inference_values(
+    event: InferenceEvent, version_id: int, pseudonymiser: Pseudonymiser, received_at: Any,
+    encode_time: Callable[[datetime], Any] = _identity,
+    encode_json: Callable[[Any], Any] = _identity,
+) -> tuple[Any, ...]:
+    """One inference row, in ``INFERENCE_COLUMNS`` order. The encoders turn datetimes and JSON
+    values into what the database driver takes (SQLite: ``_sqlite_text``, ``_json_text``)."""
     scanner = event.scanner
     patient = event.patient
-    age = None if patient is None or patient.age_years is None else patient.age_years
-    scores = event.prediction.scores
+    age = None if patient is None else patient.age_years
+    prediction = event.prediction
+    scores = prediction.scores
     first_score = next(iter(scores.values()))
-    threshold = event.prediction.threshold
-    positive = event.prediction.positive
-    if positive is None and threshold is not None:
-        positive = first_score >= threshold
-    manufacturer = scanner.manufacturer if scanner else None
-    return {
-        "event_id": event.event_id,
-        "model_version_id": version_id,
-        "model": event.model,
-        "ts": event.timestamp,
-        "received_at": received_at,
-        "study_key": pseudonymiser.study(event.study_uid),
-        "patient_key": pseudonymiser.patient(patient.id) if patient else None,
-        "sex": patient.sex if patient else None,
-        "age_years": None if age is None else float(min(age, AGE_CAP_YEARS)),
-        "age_band": age_band(age),
-        "manufacturer": manufacturer,
-        "vendor": (scanner.vendor if scanner and scanner.vendor
-                   else normalise_manufacturer(manufacturer)),
-        "scanner_model": scanner.model if scanner else None,
-        "station": scanner.station if scanner else None,
-        "site": scanner.site if scanner else None,
-        "modality": scanner.modality if scanner else None,
-        "body_part": scanner.body_part if scanner else None,
-        "view": scanner.view if scanner else None,
-        "kvp": scanner.kvp if scanner else None,
-        "exposure_mas": scanner.exposure_mas if scanner else None,
-        "pixel_spacing_mm": scanner.pixel_spacing_mm if scanner else None,
-        "photometric": scanner.photometric if scanner else None,
-        "software_version": scanner.software_version if scanner else None,
-        "tags": (scanner.tags or None) if scanner else None,
-        "scores": scores,
-        "score": first_score,
-        "positive": positive,
-        "threshold": threshold,
-        "latency_ms": event.latency_ms,
-        "embedding": event.embedding,
-    }
+    positive = prediction.positive
+    if positive is None and prediction.threshold is not None:
+        positive = first_score >= prediction.threshold
+    if scanner is None:
+        scanner_values: tuple[Any, ...] = (None,) * 14
+    else:
+        manufacturer = scanner.manufacturer
+        scanner_values = (
+            manufacturer, scanner.vendor or normalise_manufacturer(manufacturer),
+            scanner.model, scanner.station, scanner.site, scanner.modality, scanner.body_part,
+            scanner.view, scanner.kvp, scanner.exposure_mas, scanner.pixel_spacing_mm,
+            scanner.photometric, scanner.software_version, encode_json(scanner.tags or None),
+        )
+    return (
+        event.event_id, version_id, event.model, encode_time(event.timestamp), received_at,
+        pseudonymiser.study(event.study_uid),
+        pseudonymiser.patient(patient.id) if patient else None,
+        patient.sex if patient else None,
+        None if age is None else float(min(age, AGE_CAP_YEARS)),
+        age_band(age),
+        *scanner_values,
+        encode_json(scores), first_score, positive, prediction.threshold, event.latency_ms,
+        event.embedding,
+    )
 
 
 def write_inferences(
@@ -206,22 +206,26 @@ def write_inferences(
 ) -> IngestResult:
     """Store a validated batch in the caller's transaction (the caller commits)."""
     unique = _unique_by_event_id(events)
-    versions = _check_embedding_lengths(session, unique)
+    ids = _check_embedding_lengths(session, unique)
     received_at = datetime.now(UTC)
     if session.get_bind().dialect.name == "sqlite":  # the insert itself counts what is new
-        rows = [_inference_row(event, versions[(event.model, event.model_version)].id,
-                               pseudonymiser, received_at) for _, event in unique]
+        received_text = _sqlite_text(received_at)
+        rows = [_inference_values(event, ids[(event.model, event.model_version)], pseudonymiser,
+                                  received_text, _sqlite_text, _json_text)
+                for _, event in unique]
         new = _insert_sqlite_inferences(session, rows)
         return IngestResult(accepted=len(unique), new=new, duplicates=len(events) - new)
     existing = _existing_event_ids(session, Inference.event_id, [e.event_id for _, e in unique])
-    rows = [
-        _inference_row(event, versions[(event.model, event.model_version)].id,
-                       pseudonymiser, received_at)
+    records = [
+        dict(zip(INFERENCE_COLUMNS, _inference_values(
+            event, ids[(event.model, event.model_version)], pseudonymiser, received_at),
+            strict=True))
         for _, event in unique
         if event.event_id not in existing
     ]
-    _insert_ignoring_duplicates(session, Inference, rows)
-    return IngestResult(accepted=len(unique), new=len(rows), duplicates=len(events) - len(rows))
+    _insert_ignoring_duplicates(session, Inference, records)
+    return IngestResult(accepted=len(unique), new=len(records),
+                        duplicates=len(events) - len(records))
 
 
 def write_overrides(
