@@ -15,12 +15,14 @@ import json
 import os
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -29,12 +31,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, scratch_postgres
 
-from monitor.collect.ingest import INFERENCE_COLUMNS, _inference_values, _json_text, _sqlite_text
+from monitor.collect.ingest import INFERENCE_COLUMNS, _inference_rows, _json_text, _sqlite_text
 from monitor.collect.inprocess import InProcessCollector
 from monitor.config import Settings
 from monitor.privacy import Pseudonymiser
 from monitor.runtime import Runtime
-from monitor.schema import INFERENCE_BATCH, encode_embedding, parse_batch
+from monitor.schema import INFERENCES, encode_embedding
 from monitor.store.db import make_engine, upgrade
 
 
@@ -130,14 +132,13 @@ def bench_http(url: str, tmp: Path, events: list[dict]) -> float:
 
 def limit_rows(events: list[dict]) -> list[tuple]:
     """The rows the service writes on SQLite, prepared beforehand (the limit does no work)."""
-    pseudonymiser = Pseudonymiser(KEY.encode())
-    return [_inference_values(event, 1, pseudonymiser, _sqlite_text(event.timestamp),
-                              _sqlite_text, _json_text)
-            for event in parse_batch(INFERENCE_BATCH, events)]
+    parsed = INFERENCES.from_python(events)
+    return _inference_rows(parsed, [1] * len(parsed), Pseudonymiser(KEY.encode()),
+                           _sqlite_text(datetime.now(UTC)), _sqlite_text, _json_text)
 
 
-def bench_limit_sqlite(tmp: Path, rows: list[tuple]) -> float:
-    connection = sqlite3.connect(tmp / "limit.db")
+def bench_limit_sqlite(path: Path, rows: list[tuple]) -> float:
+    connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     columns = ", ".join(f"{c} BLOB" if c == "embedding" else c for c in INFERENCE_COLUMNS)
@@ -183,44 +184,52 @@ def bench_limit_postgres(url: str, rows: list[tuple]) -> float:
         return len(rows) / (time.perf_counter() - start)
 
 
-def run(backend: str, base: str | None, n: int, tmp: Path) -> list[tuple[str, float]]:
+def run(backend: str, base: str | None, n: int, repeats: int, tmp: Path
+        ) -> list[tuple[str, list[float]]]:
+    """Each path ``repeats`` times, interleaved (a, b, c, d, a, b, ...), so that a slow spell
+    of a shared machine does not fall on one path only. Every run writes a fresh database."""
     b64 = make_events(n, as_list=False, seed=1)
     lists = make_events(n, as_list=True, seed=2)
-    results = []
+    direct = make_events(n, as_list=False, seed=3)
+    rows = limit_rows(make_events(n, as_list=False, seed=4))
+    paths = (
+        ("(a) in-process collector", lambda name: bench_inprocess(url(name), tmp, direct)),
+        ("(b) HTTP, 1,000/batch, base64", lambda name: bench_http(url(name), tmp, b64)),
+        ("(c) HTTP, 1,000/batch, JSON lists", lambda name: bench_http(url(name), tmp, lists)),
+        ("(d) limit: bare executemany",
+         lambda name: (bench_limit_sqlite(tmp / f"{name}.db", rows) if base is None
+                       else bench_limit_postgres(url(name), rows))),
+    )
+    rates: dict[str, list[float]] = {label: [] for label, _ in paths}
     with ExitStack() as scratch:
         def url(name: str) -> str:
             return fresh_url(base, tmp, name, scratch)
 
-        def limit() -> float:
-            rows = limit_rows(make_events(n, as_list=False, seed=4))
-            return (bench_limit_sqlite(tmp, rows) if base is None
-                    else bench_limit_postgres(url("d"), rows))
-
-        for label, fn in (
-            ("(a) in-process collector",
-             lambda: bench_inprocess(url("a"), tmp, make_events(n, as_list=False, seed=3))),
-            ("(b) HTTP, 1,000/batch, base64", lambda: bench_http(url("b"), tmp, b64)),
-            ("(c) HTTP, 1,000/batch, JSON lists", lambda: bench_http(url("c"), tmp, lists)),
-            ("(d) limit: bare executemany", limit),
-        ):
-            print(f"[{backend}] {label} ...", file=sys.stderr, flush=True)
-            results.append((label, fn()))
-    return results
+        for repeat in range(repeats):
+            for key, (label, bench) in zip("abcd", paths, strict=True):
+                rate = bench(f"{key}{repeat}")
+                rates[label].append(rate)
+                print(f"[{backend}] run {repeat + 1}/{repeats} {label}: {rate:,.0f} events/s",
+                      file=sys.stderr, flush=True)
+    return list(rates.items())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each path (median kept)")
     parser.add_argument("--postgres", default=None, help="admin URL of a PostgreSQL server")
     args = parser.parse_args()
-    lines = [f"Ingestion, {args.events:,} events of {DIM}-d embeddings, batches of {BATCH:,}; "
-             f"{machine()}", "",
+    lines = [f"Ingestion, {args.events:,} events of {DIM}-d embeddings, batches of {BATCH:,}, "
+             f"median of {args.repeats} interleaved runs; {machine()}", "",
              "| backend | path | events/s | ratio to (d) |", "| --- | --- | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as tmp:
         backends = [("SQLite", None)] + ([("PostgreSQL", args.postgres)] if args.postgres
                                          else [])
         for backend, base in backends:
-            results = run(backend, base, args.events, Path(tmp))
+            results = [(label, statistics.median(rates))
+                       for label, rates in run(backend, base, args.events, args.repeats,
+                                               Path(tmp))]
             limit = results[-1][1]
             for label, rate in results:
                 lines.append(f"| {backend} | {label} | {rate:,.0f} | {rate / limit:.2f} |")

@@ -2,27 +2,28 @@
 
 A timestamp without a UTC offset is read as UTC. Embeddings arrive as a JSON list of floats or
 as base64 of little-endian float32; both become ``bytes`` (float32, little-endian) here.
+
+``INFERENCES`` and ``OVERRIDES`` parse whole batches, from Python objects or straight from the
+JSON bytes of a request. Inference events are validated into plain dicts (``TypedDict``) rather
+than model objects: a batch of 1,000 is the ingestion hot path, and dicts validate in 60% of
+the time. From JSON, pydantic decodes base64 embeddings inside its own parser
+(``val_json_bytes``), so they never become Python strings.
 """
 
 from __future__ import annotations
 
 import binascii
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 import numpy as np
 import pybase64
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, with_config
 from pydantic import ValidationError as PydanticValidationError
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from monitor.errors import BatchValidationError
 from monitor.errors import ValidationError as MonitorValidationError
@@ -30,162 +31,75 @@ from monitor.errors import ValidationError as MonitorValidationError
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MAX_EMBEDDING_DIM = 65_536
 
+Problem = dict[str, Any]  # {"index": item or None, "field": dotted path, "message": text}
+
 
 def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _embedding_size_problem(nbytes: int) -> str | None:
-    if nbytes % 4:
-        return f"base64 decodes to {nbytes} bytes, not a whole number of float32"
-    if nbytes == 0:
-        return "is empty"
-    if nbytes > 4 * MAX_EMBEDDING_DIM:
-        return f"has {nbytes // 4} values, more than {MAX_EMBEDDING_DIM}"
-    return None
+@with_config(ConfigDict(extra="allow"))
+class Scanner(TypedDict, total=False):
+    """Acquisition metadata. Keys beyond these are kept, and stored as the row's tags."""
+
+    manufacturer: Annotated[str | None, Field(max_length=128)]
+    model: Annotated[str | None, Field(max_length=128)]
+    station: Annotated[str | None, Field(max_length=128)]
+    site: Annotated[str | None, Field(max_length=64)]
+    modality: Annotated[str | None, Field(max_length=16)]
+    body_part: Annotated[str | None, Field(max_length=64)]
+    view: Annotated[str | None, Field(max_length=32)]
+    kvp: Annotated[float | None, Field(ge=0, le=1_000)]
+    exposure_mas: Annotated[float | None, Field(ge=0, le=100_000)]
+    pixel_spacing_mm: Annotated[float | None, Field(gt=0, le=100)]
+    photometric: Annotated[str | None, Field(max_length=32)]
+    software_version: Annotated[str | None, Field(max_length=512)]
+    vendor: Annotated[str | None, Field(max_length=64)]
 
 
-def _first_non_finite(vector: np.ndarray) -> int | None:
-    # a float64 sum of float32 values cannot overflow: it is finite exactly when all are
-    if math.isfinite(vector.sum(dtype=np.float64)):
-        return None
-    return int(np.flatnonzero(~np.isfinite(vector))[0])
+SCANNER_FIELDS = frozenset(Scanner.__annotations__)
 
 
-def _float32_bytes(values: list[Any] | tuple[Any, ...]) -> bytes:
-    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: rejected as such
-        array = np.asarray(values, dtype="<f4")
-    if array.ndim != 1:
-        raise ValueError("must be a flat list of numbers")
-    return array.tobytes()
+@with_config(ConfigDict(extra="forbid"))
+class Patient(TypedDict, total=False):
+    id: Annotated[str | None, Field(max_length=256)]
+    sex: Literal["F", "M", "O", "U"] | None
+    age_years: Annotated[float | None, Field(ge=0, le=130)]
 
 
-def _decode_embedding(value: Any) -> bytes | None:
-    """Float list or base64 float32 (little-endian) -> float32 little-endian bytes."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        raw = value
-    elif isinstance(value, str):
-        try:
-            raw = pybase64.b64decode(value, validate=True)  # SIMD: ~10x the standard library
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError("is not valid base64") from exc
-    elif isinstance(value, list | tuple):
-        if any(isinstance(v, bool | str) for v in value):
-            raise ValueError("must be a flat list of numbers")
-        try:
-            raw = _float32_bytes(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError("must be a flat list of numbers") from exc
-    else:
-        raise ValueError("must be a list of floats or a base64 string of float32")
-    problem = _embedding_size_problem(len(raw))
-    if problem is not None:
-        raise ValueError(problem)
-    bad = _first_non_finite(np.frombuffer(raw, dtype="<f4"))
-    if bad is not None:
-        raise ValueError(f"value {bad} is not finite")
-    return raw
+Score = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
-Embedding = Annotated[bytes | None, BeforeValidator(_decode_embedding)]
+@with_config(ConfigDict(extra="forbid"))
+class Prediction(TypedDict):
+    scores: Annotated[dict[str, Score], Field(min_length=1, max_length=256)]
+    positive: NotRequired[bool | None]
+    threshold: NotRequired[Annotated[float | None, Field(ge=0, le=1)]]
 
 
-class Scanner(BaseModel):
-    """Acquisition metadata. Unknown keys are kept as tags."""
+@with_config(ConfigDict(extra="forbid", val_json_bytes="base64"))
+class InferenceEvent(TypedDict):
+    """One study read by the model. Once parsed: ``timestamp`` is UTC, ``study_uid`` is set,
+    ``embedding`` (if any) is float32 bytes, and a DICOM header has been folded into
+    ``scanner`` and ``patient`` and dropped."""
 
-    model_config = ConfigDict(extra="allow")
-
-    manufacturer: str | None = Field(default=None, max_length=128)
-    model: str | None = Field(default=None, max_length=128)
-    station: str | None = Field(default=None, max_length=128)
-    site: str | None = Field(default=None, max_length=64)
-    modality: str | None = Field(default=None, max_length=16)
-    body_part: str | None = Field(default=None, max_length=64)
-    view: str | None = Field(default=None, max_length=32)
-    kvp: float | None = Field(default=None, ge=0, le=1_000)
-    exposure_mas: float | None = Field(default=None, ge=0, le=100_000)
-    pixel_spacing_mm: float | None = Field(default=None, gt=0, le=100)
-    photometric: str | None = Field(default=None, max_length=32)
-    software_version: str | None = Field(default=None, max_length=512)
-    vendor: str | None = Field(default=None, max_length=64)
-
-    @property
-    def tags(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class Patient(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str | None = Field(default=None, max_length=256)
-    sex: Literal["F", "M", "O", "U"] | None = None
-    age_years: float | None = Field(default=None, ge=0, le=130)
-
-
-class Prediction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    scores: dict[str, float] = Field(min_length=1, max_length=256)
-    positive: bool | None = None
-    threshold: float | None = Field(default=None, ge=0, le=1)
-
-    @field_validator("scores")
-    @classmethod
-    def _scores_are_probabilities(cls, scores: dict[str, float]) -> dict[str, float]:
-        for name, score in scores.items():
-            if not math.isfinite(score) or not 0.0 <= score <= 1.0:
-                raise ValueError(f"score {name!r} = {score} is not a finite number in [0, 1]")
-        return scores
-
-
-class InferenceEvent(BaseModel):
-    """One study read by the model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    event_id: str = Field(min_length=1, max_length=128)
-    model: str = Field(pattern=NAME_PATTERN)
-    model_version: str = Field(pattern=NAME_PATTERN)
+    event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    model: Annotated[str, Field(pattern=NAME_PATTERN)]
+    model_version: Annotated[str, Field(pattern=NAME_PATTERN)]
     timestamp: datetime
-    study_uid: str | None = Field(default=None, min_length=1, max_length=256)
-    scanner: Scanner | None = None
-    dicom: dict[str, Any] | None = None  # DICOM JSON header; scanner/patient are taken from it
-    patient: Patient | None = None
+    study_uid: NotRequired[Annotated[str | None, Field(min_length=1, max_length=256)]]
+    scanner: NotRequired[Scanner | None]
+    dicom: NotRequired[dict[str, Any] | None]  # DICOM JSON header; scanner/patient come from it
+    patient: NotRequired[Patient | None]
     prediction: Prediction
-    embedding: Embedding = None
-    latency_ms: float | None = Field(default=None, ge=0, le=3_600_000)
+    embedding: NotRequired[
+        bytes | list[Annotated[float, Field(strict=True, allow_inf_nan=False)]] | None]
+    latency_ms: NotRequired[Annotated[float | None, Field(ge=0, le=3_600_000)]]
 
-    _utc = field_validator("timestamp")(classmethod(lambda cls, v: _as_utc(v)))
 
-    @model_validator(mode="after")
-    def _from_dicom(self) -> InferenceEvent:
-        """Fill scanner, patient and study_uid from a DICOM header; explicit fields win."""
-        if self.dicom is not None:
-            from monitor.collect.dicom import event_parts_from_dicom
-
-            try:
-                parts = event_parts_from_dicom(self.dicom)
-            except MonitorValidationError as exc:  # becomes this item's 422 problem
-                raise ValueError(f"dicom: {exc}") from None
-            scanner = {**parts["scanner"], **(self.scanner.model_dump(exclude_none=True)
-                                              if self.scanner else {})}
-            patient = {**parts["patient"], **(self.patient.model_dump(exclude_none=True)
-                                              if self.patient else {})}
-            self.scanner = Scanner.model_validate({k: v for k, v in scanner.items()
-                                                   if v is not None})
-            self.patient = Patient.model_validate({k: v for k, v in patient.items()
-                                                   if k in Patient.model_fields})
-            self.study_uid = self.study_uid or parts.get("study_uid")
-            self.dicom = None  # the header itself is never stored
-        if self.study_uid is None:
-            raise ValueError("study_uid is required (directly or from the DICOM header)")
-        return self
-
-    @property
-    def embedding_dim(self) -> int | None:
-        return None if self.embedding is None else len(self.embedding) // 4
+def embedding_dim(event: InferenceEvent) -> int | None:
+    raw = event.get("embedding")
+    return None if raw is None else len(raw) // 4
 
 
 class OverrideEvent(BaseModel):
@@ -206,48 +120,48 @@ class OverrideEvent(BaseModel):
     _utc = field_validator("timestamp")(classmethod(lambda cls, v: _as_utc(v)))
 
 
-class _InferenceEventFromJSON(InferenceEvent):
-    """An inference event read straight from a JSON body (the HTTP API). Pydantic decodes
-    base64 embeddings inside its own JSON parser (``val_json_bytes``), so a batch's embeddings
-    never become Python strings: this halves the cost of validating a 512-d batch."""
+# --- embeddings ------------------------------------------------------------------------------
 
-    model_config = ConfigDict(extra="forbid", val_json_bytes="base64")
+def _embedding_size_problem(nbytes: int) -> str | None:
+    if nbytes % 4:
+        return f"base64 decodes to {nbytes} bytes, not a whole number of float32"
+    if nbytes == 0:
+        return "is empty"
+    if nbytes > 4 * MAX_EMBEDDING_DIM:
+        return f"has {nbytes // 4} values, more than {MAX_EMBEDDING_DIM}"
+    return None
 
-    # checked batch-wise by ``_embedding_problems``: one numpy pass instead of one per event
-    embedding: bytes | list[Annotated[float, Field(strict=True, allow_inf_nan=False)]] | None = (
-        None  # type: ignore[assignment]
-    )
+
+def _first_non_finite(vector: np.ndarray) -> int | None:
+    # a float64 sum of float32 values cannot overflow: it is finite exactly when all are
+    if math.isfinite(vector.sum(dtype=np.float64)):
+        return None
+    return int(np.flatnonzero(~np.isfinite(vector))[0])
 
 
-def _embedding_problems(events: list[InferenceEvent]) -> list[dict[str, Any]]:
-    """The embedding checks of ``_decode_embedding`` for a batch read from JSON: lists become
-    float32 bytes, sizes are checked, and finiteness in one pass over the whole batch."""
-    problems = []
-    checked: list[tuple[int, bytes]] = []
-    for index, event in enumerate(events):
-        raw = event.embedding
-        if raw is None:
-            continue
-        if isinstance(raw, list):
-            raw = event.embedding = _float32_bytes(raw)
-        problem = _embedding_size_problem(len(raw))
-        if problem is None:
-            checked.append((index, raw))
-        else:
-            problems.append({"index": index, "field": "embedding", "message": problem})
-    joined = np.frombuffer(b"".join(raw for _, raw in checked), dtype="<f4")
-    if _first_non_finite(joined) is not None:  # rare: find the items
-        for index, raw in checked:
-            bad = _first_non_finite(np.frombuffer(raw, dtype="<f4"))
-            if bad is not None:
+def _float32_bytes(values: list[Any]) -> bytes:
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: rejected as such
+        array = np.asarray(values, dtype="<f4")
+    if array.ndim != 1:
+        raise ValueError("must be a flat list of numbers")
+    return array.tobytes()
+
+
+def _decode_base64_embeddings(data: list[Any]) -> tuple[list[Any], list[Problem]]:
+    """Python input only: base64 strings -> bytes before validation (from JSON, pydantic's
+    parser does this). Items with a string embedding are copied, never changed in place."""
+    decoded, problems = [], []
+    for index, item in enumerate(data):
+        value = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(value, str):
+            try:
+                item = {**item, "embedding": pybase64.b64decode(value, validate=True)}
+            except (binascii.Error, ValueError):
                 problems.append({"index": index, "field": "embedding",
-                                 "message": f"value {bad} is not finite"})
-    return problems
-
-
-INFERENCE_BATCH = TypeAdapter(list[InferenceEvent])
-OVERRIDE_BATCH = TypeAdapter(list[OverrideEvent])
-INFERENCE_JSON_BATCH = TypeAdapter(list[_InferenceEventFromJSON])
+                                 "message": "is not valid base64"})
+                item = {**item, "embedding": None}
+        decoded.append(item)
+    return decoded, problems
 
 
 def decode_embedding(value: bytes | str) -> np.ndarray:
@@ -281,6 +195,67 @@ def encode_embedding(embedding: Any) -> str:
             f"embedding must hold real numbers, got dtype {values.dtype}", field="embedding"
         )
     return pybase64.b64encode(values.astype("<f4", copy=False).tobytes()).decode("ascii")
+
+
+# --- batches -------------------------------------------------------------------------------
+
+_SCANNER = TypeAdapter(Scanner)
+_PATIENT = TypeAdapter(Patient)
+
+
+def _fold_in_dicom(event: InferenceEvent) -> None:
+    """Fill scanner, patient and study_uid from the event's DICOM header; explicit fields win.
+    The header itself is never kept."""
+    from monitor.collect.dicom import event_parts_from_dicom
+
+    parts = event_parts_from_dicom(event.pop("dicom"))  # type: ignore[misc]
+    explicit_scanner = {k: v for k, v in (event.get("scanner") or {}).items() if v is not None}
+    explicit_patient = {k: v for k, v in (event.get("patient") or {}).items() if v is not None}
+    scanner = {**parts["scanner"], **explicit_scanner}
+    patient = {**parts["patient"], **explicit_patient}
+    event["scanner"] = _SCANNER.validate_python({k: v for k, v in scanner.items()
+                                                 if v is not None})
+    event["patient"] = _PATIENT.validate_python({k: v for k, v in patient.items()
+                                                 if k in Patient.__annotations__})
+    event["study_uid"] = event.get("study_uid") or parts.get("study_uid")
+
+
+def _finish_inferences(events: list[InferenceEvent]) -> list[Problem]:
+    """What validation leaves to one pass over the batch: UTC timestamps, the DICOM header,
+    the required study UID, embeddings as float32 bytes with their sizes checked, and
+    finiteness checked for the whole batch at once."""
+    problems: list[Problem] = []
+    embeddings: list[tuple[int, bytes]] = []
+    for index, event in enumerate(events):
+        event["timestamp"] = _as_utc(event["timestamp"])
+        if event.get("dicom") is not None:
+            try:
+                _fold_in_dicom(event)
+            except (MonitorValidationError, PydanticValidationError) as exc:
+                problems.append({"index": index, "field": "dicom", "message": f"dicom: {exc}"})
+                continue
+        event.pop("dicom", None)
+        if not event.get("study_uid"):
+            problems.append({"index": index, "field": "study_uid", "message":
+                             "study_uid is required (directly or from the DICOM header)"})
+        raw = event.get("embedding")
+        if raw is None:
+            continue
+        if isinstance(raw, list):
+            raw = event["embedding"] = _float32_bytes(raw)
+        size_problem = _embedding_size_problem(len(raw))
+        if size_problem is None:
+            embeddings.append((index, raw))
+        else:
+            problems.append({"index": index, "field": "embedding", "message": size_problem})
+    joined = np.frombuffer(b"".join(raw for _, raw in embeddings), dtype="<f4")
+    if _first_non_finite(joined) is not None:  # rare: find the items
+        for index, raw in embeddings:
+            bad = _first_non_finite(np.frombuffer(raw, dtype="<f4"))
+            if bad is not None:
+                problems.append({"index": index, "field": "embedding",
+                                 "message": f"value {bad} is not finite"})
+    return problems
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -319,31 +294,51 @@ def _problems(exc: PydanticValidationError) -> list[dict[str, Any]]:
     return problems
 
 
-def parse_batch(adapter: TypeAdapter[list[Any]], data: Any) -> list[Any]:
-    """Validate a whole batch; any bad item rejects it with every problem named by index and
-    field (``BatchValidationError``). An empty batch is itself an error."""
-    if not isinstance(data, list):
-        raise BatchValidationError(
-            [{"index": None, "field": "body", "message": "must be a JSON list of events"}]
-        )
-    if not data:
-        raise BatchValidationError([{"index": None, "field": "body", "message": "batch is empty"}])
-    try:
-        return adapter.validate_python(data)
-    except PydanticValidationError as exc:
-        raise BatchValidationError(_problems(exc)) from None
+def _body_problem(message: str) -> BatchValidationError:
+    return BatchValidationError([{"index": None, "field": "body", "message": message}])
 
 
-def parse_json_batch(adapter: TypeAdapter[list[Any]], body: bytes) -> list[Any]:
-    """``parse_batch`` for a JSON body, parsed and validated in one pass by pydantic (use
-    ``INFERENCE_JSON_BATCH`` for inferences). NaN and Infinity are read, then rejected by
-    validation with their field named."""
-    try:
-        batch = adapter.validate_json(body)
-    except PydanticValidationError as exc:
-        raise BatchValidationError(_problems(exc)) from None
-    if not batch:
-        raise BatchValidationError([{"index": None, "field": "body", "message": "batch is empty"}])
-    if adapter is INFERENCE_JSON_BATCH and (problems := _embedding_problems(batch)):
-        raise BatchValidationError(problems)
-    return batch
+@dataclass(frozen=True)
+class BatchParser:
+    """Parses a whole batch of one kind of event. Any bad item rejects the batch with every
+    problem named by item index and field (``BatchValidationError``); so does an empty batch.
+    ``finish`` does the checks that need the validated batch."""
+
+    adapter: TypeAdapter[list[Any]]
+    finish: Callable[[list[Any]], list[Problem]] | None = None
+    prepare: Callable[[list[Any]], tuple[list[Any], list[Problem]]] | None = None
+
+    def from_python(self, data: Any) -> list[Any]:
+        if not isinstance(data, list):
+            raise _body_problem("must be a JSON list of events")
+        problems: list[Problem] = []
+        if self.prepare is not None:
+            data, problems = self.prepare(data)
+        try:
+            batch = self.adapter.validate_python(data)
+        except PydanticValidationError as exc:
+            raise BatchValidationError(problems + _problems(exc)) from None
+        return self._finished(batch, problems)
+
+    def from_json(self, body: bytes | bytearray) -> list[Any]:
+        """Parsed and validated in one pass by pydantic. NaN and Infinity are read, then
+        rejected by validation with their field named."""
+        try:
+            batch = self.adapter.validate_json(body)
+        except PydanticValidationError as exc:
+            raise BatchValidationError(_problems(exc)) from None
+        return self._finished(batch, [])
+
+    def _finished(self, batch: list[Any], problems: list[Problem]) -> list[Any]:
+        if not batch:
+            raise _body_problem("batch is empty")
+        if self.finish is not None:
+            problems = problems + self.finish(batch)
+        if problems:
+            raise BatchValidationError(problems)
+        return batch
+
+
+INFERENCES = BatchParser(TypeAdapter(list[InferenceEvent]), _finish_inferences,
+                         _decode_base64_embeddings)
+OVERRIDES = BatchParser(TypeAdapter(list[OverrideEvent]))

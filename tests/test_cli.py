@@ -56,7 +56,7 @@ def test_ingest_jsonl_reports_bad_lines_and_keeps_the_good(
     out = capsys.readouterr().out
     assert "5 stored, 0 duplicates skipped, 2 rejected" in out
     assert "line 3: malformed JSON" in out
-    assert "line 5: prediction.scores:" in out
+    assert "line 5: prediction.scores.x:" in out
     assert stored(env) == 5
     assert main(["ingest", str(path)]) == 1  # a re-run stores nothing twice
     assert "0 stored, 5 duplicates skipped" in capsys.readouterr().out

@@ -17,25 +17,25 @@ from monitor.api.metrics import install as install_metrics
 from monitor.collect.ingest import IngestResult, write_inferences, write_overrides
 from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime
-from monitor.schema import INFERENCE_JSON_BATCH, OVERRIDE_BATCH, parse_json_batch
+from monitor.schema import INFERENCES, OVERRIDES, BatchParser
 from monitor.store import repo
 from monitor.store.db import session_scope
 
 Actor = Annotated[str, Depends(current_actor)]
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refusing bodies over ``max_bytes`` (413) before reading them whole."""
+async def read_body(request: Request, max_bytes: int) -> bytearray:
+    """The request body, refusing bodies over ``max_bytes`` (413) before reading them whole.
+    Read into one buffer: a 2.7 MB batch is not copied again by a join."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes} bytes")
-    chunks, size = [], 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
+        if len(body) + len(chunk) > max_bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -49,12 +49,12 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     install_error_handlers(app)
     settings = runtime.settings
 
-    async def _ingest(request: Request, adapter: Any, write: Callable[..., IngestResult]
+    async def _ingest(request: Request, parser: BatchParser, write: Callable[..., IngestResult]
                       ) -> dict[str, int]:
         body = await read_body(request, settings.max_body_bytes)
 
         def validate_and_store() -> IngestResult:
-            batch = parse_json_batch(adapter, body)
+            batch = parser.from_json(body)
             if len(batch) > settings.max_batch_events:
                 raise BatchValidationError([{
                     "index": None, "field": "body",
@@ -71,11 +71,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     async def post_inferences(request: Request, _actor: Actor) -> dict[str, int]:
         """A JSON list of inference events (see the README's event contract). All or nothing:
         one invalid item rejects the batch with 422 naming its index and field."""
-        return await _ingest(request, INFERENCE_JSON_BATCH, write_inferences)
+        return await _ingest(request, INFERENCES, write_inferences)
 
     @app.post("/v1/overrides", tags=["ingest"], summary="Log a batch of radiologist reads")
     async def post_overrides(request: Request, _actor: Actor) -> dict[str, int]:
-        return await _ingest(request, OVERRIDE_BATCH, write_overrides)
+        return await _ingest(request, OVERRIDES, write_overrides)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, str]:

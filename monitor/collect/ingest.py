@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from monitor.collect.dicom import age_band, normalise_manufacturer
 from monitor.errors import BatchValidationError
 from monitor.privacy import Pseudonymiser
-from monitor.schema import InferenceEvent, OverrideEvent
+from monitor.schema import SCANNER_FIELDS, InferenceEvent, OverrideEvent, embedding_dim
 from monitor.store.models import Inference, ModelVersion, Override
 
 AGE_CAP_YEARS = 90  # ages above 89 are identifying (HIPAA safe harbour): stored as 90
@@ -45,7 +45,7 @@ def _sqlite_text(moment: datetime) -> str:
 
 def _insert_sqlite_inferences(session: Session, rows: list[tuple[Any, ...]]) -> int:
     """The hot path on SQLite: the driver's executemany on rows already in SQLite's form
-    (``_inference_values`` with the SQLite encoders). SQLAlchemy's per-value bind processing
+    (``_inference_rows`` with the SQLite encoders). SQLAlchemy's per-value bind processing
     doubled the cost of a batch (benchmarks/ingest.py). ON CONFLICT DO NOTHING skips event_ids
     already stored; returns the rows inserted."""
     sql = (f"INSERT INTO {Inference.__tablename__} ({', '.join(INFERENCE_COLUMNS)}) "
@@ -76,12 +76,13 @@ def _existing_event_ids(session: Session, column: Any, event_ids: Sequence[str])
     return found
 
 
-def _unique_by_event_id(events: Sequence[Any]) -> list[tuple[int, Any]]:
+def _unique_by_event_id(events: Sequence[Any], event_ids: Sequence[str]) -> list[tuple[int, Any]]:
+    """(index, event) of each event's first occurrence in the batch."""
     seen: set[str] = set()
     unique = []
-    for index, event in enumerate(events):
-        if event.event_id not in seen:
-            seen.add(event.event_id)
+    for index, (event, event_id) in enumerate(zip(events, event_ids, strict=True)):
+        if event_id not in seen:
+            seen.add(event_id)
             unique.append((index, event))
     return unique
 
@@ -116,10 +117,10 @@ def _check_embedding_lengths(
     registered: list[tuple[str, str]] = []
     problems = []
     for index, event in unique:
-        key = (event.model, event.model_version)
+        key = (event["model"], event["model_version"])
         if key not in ids:
             ids[key], lengths[key] = _version_id(session, *key)
-        dim = event.embedding_dim
+        dim = embedding_dim(event)
         if dim is None:
             continue
         if lengths[key] is None:
@@ -129,8 +130,8 @@ def _check_embedding_lengths(
             problems.append({
                 "index": index,
                 "field": "embedding",
-                "message": f"embedding length {dim} does not match {event.model} "
-                f"{event.model_version} (expects {lengths[key]})",
+                "message": f"embedding length {dim} does not match {key[0]} {key[1]} "
+                f"(expects {lengths[key]})",
             })
     if problems:
         raise BatchValidationError(problems)
@@ -144,7 +145,7 @@ def _check_embedding_lengths(
     return ids
 
 
-# The inference table's columns in the order ``_inference_values`` gives them.
+# The inference table's columns in the order ``_inference_rows`` gives them.
 INFERENCE_COLUMNS: Final = (
     "event_id", "model_version_id", "model", "ts", "received_at", "study_key", "patient_key",
     "sex", "age_years", "age_band", "manufacturer", "vendor", "scanner_model", "station", "site",
@@ -152,6 +153,15 @@ INFERENCE_COLUMNS: Final = (
     "software_version", "tags", "scores", "score", "positive", "threshold", "latency_ms",
     "embedding",
 )
+
+
+# Inference columns read straight from the event's scanner part: column -> scanner key.
+_SCANNER_COLUMNS: Final = {
+    "scanner_model": "model", "station": "station", "site": "site", "modality": "modality",
+    "body_part": "body_part", "view": "view", "kvp": "kvp", "exposure_mas": "exposure_mas",
+    "pixel_spacing_mm": "pixel_spacing_mm", "photometric": "photometric",
+    "software_version": "software_version",
+}
 
 
 def _identity(value: Any) -> Any:
@@ -162,67 +172,82 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _inference_values(
-    event: InferenceEvent, version_id: int, pseudonymiser: Pseudonymiser, received_at: Any,
-    encode_time: Callable[[datetime], Any] = _identity,
+def _scanner_tags(scanner: dict[str, Any]) -> dict[str, Any] | None:
+    """The scanner keys beyond the contract's, kept as the row's tags."""
+    extra = scanner.keys() - SCANNER_FIELDS
+    return {key: scanner[key] for key in extra} if extra else None
+
+
+def _inference_rows(
+    events: Sequence[InferenceEvent], version_ids: Sequence[int], pseudonymiser: Pseudonymiser,
+    received_at: Any, encode_time: Callable[[datetime], Any] = _identity,
     encode_json: Callable[[Any], Any] = _identity,
-) -> tuple[Any, ...]:
-    """One inference row, in ``INFERENCE_COLUMNS`` order. The encoders turn datetimes and JSON
-    values into what the database driver takes (SQLite: ``_sqlite_text``, ``_json_text``)."""
-    scanner = event.scanner
-    patient = event.patient
-    age = None if patient is None else patient.age_years
-    prediction = event.prediction
-    scores = prediction.scores
-    first_score = next(iter(scores.values()))
-    positive = prediction.positive
-    if positive is None and prediction.threshold is not None:
-        positive = first_score >= prediction.threshold
-    if scanner is None:
-        scanner_values: tuple[Any, ...] = (None,) * 14
-    else:
-        manufacturer = scanner.manufacturer
-        scanner_values = (
-            manufacturer, scanner.vendor or normalise_manufacturer(manufacturer),
-            scanner.model, scanner.station, scanner.site, scanner.modality, scanner.body_part,
-            scanner.view, scanner.kvp, scanner.exposure_mas, scanner.pixel_spacing_mm,
-            scanner.photometric, scanner.software_version, encode_json(scanner.tags or None),
-        )
-    return (
-        event.event_id, version_id, event.model, encode_time(event.timestamp), received_at,
-        pseudonymiser.study(event.study_uid),
-        pseudonymiser.patient(patient.id) if patient else None,
-        patient.sex if patient else None,
-        None if age is None else float(min(age, AGE_CAP_YEARS)),
-        age_band(age),
-        *scanner_values,
-        encode_json(scores), first_score, positive, prediction.threshold, event.latency_ms,
-        event.embedding,
-    )
+) -> list[tuple[Any, ...]]:
+    """The inference rows of validated events, in ``INFERENCE_COLUMNS`` order. The encoders
+    turn datetimes and JSON values into what the database driver takes (SQLite:
+    ``_sqlite_text``, ``_json_text``). Built a column at a time: on the ingestion hot path a
+    list comprehension per column costs a quarter less than a function call per event."""
+    n = len(events)
+    patients = [event.get("patient") or {} for event in events]
+    scanners = [event.get("scanner") or {} for event in events]
+    predictions = [event["prediction"] for event in events]
+    scores = [prediction["scores"] for prediction in predictions]
+    first_scores = [next(iter(score.values())) for score in scores]
+    thresholds = [prediction.get("threshold") for prediction in predictions]
+    explicit_positives = [prediction.get("positive") for prediction in predictions]
+    ages = [patient.get("age_years") for patient in patients]
+    manufacturers = [scanner.get("manufacturer") for scanner in scanners]
+    columns: dict[str, list[Any]] = {
+        "event_id": [event["event_id"] for event in events],
+        "model_version_id": list(version_ids),
+        "model": [event["model"] for event in events],
+        "ts": [encode_time(event["timestamp"]) for event in events],
+        "received_at": [received_at] * n,
+        "study_key": [pseudonymiser.study(event["study_uid"]) for event in events],
+        "patient_key": [pseudonymiser.patient(patient.get("id")) for patient in patients],
+        "sex": [patient.get("sex") for patient in patients],
+        "age_years": [None if age is None else float(min(age, AGE_CAP_YEARS)) for age in ages],
+        "age_band": [age_band(age) for age in ages],
+        "manufacturer": manufacturers,
+        "vendor": [scanner.get("vendor") or normalise_manufacturer(manufacturer)
+                   for scanner, manufacturer in zip(scanners, manufacturers, strict=True)],
+        **{column: [scanner.get(key) for scanner in scanners]
+           for column, key in _SCANNER_COLUMNS.items()},
+        "tags": [encode_json(_scanner_tags(scanner)) for scanner in scanners],
+        "scores": [encode_json(score) for score in scores],
+        "score": first_scores,
+        # an explicit positive wins; else the first score against the threshold, if given
+        "positive": [explicit if explicit is not None or threshold is None else first >= threshold
+                     for explicit, threshold, first
+                     in zip(explicit_positives, thresholds, first_scores, strict=True)],
+        "threshold": thresholds,
+        "latency_ms": [event.get("latency_ms") for event in events],
+        "embedding": [event.get("embedding") for event in events],
+    }
+    return list(zip(*(columns[name] for name in INFERENCE_COLUMNS), strict=True))
 
 
 def write_inferences(
     session: Session, events: Sequence[InferenceEvent], pseudonymiser: Pseudonymiser
 ) -> IngestResult:
     """Store a validated batch in the caller's transaction (the caller commits)."""
-    unique = _unique_by_event_id(events)
-    ids = _check_embedding_lengths(session, unique)
+    indexed = _unique_by_event_id(events, [event["event_id"] for event in events])
+    ids = _check_embedding_lengths(session, indexed)
+    unique = [event for _, event in indexed]
+    version_ids = [ids[(event["model"], event["model_version"])] for event in unique]
     received_at = datetime.now(UTC)
     if session.get_bind().dialect.name == "sqlite":  # the insert itself counts what is new
-        received_text = _sqlite_text(received_at)
-        rows = [_inference_values(event, ids[(event.model, event.model_version)], pseudonymiser,
-                                  received_text, _sqlite_text, _json_text)
-                for _, event in unique]
+        rows = _inference_rows(unique, version_ids, pseudonymiser, _sqlite_text(received_at),
+                               _sqlite_text, _json_text)
         new = _insert_sqlite_inferences(session, rows)
         return IngestResult(accepted=len(unique), new=new, duplicates=len(events) - new)
-    existing = _existing_event_ids(session, Inference.event_id, [e.event_id for _, e in unique])
-    records = [
-        dict(zip(INFERENCE_COLUMNS, _inference_values(
-            event, ids[(event.model, event.model_version)], pseudonymiser, received_at),
-            strict=True))
-        for _, event in unique
-        if event.event_id not in existing
-    ]
+    existing = _existing_event_ids(session, Inference.event_id,
+                                   [event["event_id"] for event in unique])
+    fresh = [(event, version_id) for event, version_id in zip(unique, version_ids, strict=True)
+             if event["event_id"] not in existing]
+    records = [dict(zip(INFERENCE_COLUMNS, row, strict=True)) for row in _inference_rows(
+        [event for event, _ in fresh], [version_id for _, version_id in fresh], pseudonymiser,
+        received_at)]
     _insert_ignoring_duplicates(session, Inference, records)
     return IngestResult(accepted=len(unique), new=len(records),
                         duplicates=len(events) - len(records))
@@ -233,7 +258,7 @@ def write_overrides(
 ) -> IngestResult:
     """Store radiologist reads. A read whose inference has not arrived (or whose model is not
     known yet) is kept as it is: reads join inferences by (model, study) at query time."""
-    unique = _unique_by_event_id(events)
+    unique = _unique_by_event_id(events, [event.event_id for event in events])
     existing = _existing_event_ids(session, Override.event_id, [e.event_id for _, e in unique])
     received_at = datetime.now(UTC)
     rows = [

@@ -9,7 +9,7 @@ from typing import Any
 from monitor.collect.ingest import IngestResult, write_inferences, write_overrides
 from monitor.config import Settings
 from monitor.runtime import Runtime
-from monitor.schema import INFERENCE_BATCH, OVERRIDE_BATCH, parse_batch
+from monitor.schema import INFERENCES, OVERRIDES
 from monitor.store.db import session_scope
 
 
@@ -30,12 +30,12 @@ class InProcessCollector:
         return cls(Runtime.open(settings))
 
     def log_inferences(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
-        batch = parse_batch(INFERENCE_BATCH, list(events))
+        batch = INFERENCES.from_python(list(events))
         with session_scope(self.runtime.sessions) as session:
             return write_inferences(session, batch, self.runtime.pseudonymiser)
 
     def log_overrides(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
-        batch = parse_batch(OVERRIDE_BATCH, list(events))
+        batch = OVERRIDES.from_python(list(events))
         with session_scope(self.runtime.sessions) as session:
             return write_overrides(session, batch, self.runtime.pseudonymiser)
 

@@ -92,7 +92,8 @@ def test_score_outside_unit_interval(client: TestClient, runtime: Runtime) -> No
     problem = _bad(client, runtime,
                    inference_event(prediction={"scores": {"pneumothorax": 1.2}}),
                    field="prediction.scores")
-    assert "pneumothorax" in problem["message"]
+    assert problem["field"] == "prediction.scores.pneumothorax"
+    assert "less than or equal to 1" in problem["message"]
 
 
 def test_wrong_embedding_length(client: TestClient, runtime: Runtime) -> None:
@@ -106,6 +107,16 @@ def test_wrong_embedding_length(client: TestClient, runtime: Runtime) -> None:
                        "message": "embedding length 8 does not match cxr-triage 1.4.0 "
                        "(expects 16)"}
     assert stored(runtime)["inferences"] == before
+
+
+def test_wrong_embedding_length_after_a_duplicate_names_its_own_index(
+        client: TestClient, runtime: Runtime) -> None:
+    first = inference_event(embedding=[0.0] * 4)
+    response = client.post("/v1/inferences",
+                           json=[first, dict(first), inference_event(embedding=[0.0] * 8)])
+    assert response.status_code == 422
+    assert [(p["index"], p["field"]) for p in response.json()["detail"]] == [(2, "embedding")]
+    assert stored(runtime)["inferences"] == 0
 
 
 def test_bad_base64(client: TestClient, runtime: Runtime) -> None:
