@@ -3,6 +3,8 @@ pseudonymiser. Built once at start-up and passed down."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -10,7 +12,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.config import Settings, load_settings, read_secret_key
 from monitor.privacy import Pseudonymiser
-from monitor.store.db import make_engine, session_factory, verify_schema
+from monitor.store.db import (
+    WalCheckpointer,
+    make_engine,
+    session_factory,
+    session_scope,
+    verify_schema,
+)
 
 
 @dataclass
@@ -19,12 +27,27 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     pseudonymiser: Pseudonymiser
+    checkpointer: WalCheckpointer | None = None  # SQLite files only
+
+    @contextmanager
+    def batch_session(self) -> Iterator[Session]:
+        """A session for one ingestion batch, committed (or rolled back) at the end. On SQLite
+        batches take turns, and the WAL checkpoint follows the commit in the background."""
+        if self.checkpointer is None:
+            with session_scope(self.sessions) as session:
+                yield session
+            return
+        with self.checkpointer.writing(), session_scope(self.sessions) as session:
+            yield session
+        self.checkpointer.after_write()
 
     @classmethod
     def open(cls, settings: Settings | None = None, *, verify: bool = True) -> Runtime:
         """Connect, and refuse a database whose schema is not at head (``verify``)."""
         settings = settings or load_settings()
-        engine = make_engine(settings.database_url)
+        on_file = settings.database_url.startswith("sqlite") and ":memory:" not in \
+            settings.database_url
+        engine = make_engine(settings.database_url, checkpoint_in_background=on_file)
         if verify:
             verify_schema(engine)
         return cls(
@@ -32,7 +55,10 @@ class Runtime:
             engine=engine,
             sessions=session_factory(engine),
             pseudonymiser=Pseudonymiser(read_secret_key(settings)),
+            checkpointer=WalCheckpointer(engine) if on_file else None,
         )
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self.engine.dispose()

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from monitor.api.auth import current_actor
 from monitor.api.errors import PayloadTooLarge, install_error_handlers
 from monitor.api.metrics import install as install_metrics
-from monitor.collect.ingest import IngestResult, write_inferences, write_overrides
+from monitor.collect.ingest import IngestResult, store_inferences, store_overrides
 from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime
 from monitor.schema import INFERENCES, OVERRIDES, BatchParser
@@ -49,7 +49,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     install_error_handlers(app)
     settings = runtime.settings
 
-    async def _ingest(request: Request, parser: BatchParser, write: Callable[..., IngestResult]
+    async def _ingest(request: Request, parser: BatchParser, store: Callable[..., IngestResult]
                       ) -> dict[str, int]:
         body = await read_body(request, settings.max_body_bytes)
 
@@ -61,8 +61,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                     "message": f"batch of {len(batch)} events exceeds the limit of "
                     f"{settings.max_batch_events} (MONITOR_MAX_BATCH_EVENTS)",
                 }])
-            with session_scope(runtime.sessions) as session:
-                return write(session, batch, runtime.pseudonymiser)
+            return store(runtime, batch)
 
         result = await run_in_threadpool(validate_and_store)  # committed before we answer
         return {"accepted": result.accepted, "new": result.new, "duplicates": result.duplicates}
@@ -71,11 +70,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     async def post_inferences(request: Request, _actor: Actor) -> dict[str, int]:
         """A JSON list of inference events (see the README's event contract). All or nothing:
         one invalid item rejects the batch with 422 naming its index and field."""
-        return await _ingest(request, INFERENCES, write_inferences)
+        return await _ingest(request, INFERENCES, store_inferences)
 
     @app.post("/v1/overrides", tags=["ingest"], summary="Log a batch of radiologist reads")
     async def post_overrides(request: Request, _actor: Actor) -> dict[str, int]:
-        return await _ingest(request, OVERRIDES, write_overrides)
+        return await _ingest(request, OVERRIDES, store_overrides)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, str]:

@@ -1,8 +1,10 @@
 """The write path: validated events -> pseudonymised rows, one transaction per batch.
 
-A batch is all or nothing: it is validated whole (``monitor.schema.parse_batch``), checked
+A batch is all or nothing: it is validated whole (``monitor.schema.INFERENCES``), checked
 against the registered embedding length, and committed before the caller acknowledges it. A
 duplicate ``event_id`` (twice in one batch, or a retry of a stored batch) is stored once.
+``store_inferences`` and ``store_overrides`` are what the API and the in-process collector
+call; the ``write_*`` functions work inside a caller's transaction.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,7 +24,11 @@ from monitor.collect.dicom import age_band, normalise_manufacturer
 from monitor.errors import BatchValidationError
 from monitor.privacy import Pseudonymiser
 from monitor.schema import SCANNER_FIELDS, InferenceEvent, OverrideEvent, embedding_dim
+from monitor.store.db import session_scope
 from monitor.store.models import Inference, ModelVersion, Override
+
+if TYPE_CHECKING:
+    from monitor.runtime import Runtime
 
 AGE_CAP_YEARS = 90  # ages above 89 are identifying (HIPAA safe harbour): stored as 90
 _IN_CHUNK = 900  # bound on bound parameters in one IN (...) list
@@ -109,12 +115,14 @@ def _version_id(session: Session, model: str, version: str) -> tuple[int, int | 
 
 def _check_embedding_lengths(
     session: Session, unique: list[tuple[int, InferenceEvent]]
-) -> dict[tuple[str, str], int]:
+) -> tuple[dict[tuple[str, str], int], dict[int, tuple[int, int]]]:
     """Resolve every (model, version) of the batch to its id and enforce one embedding length
-    each: the first accepted length registers it, a different length later is rejected."""
+    each: the first accepted length registers it, a different length later is rejected.
+    Returns the ids, and the lengths this batch registers: version id -> (length, index of
+    the first event that has it)."""
     ids: dict[tuple[str, str], int] = {}
     lengths: dict[tuple[str, str], int | None] = {}
-    registered: list[tuple[str, str]] = []
+    registers: dict[int, tuple[int, int]] = {}
     problems = []
     for index, event in unique:
         key = (event["model"], event["model_version"])
@@ -125,7 +133,7 @@ def _check_embedding_lengths(
             continue
         if lengths[key] is None:
             lengths[key] = dim  # registered by the first accepted embedding
-            registered.append(key)
+            registers[ids[key]] = (dim, index)
         elif dim != lengths[key]:
             problems.append({
                 "index": index,
@@ -135,14 +143,31 @@ def _check_embedding_lengths(
             })
     if problems:
         raise BatchValidationError(problems)
-    for key in registered:
-        # only a NULL length is filled in; a concurrent writer that registered first wins
+    return ids, registers
+
+
+def _register_lengths(session: Session, registers: dict[int, tuple[int, int]]) -> None:
+    """Fill in the embedding lengths a batch registers, in its write transaction. Only a NULL
+    length is filled: if a concurrent batch registered another length first, this batch is
+    rejected as if it had arrived second."""
+    if not registers:
+        return
+    for version_id, (length, _) in registers.items():
         session.execute(
             update(ModelVersion)
-            .where(ModelVersion.id == ids[key], ModelVersion.embedding_dim.is_(None))
-            .values(embedding_dim=lengths[key])
+            .where(ModelVersion.id == version_id, ModelVersion.embedding_dim.is_(None))
+            .values(embedding_dim=length)
         )
-    return ids
+    query = select(ModelVersion.id, ModelVersion.embedding_dim).where(
+        ModelVersion.id.in_(list(registers)))
+    stored = {version_id: length for version_id, length in session.execute(query)}
+    problems = [{"index": index, "field": "embedding",
+                 "message": f"embedding length {length} does not match the length "
+                 f"{stored[version_id]} registered meanwhile"}
+                for version_id, (length, index) in registers.items()
+                if stored[version_id] != length]
+    if problems:
+        raise BatchValidationError(problems)
 
 
 # The inference table's columns in the order ``_inference_rows`` gives them.
@@ -227,30 +252,71 @@ def _inference_rows(
     return list(zip(*(columns[name] for name in INFERENCE_COLUMNS), strict=True))
 
 
+@dataclass(frozen=True)
+class PreparedInferences:
+    """A validated batch as rows, ready to insert (``prepare_inferences``)."""
+
+    rows: list[tuple[Any, ...]]  # in INFERENCE_COLUMNS order, encoded for the session's database
+    batch_size: int  # items in the batch, repeats included
+    registers: dict[int, tuple[int, int]]  # embedding lengths to register (_register_lengths)
+
+
+def prepare_inferences(
+    session: Session, events: Sequence[InferenceEvent], pseudonymiser: Pseudonymiser
+) -> PreparedInferences:
+    """Drop repeats, resolve model versions, check embedding lengths and build the rows. It
+    only reads, except that a model version seen for the first time is created."""
+    indexed = _unique_by_event_id(events, [event["event_id"] for event in events])
+    ids, registers = _check_embedding_lengths(session, indexed)
+    unique = [event for _, event in indexed]
+    version_ids = [ids[(event["model"], event["model_version"])] for event in unique]
+    received_at = datetime.now(UTC)
+    if session.get_bind().dialect.name == "sqlite":
+        rows = _inference_rows(unique, version_ids, pseudonymiser, _sqlite_text(received_at),
+                               _sqlite_text, _json_text)
+    else:
+        rows = _inference_rows(unique, version_ids, pseudonymiser, received_at)
+    return PreparedInferences(rows=rows, batch_size=len(events), registers=registers)
+
+
+def insert_inferences(session: Session, prepared: PreparedInferences) -> IngestResult:
+    """Insert prepared rows in the caller's transaction (the caller commits); events already
+    stored are skipped."""
+    _register_lengths(session, prepared.registers)
+    accepted = len(prepared.rows)
+    if session.get_bind().dialect.name == "sqlite":  # the insert itself counts what is new
+        new = _insert_sqlite_inferences(session, prepared.rows)
+    else:
+        event_ids = [row[0] for row in prepared.rows]  # event_id is the first column
+        existing = _existing_event_ids(session, Inference.event_id, event_ids)
+        records = [dict(zip(INFERENCE_COLUMNS, row, strict=True)) for row in prepared.rows
+                   if row[0] not in existing]
+        _insert_ignoring_duplicates(session, Inference, records)
+        new = len(records)
+    return IngestResult(accepted=accepted, new=new, duplicates=prepared.batch_size - new)
+
+
 def write_inferences(
     session: Session, events: Sequence[InferenceEvent], pseudonymiser: Pseudonymiser
 ) -> IngestResult:
     """Store a validated batch in the caller's transaction (the caller commits)."""
-    indexed = _unique_by_event_id(events, [event["event_id"] for event in events])
-    ids = _check_embedding_lengths(session, indexed)
-    unique = [event for _, event in indexed]
-    version_ids = [ids[(event["model"], event["model_version"])] for event in unique]
-    received_at = datetime.now(UTC)
-    if session.get_bind().dialect.name == "sqlite":  # the insert itself counts what is new
-        rows = _inference_rows(unique, version_ids, pseudonymiser, _sqlite_text(received_at),
-                               _sqlite_text, _json_text)
-        new = _insert_sqlite_inferences(session, rows)
-        return IngestResult(accepted=len(unique), new=new, duplicates=len(events) - new)
-    existing = _existing_event_ids(session, Inference.event_id,
-                                   [event["event_id"] for event in unique])
-    fresh = [(event, version_id) for event, version_id in zip(unique, version_ids, strict=True)
-             if event["event_id"] not in existing]
-    records = [dict(zip(INFERENCE_COLUMNS, row, strict=True)) for row in _inference_rows(
-        [event for event, _ in fresh], [version_id for _, version_id in fresh], pseudonymiser,
-        received_at)]
-    _insert_ignoring_duplicates(session, Inference, records)
-    return IngestResult(accepted=len(unique), new=len(records),
-                        duplicates=len(events) - len(records))
+    return insert_inferences(session, prepare_inferences(session, events, pseudonymiser))
+
+
+def store_inferences(runtime: Runtime, events: Sequence[InferenceEvent]) -> IngestResult:
+    """Store a validated batch and commit it. The rows are built before the batch takes its
+    turn at the writer (``Runtime.batch_session``), so building them overlaps the previous
+    batch's WAL checkpoint."""
+    with session_scope(runtime.sessions) as session:
+        prepared = prepare_inferences(session, events, runtime.pseudonymiser)
+    with runtime.batch_session() as session:
+        return insert_inferences(session, prepared)
+
+
+def store_overrides(runtime: Runtime, events: Sequence[OverrideEvent]) -> IngestResult:
+    """Store a validated batch of radiologist reads and commit it."""
+    with runtime.batch_session() as session:
+        return write_overrides(session, events, runtime.pseudonymiser)
 
 
 def write_overrides(

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.collect.ingest import IngestResult, write_inferences, write_overrides
+from monitor.collect.ingest import IngestResult, store_inferences, store_overrides
 from monitor.config import Settings
 from monitor.runtime import Runtime
 from monitor.schema import INFERENCES, OVERRIDES
-from monitor.store.db import session_scope
 
 
 class InProcessCollector:
@@ -31,13 +30,11 @@ class InProcessCollector:
 
     def log_inferences(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
         batch = INFERENCES.from_python(list(events))
-        with session_scope(self.runtime.sessions) as session:
-            return write_inferences(session, batch, self.runtime.pseudonymiser)
+        return store_inferences(self.runtime, batch)
 
     def log_overrides(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
         batch = OVERRIDES.from_python(list(events))
-        with session_scope(self.runtime.sessions) as session:
-            return write_overrides(session, batch, self.runtime.pseudonymiser)
+        return store_overrides(self.runtime, batch)
 
     def log_inference(self, event: Mapping[str, Any]) -> IngestResult:
         return self.log_inferences([event])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,11 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.errors import SchemaVersionError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, checkpoint_in_background: bool = False, **kwargs: Any) -> Engine:
     """An engine with the pragmas the service relies on: on SQLite, WAL (readers do not block
-    the writer), foreign keys on and a busy timeout instead of 'database is locked'."""
+    the writer), foreign keys on and a busy timeout instead of 'database is locked'. With
+    ``checkpoint_in_background`` commits leave the WAL checkpoint to a ``WalCheckpointer``."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -32,10 +36,62 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            if checkpoint_in_background:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+class WalCheckpointer:
+    """SQLite's WAL checkpoint in a background thread rather than inside a commit.
+
+    In WAL mode a commit appends the changed pages to the write-ahead log; once the log holds
+    1,000 pages, SQLite copies it into the database file inside that same commit (the
+    autocheckpoint). For a 1,000-event ingestion batch that copy was a third of the request.
+    With an engine made with ``checkpoint_in_background``, this thread checkpoints after each
+    batch (``after_write``) and at least every ``interval_s``, so the answer does not wait for
+    the copy. Batch writes hold ``writing()``, which a checkpoint also holds: the log is fully
+    copied before the next batch starts, so SQLite restarts it instead of letting it grow.
+    Durability is that of synchronous=NORMAL either way: a committed batch is in the log.
+    """
+
+    def __init__(self, engine: Engine, interval_s: float = 1.0):
+        self._engine = engine
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def after_write(self) -> None:
+        self._wanted.set()
+
+    def checkpoint(self, mode: str = "PASSIVE") -> None:
+        with self._lock, self._engine.connect() as connection:
+            connection.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wanted.wait(self._interval_s)
+            self._wanted.clear()
+            try:
+                self.checkpoint()
+            except Exception:  # a failed checkpoint is retried at the next batch or second
+                log.exception("WAL checkpoint failed")
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wanted.set()
+        self._thread.join(timeout=30)
+        self.checkpoint("TRUNCATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
