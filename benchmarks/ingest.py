@@ -1,9 +1,10 @@
 """Ingestion throughput, side by side in one run.
 
 (a) the in-process collector, (b) HTTP batches of 1,000 events with 512-d embeddings as base64,
-(c) the same as JSON float lists, (d) the limit: a bare ``sqlite3`` executemany of the same rows
-into an equivalent table (same columns and indexes, WAL). Each row prints events/s and its
-ratio to (d). With ``--postgres URL`` the same on PostgreSQL, (d) being psycopg's executemany.
+(c) the same as JSON float lists, (d) the limit: a bare ``sqlite3`` executemany of the same rows,
+prepared beforehand, into the service's own table (created by its migration; the service's
+pragmas). Each row prints events/s and its ratio to (d). With ``--postgres URL`` the same on
+PostgreSQL, (d) being psycopg's executemany.
 
     python benchmarks/ingest.py [--events 20000] [--postgres postgresql://postgres@127.0.0.1/test]
 """
@@ -31,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, scratch_postgres
 
-from monitor.collect.ingest import INFERENCE_COLUMNS, _inference_rows, _json_text, _sqlite_text
+from monitor.collect.ingest import INFERENCE_COLUMNS, _inference_rows, _sqlite_text
 from monitor.collect.inprocess import InProcessCollector
 from monitor.config import Settings
 from monitor.privacy import Pseudonymiser
@@ -130,25 +131,41 @@ def bench_http(url: str, tmp: Path, events: list[dict]) -> float:
     return len(events) / elapsed
 
 
-def limit_rows(events: list[dict]) -> list[tuple]:
-    """The rows the service writes on SQLite, prepared beforehand (the limit does no work)."""
+def limit_rows(events: list[dict], *, sqlite: bool) -> list[tuple]:
+    """The rows the service writes, in the driver's form, prepared beforehand (the limit does
+    no work)."""
     parsed = INFERENCES.from_python(events)
-    return _inference_rows(parsed, [1] * len(parsed), Pseudonymiser(KEY.encode()),
-                           _sqlite_text(datetime.now(UTC)), _sqlite_text, _json_text)
+    now = datetime.now(UTC)
+    if sqlite:
+        return _inference_rows(parsed, [1] * len(parsed), Pseudonymiser(KEY.encode()),
+                               _sqlite_text(now), _sqlite_text)
+    return _inference_rows(parsed, [1] * len(parsed), Pseudonymiser(KEY.encode()), now)
+
+
+def limit_table(url: str) -> None:
+    """The service's own schema (its migration), with the one model version the rows name:
+    the limit writes into the very table the service writes into."""
+    engine = make_engine(url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO model_version (id, model, version, status, created_at, updated_at) "
+            "VALUES (1, 'cxr-triage', '1.4.0', 'candidate', '2026-11-01', '2026-11-01')")
+    engine.dispose()
+
+
+LIMIT_SQL = (f"INSERT INTO inference ({', '.join(INFERENCE_COLUMNS)}) "
+             f"VALUES ({', '.join(['{}'] * len(INFERENCE_COLUMNS))})")
 
 
 def bench_limit_sqlite(path: Path, rows: list[tuple]) -> float:
+    """A bare sqlite3 connection with the service's pragmas."""
+    limit_table(f"sqlite:///{path}")
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-    columns = ", ".join(f"{c} BLOB" if c == "embedding" else c for c in INFERENCE_COLUMNS)
-    connection.execute(f"CREATE TABLE inference (id INTEGER PRIMARY KEY, {columns})")
-    connection.execute("CREATE UNIQUE INDEX ux_event ON inference(event_id)")
-    connection.execute("CREATE INDEX ix_vts ON inference(model_version_id, ts)")
-    connection.execute("CREATE INDEX ix_ms ON inference(model, study_key)")
-    connection.execute("CREATE INDEX ix_mts ON inference(model, ts)")
-    sql = (f"INSERT INTO inference ({', '.join(INFERENCE_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(INFERENCE_COLUMNS))})")
+    connection.execute("PRAGMA foreign_keys=ON")
+    sql = LIMIT_SQL.replace("{}", "?")
     start = time.perf_counter()
     for lo in range(0, len(rows), BATCH):
         connection.executemany(sql, rows[lo : lo + BATCH])
@@ -159,23 +176,12 @@ def bench_limit_sqlite(path: Path, rows: list[tuple]) -> float:
 
 
 def bench_limit_postgres(url: str, rows: list[tuple]) -> float:
+    """A bare psycopg connection."""
     import psycopg
 
+    limit_table(url)
     with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as connection:
-        types = {"embedding": "bytea", "age_years": "float8", "kvp": "float8",
-                 "exposure_mas": "float8", "pixel_spacing_mm": "float8", "score": "float8",
-                 "threshold": "float8", "latency_ms": "float8", "positive": "boolean",
-                 "model_version_id": "int", "ts": "timestamptz", "received_at": "timestamptz",
-                 "scores": "json", "tags": "json"}
-        columns = ", ".join(f"{c} {types.get(c, 'varchar')}" for c in INFERENCE_COLUMNS)
-        connection.execute(f"CREATE TABLE limit_inference (id serial PRIMARY KEY, {columns})")
-        connection.execute("CREATE UNIQUE INDEX ON limit_inference(event_id)")
-        connection.execute("CREATE INDEX ON limit_inference(model_version_id, ts)")
-        connection.execute("CREATE INDEX ON limit_inference(model, study_key)")
-        connection.execute("CREATE INDEX ON limit_inference(model, ts)")
-        connection.commit()
-        sql = (f"INSERT INTO limit_inference ({', '.join(INFERENCE_COLUMNS)}) "
-               f"VALUES ({', '.join(['%s'] * len(INFERENCE_COLUMNS))})")
+        sql = LIMIT_SQL.replace("{}", "%s")
         start = time.perf_counter()
         with connection.cursor() as cursor:
             for lo in range(0, len(rows), BATCH):
@@ -191,7 +197,7 @@ def run(backend: str, base: str | None, n: int, repeats: int, tmp: Path
     b64 = make_events(n, as_list=False, seed=1)
     lists = make_events(n, as_list=True, seed=2)
     direct = make_events(n, as_list=False, seed=3)
-    rows = limit_rows(make_events(n, as_list=False, seed=4))
+    rows = limit_rows(make_events(n, as_list=False, seed=4), sqlite=base is None)
     paths = (
         ("(a) in-process collector", lambda name: bench_inprocess(url(name), tmp, direct)),
         ("(b) HTTP, 1,000/batch, base64", lambda name: bench_http(url(name), tmp, b64)),

@@ -49,14 +49,17 @@ def _sqlite_text(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
-def _insert_sqlite_inferences(session: Session, rows: list[tuple[Any, ...]]) -> int:
-    """The hot path on SQLite: the driver's executemany on rows already in SQLite's form
-    (``_inference_rows`` with the SQLite encoders). SQLAlchemy's per-value bind processing
-    doubled the cost of a batch (benchmarks/ingest.py). ON CONFLICT DO NOTHING skips event_ids
-    already stored; returns the rows inserted."""
+def _insert_inference_rows(session: Session, rows: list[tuple[Any, ...]]) -> int:
+    """The hot path: rows already in the driver's form (``_inference_rows``) go to the
+    driver's executemany. SQLAlchemy's per-value bind processing doubled the cost of a batch
+    (benchmarks/ingest.py). ON CONFLICT DO NOTHING skips event_ids already stored; returns the
+    rows inserted."""
+    connection = session.connection()
+    placeholder = "?" if connection.dialect.name == "sqlite" else "%s"  # psycopg: %s
     sql = (f"INSERT INTO {Inference.__tablename__} ({', '.join(INFERENCE_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(INFERENCE_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING")
-    return int(session.connection().exec_driver_sql(sql, rows).rowcount)
+           f"VALUES ({', '.join([placeholder] * len(INFERENCE_COLUMNS))}) "
+           "ON CONFLICT (event_id) DO NOTHING")
+    return int(connection.exec_driver_sql(sql, rows).rowcount)
 
 
 def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -206,12 +209,12 @@ def _scanner_tags(scanner: dict[str, Any]) -> dict[str, Any] | None:
 def _inference_rows(
     events: Sequence[InferenceEvent], version_ids: Sequence[int], pseudonymiser: Pseudonymiser,
     received_at: Any, encode_time: Callable[[datetime], Any] = _identity,
-    encode_json: Callable[[Any], Any] = _identity,
 ) -> list[tuple[Any, ...]]:
-    """The inference rows of validated events, in ``INFERENCE_COLUMNS`` order. The encoders
-    turn datetimes and JSON values into what the database driver takes (SQLite:
-    ``_sqlite_text``, ``_json_text``). Built a column at a time: on the ingestion hot path a
-    list comprehension per column costs a quarter less than a function call per event."""
+    """The inference rows of validated events, in ``INFERENCE_COLUMNS`` order, as the database
+    driver takes them: JSON as text, datetimes through ``encode_time`` (``_sqlite_text`` for
+    SQLite; psycopg takes them as they are). Built a column at a time: on the ingestion hot
+    path a list comprehension per column costs a quarter less than a function call per
+    event."""
     n = len(events)
     patients = [event.get("patient") or {} for event in events]
     scanners = [event.get("scanner") or {} for event in events]
@@ -238,8 +241,8 @@ def _inference_rows(
                    for scanner, manufacturer in zip(scanners, manufacturers, strict=True)],
         **{column: [scanner.get(key) for scanner in scanners]
            for column, key in _SCANNER_COLUMNS.items()},
-        "tags": [encode_json(_scanner_tags(scanner)) for scanner in scanners],
-        "scores": [encode_json(score) for score in scores],
+        "tags": [_json_text(_scanner_tags(scanner)) for scanner in scanners],
+        "scores": [_json_text(score) for score in scores],
         "score": first_scores,
         # an explicit positive wins; else the first score against the threshold, if given
         "positive": [explicit if explicit is not None or threshold is None else first >= threshold
@@ -271,9 +274,9 @@ def prepare_inferences(
     unique = [event for _, event in indexed]
     version_ids = [ids[(event["model"], event["model_version"])] for event in unique]
     received_at = datetime.now(UTC)
-    if session.get_bind().dialect.name == "sqlite":
+    if session.get_bind().dialect.name == "sqlite":  # SQLite stores datetimes as text
         rows = _inference_rows(unique, version_ids, pseudonymiser, _sqlite_text(received_at),
-                               _sqlite_text, _json_text)
+                               _sqlite_text)
     else:
         rows = _inference_rows(unique, version_ids, pseudonymiser, received_at)
     return PreparedInferences(rows=rows, batch_size=len(events), registers=registers)
@@ -283,17 +286,9 @@ def insert_inferences(session: Session, prepared: PreparedInferences) -> IngestR
     """Insert prepared rows in the caller's transaction (the caller commits); events already
     stored are skipped."""
     _register_lengths(session, prepared.registers)
-    accepted = len(prepared.rows)
-    if session.get_bind().dialect.name == "sqlite":  # the insert itself counts what is new
-        new = _insert_sqlite_inferences(session, prepared.rows)
-    else:
-        event_ids = [row[0] for row in prepared.rows]  # event_id is the first column
-        existing = _existing_event_ids(session, Inference.event_id, event_ids)
-        records = [dict(zip(INFERENCE_COLUMNS, row, strict=True)) for row in prepared.rows
-                   if row[0] not in existing]
-        _insert_ignoring_duplicates(session, Inference, records)
-        new = len(records)
-    return IngestResult(accepted=accepted, new=new, duplicates=prepared.batch_size - new)
+    new = _insert_inference_rows(session, prepared.rows)  # the insert itself counts what is new
+    return IngestResult(accepted=len(prepared.rows), new=new,
+                        duplicates=prepared.batch_size - new)
 
 
 def write_inferences(
