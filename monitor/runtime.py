@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.config import Settings, load_settings, read_secret_key
@@ -27,7 +27,7 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     pseudonymiser: Pseudonymiser
-    checkpointer: WalCheckpointer | None = None  # SQLite files only
+    checkpointer: WalCheckpointer | None = None  # see ``open``
 
     @contextmanager
     def batch_session(self) -> Iterator[Session]:
@@ -42,12 +42,18 @@ class Runtime:
         self.checkpointer.after_write()
 
     @classmethod
-    def open(cls, settings: Settings | None = None, *, verify: bool = True) -> Runtime:
-        """Connect, and refuse a database whose schema is not at head (``verify``)."""
+    def open(cls, settings: Settings | None = None, *, verify: bool = True,
+             background_checkpoint: bool = False) -> Runtime:
+        """Connect, and refuse a database whose schema is not at head (``verify``). A
+        long-running writer (the server, the in-process collector) asks for
+        ``background_checkpoint``: on an SQLite file, a ``WalCheckpointer`` thread then
+        checkpoints after each batch, and ``close`` stops it."""
         settings = settings or load_settings()
-        on_file = settings.database_url.startswith("sqlite") and ":memory:" not in \
-            settings.database_url
-        engine = make_engine(settings.database_url, checkpoint_in_background=on_file)
+        url = make_url(settings.database_url)
+        on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+        background_checkpoint &= on_file
+        engine = make_engine(settings.database_url,
+                             checkpoint_in_background=background_checkpoint)
         if verify:
             verify_schema(engine)
         return cls(
@@ -55,7 +61,7 @@ class Runtime:
             engine=engine,
             sessions=session_factory(engine),
             pseudonymiser=Pseudonymiser(read_secret_key(settings)),
-            checkpointer=WalCheckpointer(engine) if on_file else None,
+            checkpointer=WalCheckpointer(engine) if background_checkpoint else None,
         )
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    runtime = Runtime.open(settings)
+    runtime = Runtime.open(settings, background_checkpoint=True)
     app = create_app(runtime)
     register_check_hook()  # alert rules are evaluated after every check
     scheduler = CheckScheduler(runtime)

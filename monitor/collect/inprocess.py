@@ -26,7 +26,7 @@ class InProcessCollector:
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> InProcessCollector:
-        return cls(Runtime.open(settings))
+        return cls(Runtime.open(settings, background_checkpoint=True))
 
     def log_inferences(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
         batch = INFERENCES.from_python(list(events))

@@ -136,8 +136,8 @@ def test_result_fields_and_details():
     assert details["pca_components"] == 32 and 0 < details["explained_variance_ratio"] < 1
     assert details["bandwidth"] > 0 and details["permutation_unit"] == "study"
     assert details["device"] == "cpu" and "unbiased" in details["estimator"]
-    assert result.statistic == pytest.approx(
-        detector.score(subspace_shift(windows.current, size=3.0))
+    assert result.statistic == pytest.approx(  # float32: BLAS kernels may round differently
+        detector.score(subspace_shift(windows.current, size=3.0)), rel=1e-5
     )
 
 

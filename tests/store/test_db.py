@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -10,10 +11,14 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, text, update
 from sqlalchemy.exc import DatabaseError
 
+from monitor.collect.ingest import store_inferences
 from monitor.errors import SchemaVersionError
 from monitor.runtime import Runtime
+from monitor.schema import INFERENCES
 from monitor.store.db import current_revision, head_revision, make_engine, upgrade, verify_schema
 from monitor.store.models import AuditEntry, Base
+from tests.conftest import make_settings
+from tests.factories import inference_event
 
 
 def test_migrations_match_the_models(runtime: Runtime) -> None:
@@ -46,3 +51,34 @@ def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_background_checkpoint_copies_the_wal_into_the_database_file(tmp_path) -> None:
+    """With the autocheckpoint off, new pages reach the database file only through the
+    checkpointer thread: the file grows shortly after a batch, without another write."""
+    url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    runtime = Runtime.open(make_settings(url, tmp_path), verify=False,
+                           background_checkpoint=True)
+    upgrade(runtime.engine)
+    try:
+        with runtime.engine.connect() as connection:
+            assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 0
+        runtime.checkpointer.checkpoint()
+        before = (tmp_path / "monitor.db").stat().st_size
+        events = [inference_event(embedding=[0.5] * 512) for _ in range(200)]
+        assert store_inferences(runtime, INFERENCES.from_python(events)).new == 200
+        deadline = time.monotonic() + 10
+        while (tmp_path / "monitor.db").stat().st_size == before:
+            assert time.monotonic() < deadline, "the WAL was never checkpointed"
+            time.sleep(0.05)
+    finally:
+        runtime.close()
+    assert not runtime.checkpointer._thread.is_alive()
+
+
+def test_background_checkpoint_is_for_sqlite_files_only(tmp_path) -> None:
+    for url in ("sqlite://", "postgresql+psycopg://nobody@127.0.0.1:1/none"):
+        settings = make_settings(url, tmp_path)
+        runtime = Runtime.open(settings, verify=False, background_checkpoint=True)
+        assert runtime.checkpointer is None
+        runtime.close()
