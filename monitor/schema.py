@@ -5,8 +5,8 @@ as base64 of little-endian float32; both become ``bytes`` (float32, little-endia
 
 ``INFERENCES`` and ``OVERRIDES`` parse whole batches, from Python objects or straight from the
 JSON bytes of a request. Inference events are validated into plain dicts (``TypedDict``) rather
-than model objects: a batch of 1,000 is the ingestion hot path, and dicts validate in 60% of
-the time. From JSON, pydantic decodes base64 embeddings inside its own parser
+than model objects: a batch of 1,000 is the ingestion hot path, and dicts validate in about
+60% of the time. From JSON, pydantic decodes base64 embeddings inside its own parser
 (``val_json_bytes``), so they never become Python strings.
 """
 
@@ -267,11 +267,11 @@ _EMBEDDING_MEMBERS = ("bytes", "list[float]")
 _NOT_THIS_MEMBER = ("bytes_type", "list_type")  # the input is the other member's JSON type
 
 
-def _problems(exc: PydanticValidationError) -> list[dict[str, Any]]:
+def _problems(exc: PydanticValidationError) -> list[Problem]:
     """Pydantic's errors as the API's problems: item index, dotted field path, message. Of the
     embedding union's two members, only the one matching the input's JSON type speaks."""
-    problems: list[dict[str, Any]] = []
-    embedding_errors: dict[Any, list[tuple[str, dict[str, Any]]]] = {}
+    problems: list[Problem] = []
+    embedding_errors: dict[Any, list[tuple[str, Problem]]] = {}
     for error in exc.errors(include_url=False, include_input=False):
         loc = tuple(error["loc"])
         if error["type"] == "json_invalid":

@@ -4,7 +4,8 @@ A batch is all or nothing: it is validated whole (``monitor.schema.INFERENCES``)
 against the registered embedding length, and committed before the caller acknowledges it. A
 duplicate ``event_id`` (twice in one batch, or a retry of a stored batch) is stored once.
 ``store_inferences`` and ``store_overrides`` are what the API and the in-process collector
-call; the ``write_*`` functions work inside a caller's transaction.
+call. Inferences are prepared (rows built) before the batch takes its turn at the writer, then
+inserted and committed.
 """
 
 from __future__ import annotations
@@ -289,13 +290,6 @@ def insert_inferences(session: Session, prepared: PreparedInferences) -> IngestR
     new = _insert_inference_rows(session, prepared.rows)  # the insert itself counts what is new
     return IngestResult(accepted=len(prepared.rows), new=new,
                         duplicates=prepared.batch_size - new)
-
-
-def write_inferences(
-    session: Session, events: Sequence[InferenceEvent], pseudonymiser: Pseudonymiser
-) -> IngestResult:
-    """Store a validated batch in the caller's transaction (the caller commits)."""
-    return insert_inferences(session, prepare_inferences(session, events, pseudonymiser))
 
 
 def store_inferences(runtime: Runtime, events: Sequence[InferenceEvent]) -> IngestResult:
