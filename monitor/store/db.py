@@ -52,9 +52,10 @@ class WalCheckpointer:
     autocheckpoint). For a 1,000-event ingestion batch that copy was a third of the request.
     With an engine made with ``checkpoint_in_background``, this thread checkpoints after each
     batch (``after_write``) and at least every ``interval_s``, so the answer does not wait for
-    the copy. Batch writes hold ``writing()``, which a checkpoint also holds: the log is fully
-    copied before the next batch starts, so SQLite restarts it instead of letting it grow.
-    Durability is that of synchronous=NORMAL either way: a committed batch is in the log.
+    the copy. Batch writes hold ``writing()``, which a checkpoint also holds, so the two never
+    overlap: a checkpoint copies the whole log, and the next batch restarts it instead of
+    letting it grow. PASSIVE checkpoints never wait for readers. Durability is that of
+    synchronous=NORMAL either way: a committed batch is in the log.
     """
 
     def __init__(self, engine: Engine, interval_s: float = 1.0):
@@ -74,9 +75,9 @@ class WalCheckpointer:
     def after_write(self) -> None:
         self._wanted.set()
 
-    def checkpoint(self, mode: str = "PASSIVE") -> None:
+    def checkpoint(self) -> None:
         with self._lock, self._engine.connect() as connection:
-            connection.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -91,7 +92,7 @@ class WalCheckpointer:
         self._stopping.set()
         self._wanted.set()
         self._thread.join(timeout=30)
-        self.checkpoint("TRUNCATE")
+        self.checkpoint()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
