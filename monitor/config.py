@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -44,6 +45,21 @@ class Settings(BaseSettings):
     operators: list[str] = Field(default_factory=list)
     alert_rules_file: Path | None = None
     dashboard_port: int = Field(default=8501, ge=1, le=65535)
+    # Binding a non-loopback address with no tokens is refused unless this is set (a lab).
+    insecure_open: bool = False
+    # Plausible event timestamps: not before this date, not more than this far ahead of the
+    # server's clock. The simulator, demo and benchmarks set what they need.
+    timestamp_earliest: datetime = datetime(1990, 1, 1, tzinfo=UTC)
+    timestamp_max_future_s: int = Field(default=86_400, ge=0)
+    # Request bodies: the whole body must arrive within this many seconds, and at most
+    # ``max_concurrent_large_bodies`` bodies over ``large_body_bytes`` are read at once
+    # (503 with Retry-After beyond that).
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
+    large_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_concurrent_large_bodies: int = Field(default=4, ge=1)
+    # During a key rotation: the previous pseudonymisation key (see `monitor rotate-key`).
+    previous_secret_key: SecretStr | None = None
+    previous_secret_key_file: Path = Path(".monitor/secret.key.previous")
 
     @field_validator("database_url")
     @classmethod

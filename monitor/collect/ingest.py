@@ -59,20 +59,20 @@ def _insert_inference_rows(session: Session, rows: list[tuple[Any, ...]]) -> int
     placeholder = "?" if connection.dialect.name == "sqlite" else "%s"  # psycopg: %s
     sql = (f"INSERT INTO {Inference.__tablename__} ({', '.join(INFERENCE_COLUMNS)}) "
            f"VALUES ({', '.join([placeholder] * len(INFERENCE_COLUMNS))}) "
-           "ON CONFLICT (event_id) DO NOTHING")
+           "ON CONFLICT (model, event_id) DO NOTHING")
     return int(connection.exec_driver_sql(sql, rows).rowcount)
 
 
 def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT (event_id) DO NOTHING, so a concurrent retry cannot fail the
+    """INSERT ... ON CONFLICT (model, event_id) DO NOTHING, so a concurrent retry cannot fail the
     batch."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
-        stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+        stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=["model", "event_id"])
     elif dialect == "postgresql":
-        stmt = pg_insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+        stmt = pg_insert(table).on_conflict_do_nothing(index_elements=["model", "event_id"])
     else:
         stmt = insert(table)
     session.execute(stmt, rows)

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 # Named constraints, so migrations match on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -98,10 +98,12 @@ class Inference(Base):
         Index("ix_inference_version_ts", "model_version_id", "ts"),  # time windows
         Index("ix_inference_model_study", "model", "study_key"),  # override join
         Index("ix_inference_model_ts", "model", "ts"),  # per-model summaries
+        # idempotency key: one event per (model, event_id); another model's id is its own
+        UniqueConstraint("model", "event_id", name="uq_inference_model_event_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    event_id: Mapped[str] = mapped_column(String(128))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
     model: Mapped[str] = mapped_column(String(128))
     ts: Mapped[datetime]
@@ -130,6 +132,11 @@ class Inference(Base):
     positive: Mapped[bool | None] = mapped_column(Boolean)
     threshold: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)
+    # During a key rotation the keys above stay under the previous key (so joins and repeat
+    # studies keep linking) and these hold the new key's pseudonyms; finishing the rotation
+    # moves them into place (``monitor rotate-key --finish``).
+    study_key_next: Mapped[str | None] = mapped_column(String(32))
+    patient_key_next: Mapped[str | None] = mapped_column(String(32))
     # float32 little-endian; last column so scans of the others skip its overflow pages
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
@@ -142,10 +149,11 @@ class Override(Base):
     __table_args__ = (
         Index("ix_override_model_study", "model", "study_key"),  # join to inference
         Index("ix_override_model_ts", "model", "ts"),
+        UniqueConstraint("model", "event_id", name="uq_override_model_event_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    event_id: Mapped[str] = mapped_column(String(128))
     model: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(128))
     study_key: Mapped[str] = mapped_column(String(32))
@@ -155,6 +163,8 @@ class Override(Base):
     finding: Mapped[str | None] = mapped_column(String(128))
     agrees_with_model: Mapped[bool | None] = mapped_column(Boolean)
     reader_key: Mapped[str | None] = mapped_column(String(32))
+    study_key_next: Mapped[str | None] = mapped_column(String(32))  # see Inference
+    reader_key_next: Mapped[str | None] = mapped_column(String(32))
 
 
 class Baseline(Base):
@@ -317,3 +327,33 @@ class AuditEntry(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     alert_id: Mapped[int | None] = mapped_column(Integer)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ApiToken(Base):
+    """A bearer token. Only its SHA-256 digest is stored; ``prefix`` (the first characters of
+    the token, not secret on their own) finds the row without a scan. Tokens are 32+ random
+    bytes, so a fast hash is enough: there is nothing to brute-force."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # ingest | read | operator | admin
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    digest: Mapped[str] = mapped_column(String(64))  # hex SHA-256 of the whole token
+    created_at: Mapped[datetime]
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    revoked_at: Mapped[datetime | None]
+
+
+class PseudonymKey(Base):
+    """Fingerprints of the pseudonymisation keys this database's keys were made with, so a
+    different key is refused at start-up instead of silently breaking every join. ``state``:
+    current | previous (a rotation in progress: events get both pseudonyms) | retired."""
+
+    __tablename__ = "pseudonym_key"
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    retired_at: Mapped[datetime | None]
