@@ -15,30 +15,56 @@ Choices a user should know:
 
 - Bounded buffer, oldest dropped. When ``max_buffer`` events are queued (the server is
   down or slow), each new event pushes out the oldest queued one, counted in
-  ``stats["dropped"]`` and logged as a warning (at most one warning per 10 s). The
-  inference path never waits, and after an outage the events kept are the recent ones,
-  which describe the state the detectors are watching now.
+  ``stats["dropped"]`` and logged as a warning (at most one warning per 10 s, and a last
+  one with the total when drops stop or the client closes). The inference path never
+  waits, and after an outage the events kept are the recent ones, which describe the state
+  the detectors are watching now.
 - Batches of up to ``batch_size`` events, sent when that many are queued, when
   ``flush_interval_s`` has passed since the first queued one, or on ``flush``/``close``.
   Bodies are JSON lists POSTed to ``/v1/inferences`` and ``/v1/overrides``.
-- Retries on connection errors, timeouts, 408, 429 and 5xx: exponential backoff with
-  jitter (``backoff_delay``), or the server's ``Retry-After``, at most ``max_retries``
-  times; after that the batch is given up (``stats["failed"]``, logged as an error).
-  Retries re-send the same ``event_id`` values; the server stores each event once and
-  reports repeats as ``duplicates``, so a retry after a lost answer adds nothing twice.
+- Outages (connection errors, timeouts, 408, 429, 503) are retried with exponential
+  backoff and jitter (``backoff_delay``), or after the server's ``Retry-After``, for as long
+  as the outage lasts: the batch is never split or given up while the client is open, and
+  new events wait in the bounded buffer. A warning is logged once an outage has lasted
+  ``max_retries`` attempts. Retries re-send the same ``event_id`` values; the server stores
+  each event once and reports repeats as ``duplicates``, so a retry after a lost answer adds
+  nothing twice.
+- Other 5xx answers (500, 502, 504, ...) are retried ``max_retries`` times. If the batch
+  still fails while the server answers (``GET /readyz``, or ``/healthz`` where there is no
+  ``/readyz``), some event in it triggers a server error: the batch is bisected, halves are
+  sent on their own (recursively, without waiting between them), so the good events are
+  stored and the bad one is isolated in about ``2 * log2(batch_size)`` requests. A lone
+  event that still fails after its own ``max_retries`` retries is dead-lettered. If the
+  server does not answer the probe, it is treated as an outage: nothing is split.
 - 400, 413 and 422: the server rejects a whole batch when one item is invalid. The client
   logs the server's message, counts the batch in ``stats["rejected"]`` and re-sends its
   items one at a time, so the valid events still arrive; an item rejected on its own is
-  counted in ``stats["rejected_events"]`` and logged with its ``event_id``. Other 4xx
-  answers (401, 403, 404, ...) would reject every item alike, so the batch is rejected
-  whole without re-sending.
+  counted in ``stats["rejected_events"]`` and dead-lettered. Other 4xx answers (401, 403,
+  404, ...) would reject every item alike, so the batch is dead-lettered whole without
+  re-sending (fix the token or URL, then replay).
+- Dead letters: events that cannot be stored go to ``dead_letter_path`` (JSON lines, one
+  record per event: ``event_id``, ``endpoint``, ``status``, ``reason``,
+  ``dead_lettered_at`` and the ``event`` as sent), created with mode 0600 in a 0700
+  directory, opened for each append so that a purged file is simply created again. The
+  default is ``.monitor/dead-letter.jsonl`` under the working directory at construction;
+  ``None`` turns the file off. The file holds at most ``dead_letter_max_bytes``; further
+  dead letters are dropped, counted in ``stats["dead_letter_dropped"]`` and logged as a
+  warning. Events still buffered when ``close`` gives up waiting (an outage at shutdown)
+  are dead-lettered too, so that they can be replayed (``replay_dead_letters``). The file
+  holds raw identifiers (study UIDs, patient IDs: only the server pseudonymises): protect
+  it and purge it once replayed.
 - Log messages name event IDs and the server's messages, never an event's content, so
   no patient ID or study UID reaches the logs.
-- ``close`` flushes and stops the thread; it is registered with ``atexit`` (waiting at
-  most ``exit_timeout_s``), so a normal process exit sends what is buffered.
+- ``close`` flushes (waiting at most ``exit_timeout_s`` unless told otherwise) and stops
+  the thread; it is registered with ``atexit``, so a normal process exit sends what is
+  buffered.
 - Embeddings given as numpy arrays (or torch tensors) travel in the compact form: base64 of
   little-endian float32 bytes (``encode_embedding``; the server side is
   ``decode_embedding``). Lists are sent as JSON lists.
+
+Every queued event ends in exactly one of ``sent``, ``rejected_events``, ``failed``,
+``unsent`` and ``dropped``; ``dead_lettered`` and ``dead_letter_dropped`` say where the
+rejected and unsent ones went.
 """
 
 from __future__ import annotations
@@ -48,14 +74,16 @@ import json
 import logging
 import os
 import random
+import stat
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 import numpy as np
@@ -69,21 +97,28 @@ logger = logging.getLogger(__name__)
 
 INFERENCES_PATH = "/v1/inferences"
 OVERRIDES_PATH = "/v1/overrides"
-_RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
-_ISOLATE_STATUSES = frozenset({400, 413, 422})
+PROBE_PATHS = ("/readyz", "/healthz")  # the first the server has; 404 moves to the next
+DEFAULT_DEAD_LETTER_PATH = Path(".monitor") / "dead-letter.jsonl"
+DEFAULT_DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+_OUTAGE_STATUSES = frozenset({408, 429, 503})  # the server is away or busy: wait, never split
+_ISOLATE_STATUSES = frozenset({400, 413, 422})  # some item is invalid: re-send one by one
 _DROP_WARNING_INTERVAL_S = 10.0
+_LOGGED_IDS = 10  # event ids named in one log line
 _STAT_KEYS = (
     "queued",  # events accepted by log_*
     "sent",  # events the server answered 2xx for
-    "accepted",  # ... of which new to the server
+    "accepted",  # ... as the server counted them
     "duplicates",  # ... of which it already had (a retry after a lost answer)
     "dropped",  # pushed out of a full buffer
     "rejected",  # batches answered with a non-retryable 4xx
-    "rejected_events",  # events the server refused
-    "failed",  # events given up after max_retries
+    "rejected_events",  # events the server refused, or that failed with 5xx on their own
+    "failed",  # events lost to an unexpected error in the client
     "unsent",  # events still buffered when the client closed, or logged after close
     "retries",  # retry attempts
     "batches",  # successful POSTs
+    "bisected",  # batches split in halves to isolate an event that triggers a 5xx
+    "dead_lettered",  # events written to the dead-letter file
+    "dead_letter_dropped",  # events to dead-letter that the file had no room for (or is off)
 )
 
 
@@ -108,11 +143,76 @@ class _Queued:
 
 @dataclass(frozen=True)
 class _Outcome:
-    ok: bool
+    kind: Literal["ok", "rejected", "server_error", "stopped"]
     status: int | None = None  # the HTTP status of the last answer, None without one
     message: str = ""
     payload: Any = None
-    stopped: bool = False  # the client was closed while retrying
+
+
+class DeadLetterFile:
+    """Append-only JSON lines of events that could not be stored, bounded in size.
+
+    Opened for each append (``O_APPEND``, ``O_NOFOLLOW``, mode 0600) rather than held open,
+    so that a file purged or moved aside for replay is created again instead of written to
+    an unlinked inode. Its directory is created 0700.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int) -> None:
+        self.path = Path(path).absolute()
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def append(self, lines: list[bytes]) -> int:
+        """Append whole lines while they fit; returns how many were written."""
+        with self._lock:
+            self._make_directory()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(self.path, flags, 0o600)
+            try:
+                info = os.fstat(fd)
+                if stat.S_IMODE(info.st_mode) & 0o077:
+                    os.fchmod(fd, 0o600)
+                    logger.warning("dead-letter file %s was readable by others; now 0600",
+                                   self.path)
+                size, fitting = info.st_size, []
+                for line in lines:
+                    if size + len(line) > self.max_bytes:
+                        break
+                    fitting.append(line)
+                    size += len(line)
+                if fitting:
+                    os.write(fd, b"".join(fitting))
+                return len(fitting)
+            finally:
+                os.close(fd)
+
+    def _make_directory(self) -> None:
+        directory = self.path.parent
+        if directory.is_dir():
+            return
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+
+def read_dead_letters(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a dead-letter file, skipping (and logging) lines that are not records."""
+    records = []
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if (
+                not isinstance(record, dict)
+                or record.get("endpoint") not in (INFERENCES_PATH, OVERRIDES_PATH)
+                or not isinstance(record.get("event"), dict)
+            ):
+                logger.warning("dead-letter file %s line %d is not a dead letter; skipped",
+                               path, number)
+                continue
+            records.append(record)
+    return records
 
 
 class MonitorClient:
@@ -131,6 +231,8 @@ class MonitorClient:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         exit_timeout_s: float = 30.0,
+        dead_letter_path: str | os.PathLike[str] | None = DEFAULT_DEAD_LETTER_PATH,
+        dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES,
         http_client: httpx.Client | None = None,
         seed: int | None = None,
     ) -> None:
@@ -144,6 +246,7 @@ class MonitorClient:
             backoff_base_s=backoff_base_s,
             backoff_max_s=backoff_max_s,
             exit_timeout_s=exit_timeout_s,
+            dead_letter_max_bytes=dead_letter_max_bytes,
         )
         self.base_url = base_url.rstrip("/")
         self.batch_size = batch_size
@@ -154,9 +257,12 @@ class MonitorClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.exit_timeout_s = exit_timeout_s
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self.dead_letters = (
+            None if dead_letter_path is None
+            else DeadLetterFile(dead_letter_path, dead_letter_max_bytes)
+        )
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"Content-Type": "application/json", **self._auth}
         self._owns_http = http_client is None
         self._http = http_client if http_client is not None else httpx.Client(timeout=timeout_s)
         self._rng = random.Random(seed)
@@ -170,6 +276,7 @@ class MonitorClient:
         self._abort = threading.Event()  # set when close gives up waiting: stop retrying
         self._stats = dict.fromkeys(_STAT_KEYS, 0)
         self._last_drop_warning = -_DROP_WARNING_INTERVAL_S
+        self._drops_reported = 0
         self._thread = threading.Thread(target=self._run, name="monitor-sdk-sender", daemon=True)
         self._thread.start()
         atexit.register(self._close_at_exit)
@@ -208,9 +315,31 @@ class MonitorClient:
         """Queue a radiologist override (read) event and return."""
         self._enqueue(OVERRIDES_PATH, _prepare(event))
 
+    def replay_dead_letters(self, path: str | os.PathLike[str]) -> int:
+        """Queue again every event of a dead-letter file (each to the endpoint it was meant
+        for, with its own ``event_id``, so events the server has meanwhile stored count as
+        duplicates); returns how many were queued.
+
+        Move the file aside first: this client's own ``dead_letter_path`` is refused, since
+        events that fail again are appended there. Delete the moved file once ``flush``
+        returns and ``stats`` shows what happened to them.
+        """
+        source = Path(path).absolute()
+        if self.dead_letters is not None and source == self.dead_letters.path:
+            raise ConfigError(
+                f"cannot replay {source}: it is this client's dead_letter_path; move it aside"
+            )
+        records = read_dead_letters(source)
+        for record in records:
+            event = dict(record["event"])
+            event["event_id"] = str(event.get("event_id") or record.get("event_id"))
+            self._enqueue(record["endpoint"], event)
+        return len(records)
+
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until everything queued so far has been dealt with (sent, rejected or given
-        up); False if ``timeout_s`` passed first. ``stats`` tells which."""
+        up); False if ``timeout_s`` passed first. ``stats`` tells which. During an outage the
+        events wait for the server, so only a timeout ends the wait."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             self._flush_requests += 1
@@ -231,14 +360,15 @@ class MonitorClient:
                 self._flush_requests -= 1
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Flush (waiting at most ``timeout_s``), then stop the sender thread. Events still
-        buffered after that are counted in ``stats["unsent"]`` and logged."""
+        """Flush, waiting at most ``timeout_s`` (``exit_timeout_s`` when None: an outage must
+        not hold a shutting-down process for good), then stop the sender thread. Events still
+        buffered after that are counted in ``stats["unsent"]``, logged and dead-lettered."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
         atexit.unregister(self._close_at_exit)
-        drained = self.flush(timeout_s)
+        drained = self.flush(self.exit_timeout_s if timeout_s is None else timeout_s)
         if not drained:
             self._abort.set()
         with self._cond:
@@ -246,11 +376,15 @@ class MonitorClient:
             self._cond.notify_all()
         self._thread.join(None if drained else self.timeout_s + 1.0)
         with self._cond:  # a batch still in flight is counted by the sender when it ends
-            unsent = len(self._queue)
+            left = list(self._queue)
             self._queue.clear()
-            self._stats["unsent"] += unsent
-        if unsent:
-            logger.warning("monitor client closed with %d events unsent", unsent)
+        if left:
+            logger.warning("monitor client closed with %d events unsent", len(left))
+            for path in (INFERENCES_PATH, OVERRIDES_PATH):
+                items = [item for item in left if item.path == path and self._serialise(item)]
+                if items:
+                    self._give_up_unsent(path, items)
+        self._report_drops(force=True)
         if self._owns_http and not self._thread.is_alive():
             self._http.close()
 
@@ -277,7 +411,7 @@ class MonitorClient:
 
     def _enqueue(self, path: str, event: dict[str, Any]) -> None:
         item = _Queued(path=path, event_id=str(event["event_id"]), event=event)
-        warn_dropped = closed = False
+        closed = dropped = False
         with self._cond:
             if self._closed:
                 self._stats["unsent"] += 1
@@ -286,23 +420,36 @@ class MonitorClient:
                 if len(self._queue) >= self.max_buffer:
                     self._queue.popleft()
                     self._stats["dropped"] += 1
-                    now = time.monotonic()
-                    if now - self._last_drop_warning >= _DROP_WARNING_INTERVAL_S:
-                        self._last_drop_warning = now
-                        warn_dropped = True
+                    dropped = True
                 self._queue.append(item)
                 self._stats["queued"] += 1
                 if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
                     self._cond.notify_all()
-            dropped = self._stats["dropped"]
         if closed:
             logger.warning("monitor client is closed; event %s not sent", item.event_id)
-        if warn_dropped:
-            logger.warning(
-                "monitor buffer full (%d events): dropping the oldest; %d dropped so far",
-                self.max_buffer,
-                dropped,
+        if dropped:
+            self._report_drops(force=False)
+
+    def _report_drops(self, *, force: bool) -> None:
+        """Warn about events dropped from a full buffer since the last warning: at most once
+        per interval while drops go on, and once more (``force``) so that the last ones are
+        never only counted."""
+        with self._cond:
+            dropped = self._stats["dropped"]
+            if dropped == self._drops_reported:
+                return
+            now = time.monotonic()
+            if not force and now - self._last_drop_warning < _DROP_WARNING_INTERVAL_S:
+                return
+            new, self._drops_reported, self._last_drop_warning = (
+                dropped - self._drops_reported, dropped, now
             )
+        logger.warning(
+            "monitor buffer full (%d events): dropped the oldest %d; %d dropped so far",
+            self.max_buffer,
+            new,
+            dropped,
+        )
 
     # --- sender thread -------------------------------------------------------------------------
 
@@ -320,6 +467,7 @@ class MonitorClient:
                 with self._cond:
                     self._in_flight = 0
                     self._cond.notify_all()
+            self._report_drops(force=False)
 
     def _next_batch(self) -> list[_Queued] | None:
         with self._cond:
@@ -351,7 +499,7 @@ class MonitorClient:
         for path in (INFERENCES_PATH, OVERRIDES_PATH):
             items = [item for item in batch if item.path == path and self._serialise(item)]
             if items:
-                self._deliver(path, items, isolate=True)
+                self._deliver(path, items, retries=self.max_retries)
 
     def _serialise(self, item: _Queued) -> bool:
         if item.body is None:
@@ -366,70 +514,152 @@ class MonitorClient:
             item.body = text.encode("utf-8")
         return True
 
-    def _deliver(self, path: str, items: list[_Queued], *, isolate: bool) -> None:
-        outcome = self._post(path, items)
-        if outcome.ok:
-            self._record_success(outcome.payload, len(items))
-            return
-        if outcome.stopped:
-            self._count("unsent", len(items))
-            return
-        if outcome.status is None:
-            logger.error(
-                "giving up on %d events to %s (%s); first event %s",
-                len(items),
-                path,
-                outcome.message,
-                items[0].event_id,
+    def _deliver(self, path: str, items: list[_Queued], *, retries: int) -> None:
+        """Send ``items`` as one batch, allowing ``retries`` retries for server errors, and
+        deal with the answer: store, isolate the invalid items, bisect, or dead-letter."""
+        while True:
+            outcome = self._post(path, items, retries=retries)
+            if outcome.kind == "ok":
+                self._record_success(outcome.payload, len(items))
+                return
+            if outcome.kind == "stopped":
+                self._give_up_unsent(path, items)
+                return
+            if outcome.kind == "rejected":
+                self._reject(path, items, outcome)
+                return
+            if self._server_answers():
+                break
+            logger.warning(
+                "POST %s keeps failing (%s) and the server does not answer %s; "
+                "%d events wait, retrying in %.0f s",
+                path, outcome.message, " or ".join(PROBE_PATHS), len(items), self.backoff_max_s,
             )
-            self._count("failed", len(items))
+            if self._abort.wait(self.backoff_max_s):
+                self._give_up_unsent(path, items)
+                return
+        if len(items) == 1:  # a lone event always had its max_retries retries
+            logger.error("server fails on event %s to %s (%s) while answering other requests",
+                         items[0].event_id, path, outcome.message)
+            self._count("rejected_events", 1)
+            self._dead_letter(path, items, outcome.status, f"server error: {outcome.message}")
             return
+        self._bisect(path, items, outcome)
+
+    def _bisect(self, path: str, items: list[_Queued], outcome: _Outcome) -> None:
+        """Halves are sent without retries: a server error on a half splits it again, so a
+        poisoned batch of n costs about 2 log2(n) requests, and a good half that met a
+        passing error is only split further, never lost (single events get retries)."""
+        self._count("bisected", 1)
+        logger.warning(
+            "batch of %d events to %s keeps failing (%s) while the server answers; "
+            "bisecting to isolate the event that triggers it",
+            len(items), path, outcome.message,
+        )
+        middle = len(items) // 2
+        for half in (items[:middle], items[middle:]):
+            self._deliver(path, half, retries=self.max_retries if len(half) == 1 else 0)
+
+    def _reject(self, path: str, items: list[_Queued], outcome: _Outcome) -> None:
         if len(items) > 1:
             self._count("rejected", 1)
-        if isolate and len(items) > 1 and outcome.status in _ISOLATE_STATUSES:
+        if len(items) > 1 and outcome.status in _ISOLATE_STATUSES:
             logger.warning(
                 "server rejected a batch of %d events to %s (%d: %s); re-sending one by one",
-                len(items),
-                path,
-                outcome.status,
-                outcome.message,
+                len(items), path, outcome.status, outcome.message,
             )
             for item in items:
-                self._deliver(path, [item], isolate=False)
+                self._deliver(path, [item], retries=self.max_retries)
             return
         logger.error(
             "server rejected %d events to %s (%d: %s); event ids %s",
-            len(items),
-            path,
-            outcome.status,
-            outcome.message,
-            ", ".join(item.event_id for item in items[:10]) + (" ..." if len(items) > 10 else ""),
+            len(items), path, outcome.status, outcome.message, _ids(items),
         )
         self._count("rejected_events", len(items))
+        self._dead_letter(path, items, outcome.status, outcome.message)
 
-    def _post(self, path: str, items: list[_Queued]) -> _Outcome:
+    def _give_up_unsent(self, path: str, items: list[_Queued]) -> None:
+        self._count("unsent", len(items))
+        self._dead_letter(path, items, None, "not sent before the client closed")
+
+    def _dead_letter(
+        self, path: str, items: list[_Queued], status: int | None, reason: str
+    ) -> None:
+        """Write the events to the dead-letter file, count them, and log their event ids."""
+        written = 0
+        if self.dead_letters is not None:
+            at = _utc_iso(datetime.now(UTC))
+            lines = [_dead_letter_line(item, path, status, reason, at) for item in items]
+            try:
+                written = self.dead_letters.append(lines)
+            except OSError as error:
+                logger.error("cannot write the dead-letter file %s: %s",
+                             self.dead_letters.path, error)
+        dropped = len(items) - written
+        with self._cond:
+            self._stats["dead_lettered"] += written
+            self._stats["dead_letter_dropped"] += dropped
+        if self.dead_letters is None:
+            where = "no dead-letter file is configured"
+        else:
+            where = (f"the dead-letter file {self.dead_letters.path} is full or unwritable "
+                     f"(limit {self.dead_letters.max_bytes} bytes)")
+            if written:
+                logger.warning("dead-lettered %d events to %s in %s; event ids %s",
+                               written, path, self.dead_letters.path, _ids(items[:written]))
+        if dropped:
+            logger.warning("%s: %d events to %s dropped; event ids %s",
+                           where, dropped, path, _ids(items[written:]))
+
+    def _server_answers(self) -> bool:
+        """Whether the server answers its readiness (or liveness) probe: a batch that keeps
+        failing against a server that answers holds an event that triggers the failure."""
+        for probe in PROBE_PATHS:
+            try:
+                response = self._http.get(self.base_url + probe, headers=self._auth)
+            except httpx.TransportError:
+                return False
+            if response.status_code != 404:
+                return response.is_success
+        return False
+
+    def _post(self, path: str, items: list[_Queued], *, retries: int) -> _Outcome:
+        """POST the batch until it is answered with 2xx or 4xx, the server errors exceed
+        ``retries``, or the client closes. Outages are waited out, whatever ``retries``."""
         body = b"[" + b",".join(item.body or b"null" for item in items) + b"]"
         url = self.base_url + path
-        attempt = 0
+        attempt = server_errors = outage_attempts = 0
         while True:
             if self._abort.is_set():
-                return _Outcome(ok=False, stopped=True, message="client closed")
+                return _Outcome(kind="stopped", message="client closed")
             retry_after: float | None = None
+            status: int | None = None
             try:
                 response = self._http.post(url, content=body, headers=self._headers)
             except httpx.TransportError as error:  # connect, read, protocol errors, timeouts
                 message = f"{type(error).__name__}: {error}"
             else:
+                status = response.status_code
                 if response.is_success:
-                    return _Outcome(ok=True, status=response.status_code, payload=_json(response))
-                message = f"{response.status_code}: {_server_message(response)}"
-                if response.status_code not in _RETRY_STATUSES and response.status_code < 500:
+                    return _Outcome(kind="ok", status=status, payload=_json(response))
+                message = f"{status}: {_server_message(response)}"
+                if status < 500 and status not in _OUTAGE_STATUSES:
                     return _Outcome(
-                        ok=False, status=response.status_code, message=_server_message(response)
+                        kind="rejected", status=status, message=_server_message(response)
                     )
                 retry_after = _retry_after_s(response)
-            if attempt >= self.max_retries:
-                return _Outcome(ok=False, message=f"{attempt + 1} attempts, last {message}")
+            if status is None or status in _OUTAGE_STATUSES:
+                outage_attempts += 1
+                if outage_attempts == self.max_retries + 1:
+                    logger.warning(
+                        "monitor server unavailable for %d attempts (%s); %d events wait, "
+                        "and new ones wait in the buffer (%d at most)",
+                        outage_attempts, message, len(items), self.max_buffer,
+                    )
+            else:
+                server_errors += 1
+                if server_errors > retries:
+                    return _Outcome(kind="server_error", status=status, message=message)
             delay = retry_after
             if delay is None:
                 delay = backoff_delay(
@@ -441,7 +671,7 @@ class MonitorClient:
                 "POST %s failed (%s); retry %d in %.2f s", path, message, attempt + 1, delay
             )
             if self._abort.wait(delay):
-                return _Outcome(ok=False, stopped=True, message="client closed")
+                return _Outcome(kind="stopped", message="client closed")
             attempt += 1
 
     def _record_success(self, payload: Any, count: int) -> None:
@@ -459,6 +689,24 @@ class MonitorClient:
             self._stats[key] += n
 
 
+def _ids(items: Iterable[_Queued]) -> str:
+    ids = [item.event_id for item in items]
+    shown = ", ".join(ids[:_LOGGED_IDS])
+    return shown + (f" ... ({len(ids)} in all)" if len(ids) > _LOGGED_IDS else "")
+
+
+def _dead_letter_line(
+    item: _Queued, path: str, status: int | None, reason: str, at: str
+) -> bytes:
+    """One JSON line; the event goes in as the exact bytes that were sent."""
+    head = json.dumps(
+        {"event_id": item.event_id, "endpoint": path, "status": status,
+         "reason": reason[:1000], "dead_lettered_at": at},
+        separators=(",", ":"),
+    )
+    return head[:-1].encode() + b',"event":' + (item.body or b"null") + b"}\n"
+
+
 def _check_options(**options: Any) -> None:
     base_url = options.pop("base_url")
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
@@ -469,7 +717,7 @@ def _check_options(**options: Any) -> None:
     for name in ("flush_interval_s", "timeout_s", "exit_timeout_s"):
         if not options[name] > 0:
             raise ConfigError(f"{name} {options[name]!r} must be positive")
-    for name in ("max_retries", "backoff_base_s", "backoff_max_s"):
+    for name in ("max_retries", "backoff_base_s", "backoff_max_s", "dead_letter_max_bytes"):
         if not options[name] >= 0:
             raise ConfigError(f"{name} {options[name]!r} must not be negative")
 

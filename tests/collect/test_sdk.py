@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -150,11 +151,17 @@ def server() -> Iterator[FakeMonitorServer]:
 
 
 @pytest.fixture
-def make_client() -> Iterator[Callable[..., MonitorClient]]:
+def dead_letter_path(tmp_path: Path) -> Path:
+    return tmp_path / "client" / "dead-letter.jsonl"
+
+
+@pytest.fixture
+def make_client(dead_letter_path: Path) -> Iterator[Callable[..., MonitorClient]]:
     clients: list[MonitorClient] = []
 
     def make(url: str, **options: Any) -> MonitorClient:
-        options = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "seed": 0, **options}
+        options = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "seed": 0,
+                   "dead_letter_path": dead_letter_path, **options}
         client = MonitorClient(url, **options)
         clients.append(client)
         return client
@@ -288,26 +295,51 @@ def test_lost_answer_is_retried_with_the_same_event_ids(server, make_client) -> 
     assert (stats["retries"], stats["accepted"], stats["duplicates"], stats["sent"]) == (1, 0, 5, 5)
 
 
-def test_gives_up_after_max_retries(server, make_client, caplog) -> None:
-    server.fail_next = 100
+def test_outage_is_waited_out_past_max_retries(server, make_client, caplog) -> None:
+    server.fail_next = 12  # 503s, far more than max_retries
     client = make_client(server.url, flush_interval_s=60, max_retries=2)
     for i in range(4):
         client.log_inference(_inference(i))
-    with caplog.at_level(logging.ERROR, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
         assert client.flush(timeout_s=30)
-    assert len(server.received) == 3
-    assert (client.stats["failed"], client.stats["retries"], client.stats["sent"]) == (4, 2, 0)
-    assert "giving up" in caplog.text
+    assert len(server.received) == 13
+    assert all(len(r.event_ids) == 4 for r in server.received)  # never split
+    assert len(server.stored) == 4
+    stats = client.stats
+    assert (stats["failed"], stats["retries"], stats["sent"], stats["bisected"]) == (0, 12, 4, 0)
+    assert "unavailable for 3 attempts" in caplog.text
 
 
-def test_connection_refused_is_retried_then_given_up(make_client) -> None:
+def test_close_during_an_outage_dead_letters_for_replay(
+    server, make_client, dead_letter_path, caplog
+) -> None:
     with socket.socket() as probe:  # a port with nothing listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = make_client(f"http://127.0.0.1:{port}", flush_interval_s=60, max_retries=2)
-    client.log_inference(_inference(0))
-    assert client.flush(timeout_s=30)
-    assert (client.stats["retries"], client.stats["failed"]) == (2, 1)
+    down = make_client(f"http://127.0.0.1:{port}", batch_size=2, flush_interval_s=60)
+    for i in range(5):
+        down.log_inference(_inference(i, event_id=f"e{i}"))
+    assert not down.flush(timeout_s=0.3)
+    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+        down.close(timeout_s=0.1)
+    stats = down.stats
+    assert (stats["unsent"], stats["dead_lettered"], stats["failed"]) == (5, 5, 0)
+    records = [json.loads(line) for line in dead_letter_path.read_text().splitlines()]
+    assert sorted(r["event_id"] for r in records) == [f"e{i}" for i in range(5)]
+    assert {r["status"] for r in records} == {None}
+    assert all(r["reason"] == "not sent before the client closed" for r in records)
+    assert "1.2.3." not in caplog.text
+
+    moved = dead_letter_path.with_name("replay.jsonl")
+    dead_letter_path.rename(moved)
+    up = make_client(server.url, flush_interval_s=60)
+    with pytest.raises(ConfigError, match="move it aside"):
+        up.replay_dead_letters(dead_letter_path)
+    assert up.replay_dead_letters(moved) == 5
+    assert up.flush(timeout_s=30)
+    assert set(server.stored) == {f"e{i}" for i in range(5)}
+    assert server.stored["e3"]["study_uid"] == "1.2.3.3"
+    assert not dead_letter_path.exists()
 
 
 def test_backoff_grows_exponentially_with_jitter() -> None:
@@ -324,7 +356,7 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
 # --- rejection and isolation -----------------------------------------------------------------
 
 
-def test_422_isolates_the_bad_item(server, make_client, caplog) -> None:
+def test_422_isolates_the_bad_item(server, make_client, dead_letter_path, caplog) -> None:
     client = make_client(server.url, flush_interval_s=60)
     ids = [f"event-{i}" for i in range(5)]
     for i, event_id in enumerate(ids):
@@ -339,9 +371,19 @@ def test_422_isolates_the_bad_item(server, make_client, caplog) -> None:
     assert "bad item" in caplog.text  # the server's message
     assert "event-2" in caplog.text
     assert "1.2.3.2" not in caplog.text  # event content (the study UID) is never logged
+    assert stats["dead_lettered"] == 1
+    (record,) = [json.loads(line) for line in dead_letter_path.read_text().splitlines()]
+    assert (record["event_id"], record["endpoint"], record["status"]) == (
+        "event-2", INFERENCES_PATH, 422,
+    )  # fmt: skip
+    assert "bad item" in record["reason"]
+    assert record["event"]["study_uid"] == "1.2.3.2"
+    assert datetime.fromisoformat(record["dead_lettered_at"]).tzinfo is not None
+    assert stat.S_IMODE(dead_letter_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(dead_letter_path.parent.stat().st_mode) == 0o700
 
 
-def test_401_is_neither_retried_nor_split(server, make_client) -> None:
+def test_401_is_neither_retried_nor_split(server, make_client, dead_letter_path) -> None:
     server.required_token = "right"
     client = make_client(server.url, token="wrong", flush_interval_s=60)
     for i in range(4):
@@ -351,6 +393,9 @@ def test_401_is_neither_retried_nor_split(server, make_client) -> None:
     stats = client.stats
     assert (stats["rejected"], stats["rejected_events"], stats["retries"]) == (1, 4, 0)
     assert not server.stored
+    assert stats["dead_lettered"] == 4  # replayable once the token is fixed
+    statuses = {json.loads(line)["status"] for line in dead_letter_path.read_text().splitlines()}
+    assert statuses == {401}
 
 
 # --- the caller's thread ---------------------------------------------------------------------
@@ -363,9 +408,13 @@ def test_full_buffer_drops_the_oldest(server, make_client, caplog) -> None:
             client.log_inference(_inference(i, event_id=f"e{i}"))
     assert client.stats["dropped"] == 15
     assert client.pending == 10
-    assert "dropping the oldest" in caplog.text
+    assert "dropped the oldest 1; 1 dropped so far" in caplog.text
     assert client.flush(timeout_s=30)
     assert set(server.stored) == {f"e{i}" for i in range(15, 25)}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+        client.close()
+    assert "dropped the oldest 14; 15 dropped so far" in caplog.text  # the rest, not silent
 
 
 class _ThreadRecordingClient(httpx.Client):
@@ -510,8 +559,9 @@ def test_bad_base_url_raises_config_error() -> None:
         MonitorClient("monitor:8000")
 
 
-def test_timestamps_are_utc() -> None:
-    client = MonitorClient("http://127.0.0.1:1", flush_interval_s=60, max_retries=0)
+def test_timestamps_are_utc(dead_letter_path: Path) -> None:
+    client = MonitorClient("http://127.0.0.1:1", flush_interval_s=60, max_retries=0,
+                           dead_letter_path=dead_letter_path)
     try:
         client.log_override({"model": "m"})
         item = client._queue[0]
@@ -519,4 +569,40 @@ def test_timestamps_are_utc() -> None:
         assert stamp.utcoffset() == timedelta(0)
         assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=5)
     finally:
-        client.close(timeout_s=5)
+        client.close(timeout_s=0.1)
+
+
+# --- the dead-letter file --------------------------------------------------------------------
+
+
+def test_dead_letter_file_is_bounded_and_private(
+    server, make_client, dead_letter_path, caplog
+) -> None:
+    dead_letter_path.parent.mkdir(mode=0o700)
+    dead_letter_path.write_bytes(b"")
+    dead_letter_path.chmod(0o644)  # left readable by others: tightened on the next write
+    client = make_client(server.url, flush_interval_s=60, dead_letter_max_bytes=700)
+    for i in range(5):
+        client.log_inference(_inference(i, event_id=f"bad-{i}", bad=True))
+    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+        assert client.flush(timeout_s=30)
+    stats = client.stats
+    lines = dead_letter_path.read_bytes().splitlines(keepends=True)
+    assert 1 <= len(lines) < 5
+    assert sum(map(len, lines)) <= 700
+    assert (stats["dead_lettered"], stats["dead_letter_dropped"]) == (len(lines), 5 - len(lines))
+    assert stats["rejected_events"] == 5
+    assert "is full or unwritable" in caplog.text
+    assert f"bad-{len(lines)}" in caplog.text  # the dropped ones are named by event id
+    assert stat.S_IMODE(dead_letter_path.stat().st_mode) == 0o600
+
+
+def test_dead_letters_off_are_counted_and_logged(server, make_client, caplog) -> None:
+    client = make_client(server.url, flush_interval_s=60, dead_letter_path=None)
+    client.log_inference(_inference(0, event_id="good"))
+    client.log_inference(_inference(1, event_id="bad", bad=True))
+    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+        assert client.flush(timeout_s=30)
+    assert (client.stats["dead_lettered"], client.stats["dead_letter_dropped"]) == (0, 1)
+    assert "no dead-letter file is configured: 1 events" in caplog.text
+    assert set(server.stored) == {"good"}
