@@ -12,7 +12,16 @@ import pytest
 from monitor.checks import resolve_report_path
 from monitor.detect.metadata import CategoricalDrift, NumericDrift
 from monitor.errors import InsufficientDataError
-from monitor.reports import run_drift_preset, write_drift_report
+from monitor.reports import (
+    ReportError,
+    inert_value,
+    inline_scripts,
+    report_policy,
+    run_drift_preset,
+    script_hash,
+    with_policy,
+    write_drift_report,
+)
 from monitor.runtime import Runtime
 from monitor.store import results
 from monitor.store.db import session_scope
@@ -134,3 +143,52 @@ def test_every_checked_window_links_its_report(
         assert paths[run.id].is_file()
         assert paths[run.id].is_relative_to(simulated_runtime.settings.reports_dir)
         assert f"window {run.window_label}" in paths[run.id].read_text(encoding="utf-8")
+
+
+HOSTILE = ("</script><script>window.__xss=1</script>", "<img src=x onerror=alert(1)>",
+           "javascript:alert(1)", "&lt;script&gt;", "\u202eexe.txt", "'\"><svg onload=x>")
+
+
+def test_event_values_reach_evidently_inert(tmp_path: Path) -> None:
+    """Hostile category values leave no tag, no script and no bidi override in the page;
+    the page has Evidently's four scripts and a policy that names exactly their hashes."""
+    rng = np.random.default_rng(5)
+    reference, current = frame(rng, 300), frame(rng, 120)
+    reference["site"] = rng.choice(HOSTILE, size=len(reference))
+    current["view"] = rng.choice(HOSTILE, size=len(current))
+    path = write_drift_report(reference, current, path=tmp_path / "r.html")
+    page = path.read_text(encoding="utf-8")
+    scripts = inline_scripts(page)
+    assert len(scripts) == 4
+    data = scripts[0]  # the bundle (scripts[2]) has its own "<svg" and "<img" strings
+    assert "<" not in data and "\u202e" not in page
+    assert "&lt;/script&gt;&lt;script&gt;window.__xss=1" in data
+    assert "&amp;lt;script&amp;gt;" in data  # an entity in a value stays text, not markup
+    policy = report_policy(path)
+    assert policy is not None and "default-src 'none'" in policy
+    assert sorted(policy.split("script-src ")[1].split(";")[0].split()) == sorted(
+        script_hash(s) for s in scripts)
+
+
+def test_inert_value_escapes_and_strips() -> None:
+    assert inert_value("<b>&\"'") == "&lt;b&gt;&amp;&quot;&#x27;"
+    assert inert_value("a\u202eb\u200bc\x00d\te") == "abcd e"
+    assert inert_value("a<b") != inert_value("a&lt;b")
+
+
+def test_a_page_with_an_extra_script_is_refused(tmp_path: Path) -> None:
+    """If a value ever broke out of Evidently's data script, the page is not written."""
+    rng = np.random.default_rng(6)
+    snapshot, _ = run_drift_preset(frame(rng, 200), frame(rng, 100), numeric=NUMERIC,
+                                   categorical=CATEGORICAL)
+    page = snapshot.get_html_str(as_iframe=False)
+    assert "<meta http-equiv=\"Content-Security-Policy\"" in with_policy(page)
+    broken = page.replace('"north"', '"</script><script>alert(1)</script>"', 1)
+    with pytest.raises(ReportError, match="holds 5 scripts"):
+        with_policy(broken)
+
+
+def test_a_report_without_a_policy_has_none(tmp_path: Path) -> None:
+    old = tmp_path / "old.html"
+    old.write_text("<!DOCTYPE html><html><head></head><body></body></html>")
+    assert report_policy(old) is None

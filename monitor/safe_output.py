@@ -1,0 +1,81 @@
+"""Event-derived text made safe for where it is shown: HTML, Markdown, links, JSON that a
+receiver may paste into a page, and plain text.
+
+Every string an event carries (site, manufacturer, scanner model, software version, view,
+tags, finding, ...) is attacker-controlled from the point of view of whoever reads a report,
+a dashboard or a notification. The functions here are the only way such a value reaches
+those outputs: ``visible`` drops the characters that change how text around them reads
+(controls, bidirectional overrides, zero-width characters); the others then escape for
+their context.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import unicodedata
+from typing import Any
+from urllib.parse import urlsplit
+
+# Bidirectional embeddings, overrides and isolates, and the implicit direction marks: they
+# make "exe.txt" read as "txt.exe" (CVE-2021-42574, "Trojan Source").
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                          "\u2066\u2067\u2068\u2069")
+SAFE_LINK_SCHEMES = frozenset({"http", "https"})
+# Everything CommonMark lets a backslash escape (ASCII punctuation).
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+_HTML_SAFE_JSON = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                   "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def visible(text: object, *, keep_newlines: bool = False) -> str:
+    """``text`` as a string without control (Cc) or format (Cf) characters, which include
+    the bidirectional overrides and zero-width characters; tabs become spaces, and newlines
+    become spaces unless ``keep_newlines``."""
+    out = []
+    for char in str(text):
+        if char == "\n" and keep_newlines:
+            out.append(char)
+        elif char in "\t\r\n":
+            out.append(" ")
+        elif char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cf"):
+            continue
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def html_text(text: object, *, keep_newlines: bool = False) -> str:
+    """For HTML text and attribute values: ``visible`` and then ``< > & " '`` escaped."""
+    return html.escape(visible(text, keep_newlines=keep_newlines), quote=True)
+
+
+def markdown_text(text: object) -> str:
+    """For Markdown (Streamlit's ``st.markdown``, captions, alerts, help): every ASCII
+    punctuation character backslash-escaped, so a value cannot open a link, an image, a
+    ``:colour[...]`` directive, emphasis, a heading or raw HTML; it reads as typed."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", visible(text))
+
+
+def safe_link(url: object) -> str | None:
+    """``url`` when it is an absolute http(s) URL with a host (so it may become a link);
+    None for anything else (``javascript:``, ``data:``, relative or malformed URLs)."""
+    text = visible(url).strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in SAFE_LINK_SCHEMES or not parts.hostname:
+        return None
+    return text
+
+
+def html_safe_json(value: Any) -> str:
+    """JSON whose strings carry ``< > &`` (and the JavaScript line separators) as ``\\u``
+    escapes: the same data for any JSON parser, but a receiver that pastes it into an HTML
+    page or a ``<script>`` element cannot turn a value into markup."""
+    encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for char, escaped in _HTML_SAFE_JSON.items():
+        encoded = encoded.replace(char, escaped)
+    return encoded
