@@ -36,12 +36,15 @@ Choices a user should know:
   stored and the bad one is isolated in about ``2 * log2(batch_size)`` requests. A lone
   event that still fails after its own ``max_retries`` retries is dead-lettered. If the
   server does not answer the probe, it is treated as an outage: nothing is split.
-- 400, 413 and 422: the server rejects a whole batch when one item is invalid. The client
-  logs the server's message, counts the batch in ``stats["rejected"]`` and re-sends its
-  items one at a time, so the valid events still arrive; an item rejected on its own is
-  counted in ``stats["rejected_events"]`` and dead-lettered. Other 4xx answers (401, 403,
-  404, ...) would reject every item alike, so the batch is dead-lettered whole without
-  re-sending (fix the token or URL, then replay).
+- 400, 413 and 422: the server rejects a whole batch when one item is invalid (or the body
+  is too large). The client logs the server's message, counts the batch in
+  ``stats["rejected"]`` and bisects it the same way, so the valid events still arrive: k
+  invalid events in a batch of n cost about ``2 * k * log2(n)`` requests. An item rejected
+  on its own is counted in ``stats["rejected_events"]`` and dead-lettered. Other 4xx
+  answers (401, 403, 404, ...) would reject every item alike, so the batch is dead-lettered
+  whole without re-sending (fix the token or URL, then replay). An event that cannot be
+  written as JSON (NaN, an unknown type) never leaves the client: it is rejected and
+  dead-lettered as well as it can be written (``NaN`` literals, ``repr`` of odd values).
 - Dead letters: events that cannot be stored go to ``dead_letter_path`` (JSON lines, one
   record per event: ``event_id``, ``endpoint``, ``status``, ``reason``,
   ``dead_lettered_at`` and the ``event`` as sent), created with mode 0600 in a 0700
@@ -101,7 +104,7 @@ PROBE_PATHS = ("/readyz", "/healthz")  # the first the server has; 404 moves to 
 DEFAULT_DEAD_LETTER_PATH = Path(".monitor") / "dead-letter.jsonl"
 DEFAULT_DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
 _OUTAGE_STATUSES = frozenset({408, 429, 503})  # the server is away or busy: wait, never split
-_ISOLATE_STATUSES = frozenset({400, 413, 422})  # some item is invalid: re-send one by one
+_ISOLATE_STATUSES = frozenset({400, 413, 422})  # some item is invalid: bisect
 _DROP_WARNING_INTERVAL_S = 10.0
 _LOGGED_IDS = 10  # event ids named in one log line
 _STAT_KEYS = (
@@ -510,13 +513,18 @@ class MonitorClient:
             except (TypeError, ValueError) as error:
                 logger.error("event %s cannot be sent as JSON: %s", item.event_id, error)
                 self._count("rejected_events", 1)
+                item.body = _lenient_json(item.event)
+                self._dead_letter(item.path, [item], None, f"cannot be sent as JSON: {error}")
                 return False
             item.body = text.encode("utf-8")
         return True
 
-    def _deliver(self, path: str, items: list[_Queued], *, retries: int) -> None:
+    def _deliver(
+        self, path: str, items: list[_Queued], *, retries: int, nested: bool = False
+    ) -> None:
         """Send ``items`` as one batch, allowing ``retries`` retries for server errors, and
-        deal with the answer: store, isolate the invalid items, bisect, or dead-letter."""
+        deal with the answer: store, bisect, or dead-letter. ``nested``: a half of a batch
+        being bisected (its splits are logged at INFO, the first at WARNING)."""
         while True:
             outcome = self._post(path, items, retries=retries)
             if outcome.kind == "ok":
@@ -526,7 +534,7 @@ class MonitorClient:
                 self._give_up_unsent(path, items)
                 return
             if outcome.kind == "rejected":
-                self._reject(path, items, outcome)
+                self._reject(path, items, outcome, nested=nested)
                 return
             if self._server_answers():
                 break
@@ -544,32 +552,35 @@ class MonitorClient:
             self._count("rejected_events", 1)
             self._dead_letter(path, items, outcome.status, f"server error: {outcome.message}")
             return
-        self._bisect(path, items, outcome)
+        self._bisect(
+            path, items, nested=nested,
+            why=f"keeps failing ({outcome.message}) while the server answers",
+        )
 
-    def _bisect(self, path: str, items: list[_Queued], outcome: _Outcome) -> None:
-        """Halves are sent without retries: a server error on a half splits it again, so a
-        poisoned batch of n costs about 2 log2(n) requests, and a good half that met a
-        passing error is only split further, never lost (single events get retries)."""
+    def _bisect(self, path: str, items: list[_Queued], *, nested: bool, why: str) -> None:
+        """Send each half on its own. Halves of more than one event get no retries for
+        server errors: an error on a half splits it again, so a poisoned batch of n costs
+        about 2 log2(n) requests, and a good half that met a passing error is only split
+        further, never lost (a lone event gets its retries)."""
         self._count("bisected", 1)
-        logger.warning(
-            "batch of %d events to %s keeps failing (%s) while the server answers; "
-            "bisecting to isolate the event that triggers it",
-            len(items), path, outcome.message,
+        logger.log(
+            logging.INFO if nested else logging.WARNING,
+            "batch of %d events to %s %s; bisecting to isolate the events that cause it",
+            len(items), path, why,
         )
         middle = len(items) // 2
         for half in (items[:middle], items[middle:]):
-            self._deliver(path, half, retries=self.max_retries if len(half) == 1 else 0)
+            retries = self.max_retries if len(half) == 1 else 0
+            self._deliver(path, half, retries=retries, nested=True)
 
-    def _reject(self, path: str, items: list[_Queued], outcome: _Outcome) -> None:
+    def _reject(
+        self, path: str, items: list[_Queued], outcome: _Outcome, *, nested: bool
+    ) -> None:
         if len(items) > 1:
             self._count("rejected", 1)
         if len(items) > 1 and outcome.status in _ISOLATE_STATUSES:
-            logger.warning(
-                "server rejected a batch of %d events to %s (%d: %s); re-sending one by one",
-                len(items), path, outcome.status, outcome.message,
-            )
-            for item in items:
-                self._deliver(path, [item], retries=self.max_retries)
+            why = f"was rejected ({outcome.status}: {outcome.message})"
+            self._bisect(path, items, nested=nested, why=why)
             return
         logger.error(
             "server rejected %d events to %s (%d: %s); event ids %s",
@@ -781,6 +792,22 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _lenient_json(event: dict[str, Any]) -> bytes:
+    """The event as well as JSON can hold it, for the dead-letter file: NaN as ``NaN``,
+    values of unknown types as their ``repr``."""
+
+    def default(value: Any) -> Any:
+        try:
+            return _json_default(value)
+        except TypeError:
+            return repr(value)
+
+    try:
+        return json.dumps(event, default=default, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError):  # e.g. a circular reference
+        return b"null"
 
 
 def _json(response: httpx.Response) -> Any:

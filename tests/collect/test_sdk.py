@@ -250,7 +250,9 @@ def test_invalid_events_raise_on_the_callers_thread(server, make_client) -> None
     assert client.stats["queued"] == 0
 
 
-def test_unserialisable_event_is_rejected_alone(server, make_client, caplog) -> None:
+def test_unserialisable_event_is_rejected_alone(
+    server, make_client, dead_letter_path, caplog
+) -> None:
     client = make_client(server.url, flush_interval_s=60)
     client.log_inference(_inference(0, event_id="ok-1"))
     client.log_inference(_inference(1, event_id="broken", extra=object()))
@@ -261,6 +263,11 @@ def test_unserialisable_event_is_rejected_alone(server, make_client, caplog) -> 
     assert server.stored["ok-2"]["score"] == 0.25
     assert client.stats["rejected_events"] == 1
     assert "broken" in caplog.text
+    assert client.stats["dead_lettered"] == 1
+    (record,) = [json.loads(line) for line in dead_letter_path.read_text().splitlines()]
+    assert record["event_id"] == "broken" and record["status"] is None
+    assert record["reason"].startswith("cannot be sent as JSON")
+    assert record["event"]["extra"].startswith("<object object")
 
 
 # --- retries and idempotency -----------------------------------------------------------------
@@ -363,10 +370,14 @@ def test_422_isolates_the_bad_item(server, make_client, dead_letter_path, caplog
         client.log_inference(_inference(i, event_id=event_id, bad=(i == 2)))
     with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
         assert client.flush(timeout_s=30)
-    assert [len(r.event_ids) for r in server.received] == [5, 1, 1, 1, 1, 1]
+    # bisected: [0 1 | 2 3 4] -> [0 1] stored, [2 | 3 4] -> [2] alone, [3 4] stored
+    assert [r.event_ids for r in server.received] == [
+        ids, ids[:2], ids[2:], ids[2:3], ids[3:],
+    ]  # fmt: skip
     assert set(server.stored) == {"event-0", "event-1", "event-3", "event-4"}
     stats = client.stats
-    assert (stats["rejected"], stats["rejected_events"], stats["sent"]) == (1, 1, 4)
+    assert (stats["rejected"], stats["rejected_events"], stats["sent"]) == (2, 1, 4)
+    assert stats["bisected"] == 2
     assert stats["retries"] == 0
     assert "bad item" in caplog.text  # the server's message
     assert "event-2" in caplog.text
