@@ -14,6 +14,13 @@ While an alert fires we send ``endsAt`` = now + 4 x ``resend_interval`` and
 ``resend_firing`` re-arms the Alertmanager notification every ``resend_interval``, so the
 alert stays active there for as long as it fires here and resolves there on its own (after
 at most four intervals) if this service stops.
+
+Safe output. Labels and summaries carry event-derived values (a site, a software version),
+so every channel treats them as untrusted text: JSON bodies (webhook, Alertmanager) are sent
+with ``< > &`` as ``\\u`` escapes, the same data for a JSON parser but no markup for a
+receiver that pastes them into a page; email has a plain-text part and an HTML part in
+which every value is escaped and only http(s) URLs become links; subjects and text lose
+control and bidirectional characters.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from monitor.alerting.config import (
     load_config,
 )
 from monitor.runtime import Runtime
+from monitor.safe_output import html_safe_json, html_text, safe_link, visible
 from monitor.store.db import session_scope
 from monitor.store.models import Alert, Notification
 
@@ -135,30 +143,55 @@ def webhook_payload(message: AlertMessage, *, now: datetime) -> dict[str, Any]:
     }
 
 
+def _email_lines(message: AlertMessage) -> list[tuple[str, str]]:
+    """(name, value) rows of an alert email, values as the alert holds them."""
+    rows = [("state", message.event), ("severity", message.severity),
+            ("model", f"{message.model} {message.model_version or ''}".strip()),
+            ("started", _iso(message.started_at))]
+    if message.resolved_at:
+        rows.append(("resolved", _iso(message.resolved_at)))
+    return rows
+
+
+def email_text(message: AlertMessage) -> str:
+    """The plain-text part: values without control or bidirectional characters."""
+    lines = [visible(message.summary), ""]
+    lines += [f"{name}: {visible(value)}" for name, value in _email_lines(message)]
+    lines += ["", "labels:",
+              *(f"  {visible(k)}={visible(v)}" for k, v in sorted(message.labels.items())),
+              "", visible(message.url)]
+    return "\n".join(lines) + "\n"
+
+
+def email_html(message: AlertMessage) -> str:
+    """The HTML part: every value escaped; the alert's URL a link only when it is http(s)."""
+    rows = "".join(f"<tr><th>{html_text(name)}</th><td>{html_text(value)}</td></tr>"
+                   for name, value in _email_lines(message))
+    labels = "".join(f"<tr><th>{html_text(k)}</th><td>{html_text(v)}</td></tr>"
+                     for k, v in sorted(message.labels.items()))
+    link = safe_link(message.url)
+    footer = (f'<p><a href="{html_text(link)}">{html_text(link)}</a></p>' if link
+              else f"<p>{html_text(message.url)}</p>")
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>"
+            f"<p>{html_text(message.summary)}</p><table>{rows}</table>"
+            f"<h4>labels</h4><table>{labels}</table>{footer}</body></html>")
+
+
 def email_message(message: AlertMessage, channel: EmailChannel) -> EmailMessage:
     mail = EmailMessage()
-    mail["Subject"] = (f"[{message.event.upper()}:{message.severity}] {message.rule} "
-                       f"{message.model} {message.model_version or ''}").strip()
+    mail["Subject"] = visible(f"[{message.event.upper()}:{message.severity}] {message.rule} "
+                              f"{message.model} {message.model_version or ''}").strip()
     mail["From"] = channel.sender
     mail["To"] = ", ".join(channel.to)
-    lines = [
-        message.summary,
-        "",
-        f"state: {message.event}",
-        f"severity: {message.severity}",
-        f"model: {message.model} {message.model_version or ''}",
-        f"started: {_iso(message.started_at)}",
-    ]
-    if message.resolved_at:
-        lines.append(f"resolved: {_iso(message.resolved_at)}")
-    lines += ["", "labels:", *(f"  {k}={v}" for k, v in sorted(message.labels.items())),
-              "", message.url]
-    mail.set_content("\n".join(lines) + "\n")
+    mail.set_content(email_text(message))
+    mail.add_alternative(email_html(message), subtype="html")
     return mail
 
 
 def _post_json(url: str, body: Any, *, headers: Mapping[str, str], timeout_s: float) -> None:
-    response = httpx.post(url, json=body, headers=dict(headers), timeout=timeout_s)
+    response = httpx.post(url, content=html_safe_json(body).encode("utf-8"),
+                          headers={**dict(headers), "Content-Type": "application/json"},
+                          timeout=timeout_s)
     if response.status_code >= 300:
         raise httpx.HTTPStatusError(
             f"{url} answered {response.status_code}: {response.text[:200]}",

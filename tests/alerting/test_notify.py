@@ -4,20 +4,26 @@ the alert is kept."""
 
 from __future__ import annotations
 
+import email.policy
+import json
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
+from email.message import EmailMessage
 
 from sqlalchemy import select
 
 from monitor.alerting import engine
-from monitor.alerting.config import AlertingConfig, parse_config
+from monitor.alerting.config import AlertingConfig, EmailChannel, parse_config
 from monitor.alerting.notify import (
     AlertMessage,
     alertmanager_payload,
     deliver_pending,
+    email_message,
     resend_firing,
+    webhook_payload,
 )
 from monitor.runtime import Runtime
+from monitor.safe_output import html_safe_json
 from monitor.store.db import session_scope
 from monitor.store.models import Alert, Notification
 from tests.alerting.support import add_version, http_receiver, result, smtp_server, store_run
@@ -131,10 +137,14 @@ def test_email_reaches_a_real_smtp_server(sqlite_runtime: Runtime) -> None:
         (envelope,) = mailbox.wait_for(1)
     assert envelope.mail_from == "monitor@example.org"
     assert sorted(envelope.rcpt_tos) == ["lead@example.org", "oncall@example.org"]
-    mail = message_from_bytes(envelope.content)
+    mail = message_from_bytes(envelope.content, policy=email.policy.default)
+    assert isinstance(mail, EmailMessage)
     assert mail["Subject"] == "[FIRING:warning] sw-drift cxr-triage 1.4.0"
-    text = mail.get_payload(decode=True).decode()
+    text = mail.get_body(("plain",)).get_content()
     assert "new software version" in text and "feature=software_version" in text
+    page = mail.get_body(("html",)).get_content()
+    assert "new software version" in page and "<td>software_version</td>" in page
+    assert '<a href="http://mon:8000/v1/alerts/' in page
     (row,) = _notifications(sqlite_runtime)
     assert (row.channel, row.target, row.status) == (
         "email", "mailto:oncall@example.org,lead@example.org", "sent")
@@ -217,3 +227,39 @@ def test_a_notification_dropped_by_a_silence_is_sent_once_the_silence_ends(
         (request,) = receiver.wait_for(lambda r: len(r) == 1)
     assert request.body["alert"]["id"] == alert_id
     assert [n.status for n in _notifications(sqlite_runtime)] == ["silenced", "sent"]
+
+
+HOSTILE = "</script><script>window.__xss=1</script><img src=x onerror=alert(2)>\u202e"
+
+
+def _hostile_message(url: str = "http://mon:8000/v1/alerts/7") -> AlertMessage:
+    return AlertMessage(
+        alert_id=7, event="firing", rule="subgroup-gap", model="cxr-triage",
+        model_version="1.4.0", severity="warning", state="firing",
+        labels={"alertname": "subgroup-gap", "feature": f"site={HOSTILE}"},
+        summary=f"cxr-triage 1.4.0: subgroup gap site={HOSTILE}", started_at=NOW,
+        fired_at=NOW, resolved_at=None, acknowledged_by=None, url=url)
+
+
+def test_email_escapes_every_value_and_links_only_http() -> None:
+    channel = EmailChannel.model_validate({"smtp_host": "127.0.0.1", "from": "m@example.org",
+                                           "to": ["a@example.org"]})
+    mail = email_message(_hostile_message(), channel)
+    page = mail.get_body(("html",)).get_content()
+    assert "<script>" not in page and "<img" not in page and "\u202e" not in page
+    assert "&lt;/script&gt;&lt;script&gt;window.__xss=1&lt;/script&gt;" in page
+    assert page.count("<a ") == 1
+    text = mail.get_body(("plain",)).get_content()
+    assert "\u202e" not in text and "site=</script>" in text  # plain text stays as typed
+    hostile_url = email_message(_hostile_message("javascript:alert(1)//"), channel)
+    page = hostile_url.get_body(("html",)).get_content()
+    assert "<a " not in page and "javascript:alert(1)//" in page
+
+
+def test_json_bodies_carry_no_markup() -> None:
+    message = _hostile_message()
+    for body in (webhook_payload(message, now=NOW),
+                 alertmanager_payload(message, now=NOW, resend_interval_s=60)):
+        encoded = html_safe_json(body)
+        assert not set("<>&") & set(encoded)
+        assert json.loads(encoded) == body  # the same data for a JSON parser
