@@ -8,7 +8,12 @@ import logging
 import os
 import sys
 
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError
+
+from monitor.config import load_settings
 from monitor.errors import MonitorError
+from monitor.runtime import restrict_new_files
 
 COMMAND_MODULES = ("core", "demo", "checks", "versions", "alerts", "dashboard")
 
@@ -26,8 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def database_error_line(exc: DatabaseError) -> str:
+    """One line for a database that cannot be used: where it is (password masked) and the
+    driver's first line, without the statement or its values."""
+    try:
+        url = make_url(load_settings().database_url)
+        where = url.render_as_string(hide_password=True)
+        password = url.password
+    except (MonitorError, ArgumentError):
+        where, password = "MONITOR_DATABASE_URL", None
+    reason = next((line.strip() for line in str(exc.orig).splitlines() if line.strip()),
+                  type(exc.orig).__name__)
+    if password:
+        reason = reason.replace(str(password), "***")
+    return f"cannot use the database {where}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")  # evidently's usage telemetry
+    restrict_new_files()  # the database, reports, logs and keys are this user's alone
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -37,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MonitorError as exc:
         print(f"monitor {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseError as exc:  # unreachable, corrupt, or not the schema we expect
+        print(f"monitor {args.command}: error: {database_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

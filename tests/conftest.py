@@ -100,6 +100,7 @@ def make_settings(database_url: str, tmp_path: Path, **overrides: object) -> Set
         "database_url": database_url,
         "secret_key": TEST_SECRET,
         "secret_key_file": tmp_path / "secret.key",
+        "previous_secret_key_file": tmp_path / "secret.key.previous",
         "reports_dir": tmp_path / "reports",
         "check_interval_s": 0,
         **overrides,

@@ -180,7 +180,7 @@ INFERENCE_COLUMNS: Final = (
     "sex", "age_years", "age_band", "manufacturer", "vendor", "scanner_model", "station", "site",
     "modality", "body_part", "view", "kvp", "exposure_mas", "pixel_spacing_mm", "photometric",
     "software_version", "tags", "scores", "score", "positive", "threshold", "latency_ms",
-    "embedding",
+    "study_key_next", "patient_key_next", "embedding",
 )
 
 
@@ -205,6 +205,18 @@ def _scanner_tags(scanner: dict[str, Any]) -> dict[str, Any] | None:
     """The scanner keys beyond the contract's, kept as the row's tags."""
     extra = scanner.keys() - SCANNER_FIELDS
     return {key: scanner[key] for key in extra} if extra else None
+
+
+def _next_keys(events: Sequence[InferenceEvent], patients: Sequence[dict[str, Any]],
+               pseudonymiser: Pseudonymiser) -> dict[str, list[Any]]:
+    """The new key's pseudonyms during a key rotation (``monitor.privacy``), else NULLs."""
+    if not pseudonymiser.rotating:
+        return {"study_key_next": [None] * len(events), "patient_key_next": [None] * len(events)}
+    return {
+        "study_key_next": [pseudonymiser.study_next(event["study_uid"]) for event in events],
+        "patient_key_next": [pseudonymiser.patient_next(patient.get("id"))
+                             for patient in patients],
+    }
 
 
 def _inference_rows(
@@ -251,6 +263,7 @@ def _inference_rows(
                      in zip(explicit_positives, thresholds, first_scores, strict=True)],
         "threshold": thresholds,
         "latency_ms": [event.get("latency_ms") for event in events],
+        **_next_keys(events, patients, pseudonymiser),
         "embedding": [event.get("embedding") for event in events],
     }
     return list(zip(*(columns[name] for name in INFERENCE_COLUMNS), strict=True))
@@ -328,6 +341,8 @@ def write_overrides(
             "finding": event.finding,
             "agrees_with_model": event.agrees_with_model,
             "reader_key": pseudonymiser.reader(event.reader),
+            "study_key_next": pseudonymiser.study_next(event.study_uid),
+            "reader_key_next": pseudonymiser.reader_next(event.reader),
         }
         for _, event in unique
         if event.event_id not in existing

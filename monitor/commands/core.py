@@ -1,20 +1,33 @@
-"""`monitor init`, `monitor serve`, `monitor ingest`."""
+"""`monitor init`, `monitor serve`, `monitor ingest`, `monitor rotate-key`, `monitor key`."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from tqdm import tqdm
 
 from monitor.collect.inprocess import InProcessCollector
-from monitor.config import ensure_secret_key, load_settings
+from monitor.config import Settings, ensure_secret_key, load_settings
 from monitor.errors import BatchValidationError, MonitorError
-from monitor.store.db import make_engine, upgrade
+from monitor.store.db import make_engine, upgrade, verify_schema
+from monitor.store.keys import (
+    fingerprint,
+    finish_rotation,
+    key_state,
+    read_key_file,
+    read_keys,
+    short,
+    start_rotation,
+    verify_keys,
+)
 
 log = logging.getLogger("monitor")
 
@@ -23,14 +36,92 @@ def cmd_init(_args: argparse.Namespace) -> int:
     settings = load_settings()
     created = ensure_secret_key(settings)
     if created:
-        print(f"created pseudonymisation key {created} (mode 0600): keep it safe and out of "
-              "the database backups; losing it breaks the link of new events to old ones")
-    before, after = upgrade(make_engine(settings.database_url))
+        print(f"created pseudonymisation key {created} (mode 0600): keep an offline copy, "
+              "out of the database backups; losing it breaks the link of new events to old "
+              "ones (docs/security.md)")
+    keys = read_keys(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        before, after = upgrade(engine)
+        verify_keys(engine, keys)
+    finally:
+        engine.dispose()
     where = settings.database_url.split("@")[-1]
     if before == after:
         print(f"database {where} is at schema revision {after}")
     else:
         print(f"database {where}: schema {before or 'empty'} -> {after}")
+    print(f"pseudonymisation key fingerprint {short(keys.current_fingerprint)} (recorded in "
+          "the database: a different key is refused)")
+    return 0
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid:{os.getuid()}"
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    actor = args.actor or _os_user()
+    engine = make_engine(settings.database_url)
+    try:
+        verify_schema(engine)
+        if args.finish:
+            return _finish_rotation(engine, settings, actor)
+        started = start_rotation(engine, settings, actor=actor)
+    finally:
+        engine.dispose()
+    print(f"key rotation started by {actor}: new key {short(started.current)}, previous key "
+          f"{short(started.previous)}")
+    if started.wrote_files:
+        print(f"  new key written to {settings.secret_key_file} (mode 0600), the previous key "
+              f"kept in {settings.previous_secret_key_file}: back up the new key now")
+    print("  restart the API and collectors now: until the rotation finishes, events get "
+          "both pseudonyms and keep linking to older events")
+    print("  finish with `monitor rotate-key --finish` once the transition is long enough "
+          "(docs/security.md), with the API and collectors stopped")
+    return 0
+
+
+def _finish_rotation(engine: Engine, settings: Settings, actor: str) -> int:
+    finished = finish_rotation(engine, settings, actor=actor)
+    if finished.retired is None and not (finished.inferences or finished.overrides):
+        print("no key rotation in progress: nothing to finish")
+        return 0
+    print(f"key rotation finished by {actor}: {finished.inferences} inferences and "
+          f"{finished.overrides} overrides now carry the new key's pseudonyms")
+    if finished.retired is not None:
+        where = ("MONITOR_PREVIOUS_SECRET_KEY" if settings.previous_secret_key is not None
+                 else str(settings.previous_secret_key_file))
+        print(f"  the previous key ({short(finished.retired)}) is retired: remove {where} "
+              "(it can be deleted) and restart the API and collectors")
+    return 0
+
+
+def cmd_key_fingerprint(args: argparse.Namespace) -> int:
+    """A key's fingerprint, and whether this database expects it."""
+    settings = load_settings()
+    if args.file is not None:
+        shown = {str(args.file): fingerprint(read_key_file(Path(args.file)))}
+    else:
+        keys = read_keys(settings)
+        shown = {"current key": keys.current_fingerprint}
+        if keys.previous_fingerprint is not None:
+            shown["previous key"] = keys.previous_fingerprint
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            state = key_state(connection)
+    finally:
+        engine.dispose()
+    expected = {state.current: "this database's current key",
+                state.previous: "the previous key of the rotation in progress",
+                **{retired: "a retired key" for retired in state.retired}}
+    for name, found in shown.items():
+        print(f"{name}: {found} ({expected.get(found, 'not a key of this database')})")
     return 0
 
 
@@ -126,6 +217,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sub.add_parser("init", help="create or upgrade the database and the pseudonymisation key"
                    ).set_defaults(func=cmd_init)
+    rotate = sub.add_parser("rotate-key", help="start (or --finish) a pseudonymisation key "
+                            "rotation (docs/security.md)")
+    rotate.add_argument("--finish", action="store_true",
+                        help="move the new key's pseudonyms into place and retire the old key")
+    rotate.add_argument("--actor", default=None, help="who rotates (audit log; default: the "
+                        "OS user)")
+    rotate.set_defaults(func=cmd_rotate_key)
+    key = sub.add_parser("key", help="the pseudonymisation key")
+    key_actions = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    show = key_actions.add_parser("fingerprint", help="a key's fingerprint, and whether this "
+                                  "database expects it (check a restored key)")
+    show.add_argument("--file", default=None, help="a key file (default: the configured keys)")
+    show.set_defaults(func=cmd_key_fingerprint)
     serve = sub.add_parser("serve", help="run the API (and scheduled checks)")
     serve.add_argument("--host", default=None, help="default MONITOR_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default MONITOR_PORT or 8000")

@@ -13,7 +13,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, literal, select, text
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.errors import SchemaVersionError
@@ -25,7 +27,12 @@ log = logging.getLogger(__name__)
 def make_engine(url: str, *, checkpoint_in_background: bool = False, **kwargs: Any) -> Engine:
     """An engine with the pragmas the service relies on: on SQLite, WAL (readers do not block
     the writer), foreign keys on and a busy timeout instead of 'database is locked'. With
-    ``checkpoint_in_background`` commits leave the WAL checkpoint to a ``WalCheckpointer``."""
+    ``checkpoint_in_background`` commits leave the WAL checkpoint to a ``WalCheckpointer``.
+
+    Database errors never carry row values: SQLAlchemy leaves the statement's parameters out
+    (``hide_parameters``), and PostgreSQL's DETAIL line ("Failing row contains (...)", "Key
+    (...)=(...)") is dropped from the message (``_without_row_values``)."""
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -41,7 +48,24 @@ def make_engine(url: str, *, checkpoint_in_background: bool = False, **kwargs: A
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    event.listen(engine, "handle_error", _without_row_values)
+    return engine
+
+
+def _without_row_values(context: ExceptionContext) -> None:
+    """Cut a PostgreSQL error down to its primary message (and hint), in the driver's
+    exception and in SQLAlchemy's, before anything logs them."""
+    original = context.original_exception
+    diagnostic = getattr(original, "diag", None)
+    primary = getattr(diagnostic, "message_primary", None)
+    if not primary or getattr(diagnostic, "message_detail", None) is None:
+        return
+    original.args = (primary,)
+    wrapped = context.sqlalchemy_exception
+    if wrapped is not None:
+        kind = type(original)
+        wrapped.args = (f"({kind.__module__}.{kind.__name__}) {primary}",)
 
 
 class WalCheckpointer:
@@ -132,11 +156,31 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+def current_revision_of(connection: Connection) -> str | None:
+    """The revision recorded in ``alembic_version`` (read directly: quiet and cheap enough
+    for a readiness probe)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Create or upgrade the schema to head. Returns (revision before, revision after)."""
     before = current_revision(engine)
     command.upgrade(alembic_config(engine), "head")
     return before, head_revision()
+
+
+def unreadable_table(connection: Connection) -> str | None:
+    """The first of the service's tables that a cheap SELECT cannot read, or ``None``."""
+    from monitor.store.models import Base
+
+    for table in Base.metadata.sorted_tables:
+        try:
+            connection.execute(select(literal(1)).select_from(table).limit(1)).all()
+        except DBAPIError:  # the first failure ends the check (and, on PostgreSQL, the
+            return table.name  # transaction): the caller rolls back
+    return None
 
 
 def verify_schema(engine: Engine) -> None:
