@@ -219,8 +219,11 @@ def write_drift_report(
         heading = (f'<h2 style="font-family:sans-serif;margin:16px">'
                    f"{html_text(title)}</h2>")
         page = page.replace("<body>", "<body>" + heading, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # reports are the user's alone
     temporary = path.with_suffix(".html.tmp")
-    temporary.write_text(page, encoding="utf-8")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(page)
     temporary.replace(path)
     return path

@@ -7,16 +7,37 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query
-from sqlalchemy import text
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from monitor.api.auth import current_actor
 from monitor.api.errors import install_error_handlers
+from monitor.api.limits import install as install_body_limits
 from monitor.api.metrics import install as install_metrics
 from monitor.runtime import Runtime
 from monitor.store import repo
-from monitor.store.db import session_scope
+from monitor.store.db import current_revision_of, head_revision, session_scope, unreadable_table
+from monitor.store.keys import readiness_problem as keys_readiness_problem
 
 Actor = Annotated[str, Depends(current_actor)]
+
+
+def readiness_problem(runtime: Runtime) -> str | None:
+    """Why the service should not take traffic, in a few words (no values, no secrets)."""
+    try:
+        with runtime.engine.connect() as connection:
+            found, expected = current_revision_of(connection), head_revision()
+            if found != expected:
+                return f"database schema at revision {found or 'none'}, expected {expected}"
+            table = unreadable_table(connection)
+            if table is not None:
+                return f"table {table} is not readable"
+            connection.rollback()
+            if runtime.keys is not None:
+                return keys_readiness_problem(connection, runtime.keys)
+    except DBAPIError as exc:
+        return f"database unreachable or unreadable ({type(exc.orig).__name__})"
+    return None
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -29,11 +50,21 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
 
+    app.state.body_limits = install_body_limits(app, lambda: runtime.settings)
+
     @app.get("/healthz", tags=["service"])
-    def healthz() -> dict[str, str]:
-        with runtime.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers. No database work (that is ``/readyz``)."""
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"], responses={503: {"description": "not ready"}})
+    def readyz() -> JSONResponse:
+        """Readiness: the database is reachable, its schema at head, the service's tables
+        readable and its key fingerprints those of this process's keys."""
+        problem = readiness_problem(runtime)
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ready"})
 
     @app.get("/v1/models", tags=["read"])
     def models(_actor: Actor, model: str | None = None) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 
@@ -16,7 +17,7 @@ from monitor.errors import SchemaVersionError
 from monitor.runtime import Runtime
 from monitor.schema import INFERENCES
 from monitor.store.db import current_revision, head_revision, make_engine, upgrade, verify_schema
-from monitor.store.models import AuditEntry, Base
+from monitor.store.models import AuditEntry, Base, Inference
 from tests.conftest import make_settings
 from tests.factories import inference_event
 
@@ -82,3 +83,19 @@ def test_background_checkpoint_is_for_sqlite_files_only(tmp_path) -> None:
         runtime = Runtime.open(settings, verify=False, background_checkpoint=True)
         assert runtime.checkpointer is None
         runtime.close()
+
+
+def test_a_failing_insert_shows_no_row_values(runtime: Runtime,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Neither SQLAlchemy's parameters nor PostgreSQL's "Failing row contains (...)" reach
+    the exception or a log line."""
+    secret = "SITE-SECRET-4711"
+    values = {"event_id": "e1", "model_version_id": 1, "model": "m", "ts": datetime.now(UTC),
+              "received_at": datetime.now(UTC), "study_key": None, "site": secret,
+              "scores": {"x": 0.5}}
+    with pytest.raises(DatabaseError) as failed, runtime.engine.begin() as connection:
+        connection.execute(insert(Inference).values(**values))
+    logging.getLogger("test").exception("insert failed", exc_info=failed.value)
+    chain = [failed.value, failed.value.__cause__]
+    assert all(secret not in str(exc) for exc in chain)
+    assert "hidden" in str(failed.value) and secret not in caplog.text
