@@ -37,10 +37,12 @@ Choices a user should know:
   event that still fails after its own ``max_retries`` retries is dead-lettered. If the
   server does not answer the probe, it is treated as an outage: nothing is split.
 - 400, 413 and 422: the server rejects a whole batch when one item is invalid (or the body
-  is too large). The client logs the server's message, counts the batch in
-  ``stats["rejected"]`` and bisects it the same way, so the valid events still arrive: k
-  invalid events in a batch of n cost about ``2 * k * log2(n)`` requests. An item rejected
-  on its own is counted in ``stats["rejected_events"]`` and dead-lettered. Other 4xx
+  is too large). The client logs the server's message and counts the batch in
+  ``stats["rejected"]``. Where the answer names the invalid items (``{"detail": [{"index":
+  i, ...}]}``), each of them is re-sent alone and the rest as one batch; otherwise the batch
+  is bisected the same way as above (k invalid events in a batch of n cost about
+  ``2 * k * log2(n)`` requests). Either way the valid events still arrive, and an item
+  rejected on its own is counted in ``stats["rejected_events"]`` and dead-lettered. Other 4xx
   answers (401, 403, 404, ...) would reject every item alike, so the batch is dead-lettered
   whole without re-sending (fix the token or URL, then replay). An event that cannot be
   written as JSON (NaN, an unknown type) never leaves the client: it is rejected and
@@ -429,7 +431,7 @@ class MonitorClient:
                 if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
                     self._cond.notify_all()
         if closed:
-            logger.warning("monitor client is closed; event %s not sent", item.event_id)
+            logger.warning("monitor client is closed; event %s not sent", _loggable(item.event_id))
         if dropped:
             self._report_drops(force=False)
 
@@ -511,7 +513,7 @@ class MonitorClient:
                     item.event, default=_json_default, separators=(",", ":"), allow_nan=False
                 )
             except (TypeError, ValueError) as error:
-                logger.error("event %s cannot be sent as JSON: %s", item.event_id, error)
+                logger.error("event %s cannot be sent as JSON: %s", _loggable(item.event_id), error)
                 self._count("rejected_events", 1)
                 item.body = _lenient_json(item.event)
                 self._dead_letter(item.path, [item], None, f"cannot be sent as JSON: {error}")
@@ -548,7 +550,7 @@ class MonitorClient:
                 return
         if len(items) == 1:  # a lone event always had its max_retries retries
             logger.error("server fails on event %s to %s (%s) while answering other requests",
-                         items[0].event_id, path, outcome.message)
+                         _loggable(items[0].event_id), path, outcome.message)
             self._count("rejected_events", 1)
             self._dead_letter(path, items, outcome.status, f"server error: {outcome.message}")
             return
@@ -573,6 +575,23 @@ class MonitorClient:
             retries = self.max_retries if len(half) == 1 else 0
             self._deliver(path, half, retries=retries, nested=True)
 
+    def _resend_named_apart(
+        self, path: str, items: list[_Queued], named: list[int], *, nested: bool, why: str
+    ) -> None:
+        """The server named the invalid items: re-send each of them alone (an item may be
+        invalid only beside the others, so none is dead-lettered on the batch's word) and
+        the others as one batch, which costs ``2 + len(named)`` requests."""
+        logger.log(
+            logging.INFO if nested else logging.WARNING,
+            "batch of %d events to %s %s; re-sending the %d it names alone, the rest together",
+            len(items), path, why, len(named),
+        )
+        for index in named:
+            self._deliver(path, [items[index]], retries=self.max_retries, nested=True)
+        chosen = set(named)
+        rest = [item for index, item in enumerate(items) if index not in chosen]
+        self._deliver(path, rest, retries=self.max_retries if len(rest) == 1 else 0, nested=True)
+
     def _reject(
         self, path: str, items: list[_Queued], outcome: _Outcome, *, nested: bool
     ) -> None:
@@ -580,7 +599,11 @@ class MonitorClient:
             self._count("rejected", 1)
         if len(items) > 1 and outcome.status in _ISOLATE_STATUSES:
             why = f"was rejected ({outcome.status}: {outcome.message})"
-            self._bisect(path, items, nested=nested, why=why)
+            named = _named_items(outcome.payload, len(items))
+            if named:
+                self._resend_named_apart(path, items, named, nested=nested, why=why)
+            else:
+                self._bisect(path, items, nested=nested, why=why)
             return
         logger.error(
             "server rejected %d events to %s (%d: %s); event ids %s",
@@ -656,7 +679,8 @@ class MonitorClient:
                 message = f"{status}: {_server_message(response)}"
                 if status < 500 and status not in _OUTAGE_STATUSES:
                     return _Outcome(
-                        kind="rejected", status=status, message=_server_message(response)
+                        kind="rejected", status=status, message=_server_message(response),
+                        payload=_json(response),
                     )
                 retry_after = _retry_after_s(response)
             if status is None or status in _OUTAGE_STATUSES:
@@ -701,9 +725,31 @@ class MonitorClient:
 
 
 def _ids(items: Iterable[_Queued]) -> str:
-    ids = [item.event_id for item in items]
+    ids = [_loggable(item.event_id) for item in items]
     shown = ", ".join(ids[:_LOGGED_IDS])
     return shown + (f" ... ({len(ids)} in all)" if len(ids) > _LOGGED_IDS else "")
+
+
+def _named_items(payload: Any, count: int) -> list[int]:
+    """The item indices a 4xx answer names (FastAPI-style ``{"detail": [{"index": i, ...}]}``),
+    if every entry names one and some items are left over; otherwise nothing."""
+    detail = payload.get("detail") if isinstance(payload, Mapping) else None
+    if not isinstance(detail, list) or not detail:
+        return []
+    indices = set()
+    for entry in detail:
+        index = entry.get("index") if isinstance(entry, Mapping) else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            return []
+        indices.add(index)
+    return sorted(indices) if len(indices) < count else []
+
+
+def _loggable(text: str, limit: int = 128) -> str:
+    """Text fit for a log line: control characters escaped (no forged lines), and at most
+    ``limit`` characters of it (128: the server's limit for an event id)."""
+    text = text if text.isprintable() else ascii(text)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _dead_letter_line(
@@ -836,7 +882,7 @@ def _server_message(response: httpx.Response) -> str:
         message = str(detail)
     else:
         message = response.text
-    return message[:1000]
+    return _loggable(message, 1000)
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:

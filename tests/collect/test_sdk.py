@@ -56,6 +56,7 @@ class FakeMonitorServer:
     retry_after: str | None = None
     drop_next: int = 0  # store the batch, then close the connection without answering
     required_token: str | None = None
+    name_indices: bool = True  # a 422 names the invalid items' indices
     release: threading.Event = field(default_factory=threading.Event)  # cleared: requests wait
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # event_id -> event
     stored_path: dict[str, str] = field(default_factory=dict)
@@ -87,6 +88,8 @@ class FakeMonitorServer:
             if bad:
                 record.status = 422
                 detail = [{"index": i, "field": "prediction", "message": "bad item"} for i in bad]
+                if not self.name_indices:
+                    detail = [{"field": "prediction", "message": "bad item"}]
                 return _answer(handler, 422, {"detail": detail})
             accepted = duplicates = 0
             for event in events:
@@ -363,21 +366,27 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
 # --- rejection and isolation -----------------------------------------------------------------
 
 
-def test_422_isolates_the_bad_item(server, make_client, dead_letter_path, caplog) -> None:
+@pytest.mark.parametrize("name_indices", [True, False])
+def test_422_isolates_the_bad_item(
+    server, make_client, dead_letter_path, caplog, name_indices
+) -> None:
+    server.name_indices = name_indices
     client = make_client(server.url, flush_interval_s=60)
     ids = [f"event-{i}" for i in range(5)]
     for i, event_id in enumerate(ids):
         client.log_inference(_inference(i, event_id=event_id, bad=(i == 2)))
     with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
         assert client.flush(timeout_s=30)
-    # bisected: [0 1 | 2 3 4] -> [0 1] stored, [2 | 3 4] -> [2] alone, [3 4] stored
-    assert [r.event_ids for r in server.received] == [
-        ids, ids[:2], ids[2:], ids[2:3], ids[3:],
-    ]  # fmt: skip
+    if name_indices:  # the named item alone, then the rest together
+        expected = [ids, ids[2:3], ids[:2] + ids[3:]]
+    else:  # bisected: [0 1 | 2 3 4] -> [0 1] stored, [2 | 3 4] -> [2] alone, [3 4] stored
+        expected = [ids, ids[:2], ids[2:], ids[2:3], ids[3:]]
+    assert [r.event_ids for r in server.received] == expected
     assert set(server.stored) == {"event-0", "event-1", "event-3", "event-4"}
     stats = client.stats
-    assert (stats["rejected"], stats["rejected_events"], stats["sent"]) == (2, 1, 4)
-    assert stats["bisected"] == 2
+    rejected_batches = 1 if name_indices else 2
+    assert (stats["rejected"], stats["rejected_events"], stats["sent"]) == (rejected_batches, 1, 4)
+    assert stats["bisected"] == (0 if name_indices else 2)
     assert stats["retries"] == 0
     assert "bad item" in caplog.text  # the server's message
     assert "event-2" in caplog.text
