@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,8 +18,9 @@ from monitor.cli import main
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import session_scope
-from tests.conftest import make_settings
+from tests.conftest import TEST_SECRET, make_settings
 from tests.factories import inference_event
+from tests.servers import free_port
 
 
 @pytest.fixture
@@ -78,3 +84,108 @@ def test_errors_are_messages_not_tracebacks(env: Path,
     main(["init"])
     (env / "key").unlink()
     assert main(["ingest", str(env / "missing.jsonl")]) == 2
+
+
+@pytest.fixture
+def restore_umask() -> Iterator[None]:
+    """``main`` makes the process's files private (umask 077); the other tests' files are
+    not this test's business."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_everything_the_service_writes_is_private(
+    env: Path, restore_umask: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`monitor init`, an ingest and a check writing its report: files 0600, directories
+    0700, the database's WAL and shared-memory files included."""
+    os.umask(0o022)  # a usual shell's umask: the service tightens it itself
+    reports = env / ".monitor" / "reports"
+    rng = random.Random(0)
+    lines = []
+    for i in range(240):  # two days of studies: a baseline day and a checked day
+        event = inference_event(
+            timestamp=f"2026-11-{20 + i // 120:02d}T{(i % 120) // 6:02d}:{i % 60:02d}:00Z",
+            prediction={"scores": {"pneumothorax": rng.random()}})
+        event["scanner"]["kvp"] = 100 + rng.random() * 20
+        lines.append(json.dumps(event))
+    (env / "events.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["init"]) == 0
+    assert main(["ingest", str(env / "events.jsonl")]) == 0
+    assert main(["baseline", "create", "--model", "cxr-triage", "--version", "1.4.0",
+                 "--from", "2026-11-20T00:00:00Z", "--to", "2026-11-21T00:00:00Z"]) == 0
+    assert main(["check", "--model", "cxr-triage", "--version", "1.4.0",
+                 "--from", "2026-11-21T00:00:00Z", "--to", "2026-11-22T00:00:00Z",
+                 "--permutations", "50"]) == 0
+    report = Path(capsys.readouterr().out.split("report: ")[1].splitlines()[0])
+    assert report.is_relative_to(Path(".monitor/reports"))
+    assert mode(env / ".monitor") == 0o700 and mode(env / "key") == 0o600
+    directories = [path for path in reports.rglob("*") if path.is_dir()]
+    assert directories and all(mode(path) == 0o700 for path in [reports, *directories])
+    assert mode(env / report) == 0o600
+    runtime = Runtime.open(make_settings(f"sqlite:///{env / 'cli.db'}", env, secret_key=None,
+                                         secret_key_file=env / "key"))
+    try:
+        with session_scope(runtime.sessions) as session:
+            assert repo.count_rows(session)["inferences"] == 240  # -wal and -shm exist now
+        files = [env / "cli.db", env / "cli.db-wal", env / "cli.db-shm"]
+        assert [mode(path) for path in files] == [0o600] * 3
+    finally:
+        runtime.close()
+
+
+def one_error_line(err: str, command: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"monitor {command}: error: ")
+    return lines[0]
+
+
+def test_start_up_failures_are_one_line_and_exit_2(
+    env: Path, restore_umask: None, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    check = ["check", "--model", "cxr-triage", "--no-report"]
+    assert main(["init"]) == 0
+    capsys.readouterr()
+
+    monkeypatch.setenv("MONITOR_SECRET_KEY", "another-key-0123456789abcdef0123456789abcdef")
+    assert main(check) == 2
+    assert "differs from the one this database was created with" in one_error_line(
+        capsys.readouterr().err, "check")
+    monkeypatch.delenv("MONITOR_SECRET_KEY")
+
+    monkeypatch.setenv("MONITOR_DATABASE_URL", f"sqlite:///{env / 'empty.db'}")
+    assert main(check) == 2  # no schema: not at head
+    assert "run `monitor init`" in one_error_line(capsys.readouterr().err, "check")
+
+    (env / "corrupt.db").write_bytes(b"not an SQLite database" * 100)
+    monkeypatch.setenv("MONITOR_DATABASE_URL", f"sqlite:///{env / 'corrupt.db'}")
+    for command in (check, ["serve"]):
+        assert main(command) == 2
+        line = one_error_line(capsys.readouterr().err, command[0])
+        assert line.endswith(f"cannot use the database sqlite:///{env / 'corrupt.db'}: "
+                             "file is not a database")
+
+
+def test_serve_on_an_unreachable_database_masks_the_password(tmp_path: Path) -> None:
+    """As an operator sees it: a real process, its stderr, no traceback, no password."""
+    port = free_port()  # nothing listens there
+    environment = {**os.environ, "DO_NOT_TRACK": "1",
+                   "MONITOR_DATABASE_URL": f"postgresql://monitor:pw-s3cret@127.0.0.1:{port}/m",
+                   "MONITOR_SECRET_KEY": TEST_SECRET}
+    finished = subprocess.run([sys.executable, "-m", "monitor.cli", "serve"], cwd=tmp_path,
+                              env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 2, finished.stderr
+    assert "Traceback" not in finished.stderr and "pw-s3cret" not in finished.stderr
+    errors = [line for line in finished.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1
+    assert errors[0].startswith("monitor serve: error: cannot use the database "
+                                f"postgresql+psycopg://monitor:***@127.0.0.1:{port}/m: ")
+    assert "Connection refused" in errors[0] or "connection failed" in errors[0]
