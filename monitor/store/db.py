@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -144,6 +145,7 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+@functools.cache  # the migration scripts do not change while the process runs
 def head_revision() -> str:
     script = ScriptDirectory.from_config(alembic_config(create_engine("sqlite://")))
     head = script.get_current_head()
