@@ -15,7 +15,7 @@ from monitor.config import load_settings
 from monitor.errors import MonitorError
 from monitor.runtime import restrict_new_files
 
-COMMAND_MODULES = ("core", "demo", "checks", "versions", "alerts", "dashboard")
+COMMAND_MODULES = ("core", "demo", "checks", "versions", "alerts", "dashboard", "tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:

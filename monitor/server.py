@@ -4,6 +4,7 @@ loop beside it."""
 from __future__ import annotations
 
 import gc
+import ipaddress
 import logging
 
 import uvicorn
@@ -12,15 +13,50 @@ from monitor.alerting import register_check_hook
 from monitor.alerting.engine import DeliveryLoop
 from monitor.api import create_app
 from monitor.config import Settings
+from monitor.errors import ConfigError
 from monitor.runtime import Runtime
 from monitor.scheduler import CheckScheduler
+from monitor.store.db import session_scope
+from monitor.store.tokens import any_token
 
 log = logging.getLogger(__name__)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost``; anything else (0.0.0.0, a name) may be reachable."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, *, api_open: bool, insecure_open: bool) -> None:
+    """Refuse to serve an open API (no token in the database) beyond loopback, unless
+    ``insecure_open`` says so, which is logged loudly."""
+    if not api_open or is_loopback(host):
+        return
+    if not insecure_open:
+        raise ConfigError(
+            f"refusing to serve {host} with no API token in the database (anyone could "
+            "promote, roll back or read): create one with `monitor token create --name NAME "
+            "--role admin`, bind 127.0.0.1, or pass --insecure-open for a lab")
+    log.warning("INSECURE: serving %s with NO AUTHENTICATION (--insecure-open / "
+                "MONITOR_INSECURE_OPEN): anyone who reaches this address can read, ingest, "
+                "promote and roll back as 'anonymous'", host)
+
+
 def serve(settings: Settings, *, host: str, port: int) -> None:
     runtime = Runtime.open(settings, background_checkpoint=True)
-    app = create_app(runtime)
+    try:
+        app = create_app(runtime)  # imports the bootstrap admin and legacy tokens
+        with session_scope(runtime.sessions) as session:
+            api_open = not any_token(session)
+        check_bind(host, api_open=api_open, insecure_open=settings.insecure_open)
+    except BaseException:
+        runtime.close()
+        raise
     register_check_hook()  # alert rules are evaluated after every check
     scheduler = CheckScheduler(runtime)
     delivery = DeliveryLoop(runtime, interval_s=30)

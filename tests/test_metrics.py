@@ -35,6 +35,7 @@ from monitor.runtime import Runtime
 from monitor.store import results as store
 from monitor.store.db import make_engine, session_scope
 from monitor.store.models import Alert, Inference, ModelAlias, ModelVersion
+from tests.api.conftest import INGEST, VIEWER, store_test_tokens
 from tests.conftest import open_runtime, require_server
 from tests.factories import inference_event, override_event
 
@@ -430,14 +431,15 @@ def test_metrics_route_speaks_openmetrics_when_asked(client: TestClient) -> None
 def test_metrics_route_needs_a_token_when_tokens_are_configured(
     sqlite_url: str, tmp_path: Path,
 ) -> None:
-    runtime = open_runtime(sqlite_url, tmp_path, api_tokens={"prometheus": "scrape-token"})
+    runtime = open_runtime(sqlite_url, tmp_path)
+    store_test_tokens(runtime)
     try:
         with TestClient(app_with_metrics(runtime)) as test_client:
             assert test_client.get("/metrics").status_code == 401
             assert test_client.post("/v1/inferences", json=[inference_event()]
                                     ).status_code == 401
-            response = test_client.get(
-                "/metrics", headers={"authorization": "Bearer scrape-token"})
+            assert test_client.get("/metrics", headers=INGEST).status_code == 403
+            response = test_client.get("/metrics", headers=VIEWER)
             assert response.status_code == 200
             assert _sample(response.text, "monitor_ingest_rejected_batches_total",
                            {"kind": "inference", "reason": "unauthorized"}) == 1

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from monitor import registry
 from monitor.alerting import engine
@@ -19,7 +18,7 @@ from monitor.checks import CheckOptions, run_check
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from tests.alerting.support import HttpReceiver, http_receiver, write_config
-from tests.api.conftest import OPERATOR, VIEWER
+from tests.api.conftest import OPERATOR, VIEWER, store_test_tokens
 from tests.simdb import (
     MODEL,
     PREVIOUS,
@@ -54,9 +53,8 @@ def test_performance_drop_leads_to_an_approved_audited_rollback(
     })
     runtime.settings = runtime.settings.model_copy(update={
         "alert_rules_file": rules,
-        "api_tokens": {"alice": SecretStr("op-token"), "viewer": SecretStr("view-token")},
-        "operators": ["alice"],
     })
+    store_test_tokens(runtime)
     with session_scope(runtime.sessions) as session:
         assert registry.aliases(session, MODEL) == {"production": PRODUCTION}
 

@@ -3,23 +3,25 @@ and run one delivery pass."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from monitor.alerting import engine, register_check_hook
 from monitor.alerting.config import parse_duration
-from monitor.api.auth import current_actor, require_operator
+from monitor.api.auth import Operator, Reader
+from monitor.api.params import PathId
 from monitor.errors import ConfigError, ValidationError
+from monitor.registry import record_audit
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 
 router = APIRouter(tags=["alerts"])
+MAX_SILENCE = timedelta(days=365)
 register_check_hook()  # the scheduled checks of `monitor serve` evaluate the alert rules
-Actor = Annotated[str, Depends(current_actor)]
-Operator = Annotated[str, Depends(require_operator)]
 
 
 class AcknowledgeRequest(BaseModel):
@@ -40,20 +42,33 @@ def _runtime(request: Request) -> Runtime:
 
 def silence_until(until: datetime | None, duration: str | float | None, *, now: datetime
                   ) -> datetime:
+    """The end of a silence, at most ``MAX_SILENCE`` ahead of ``now``."""
     if (until is None) == (duration is None):
         raise ValidationError("give exactly one of until and duration", field="until")
     if until is not None:
-        return until.replace(tzinfo=UTC) if until.tzinfo is None else until
+        try:
+            until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("until is out of range once converted to UTC",
+                                  field="until") from None
+        if until - now > MAX_SILENCE:
+            raise ValidationError(f"until must lie within {MAX_SILENCE.days} days from now",
+                                  field="until")
+        return until
     try:
-        return now + timedelta(seconds=parse_duration(duration, field="duration"))
+        seconds = parse_duration(duration, field="duration")
     except ConfigError as exc:
         raise ValidationError(str(exc), field="duration") from None
+    if not math.isfinite(seconds) or seconds > MAX_SILENCE.total_seconds():
+        raise ValidationError(f"duration must be at most {MAX_SILENCE.days} days "
+                              f"({int(MAX_SILENCE.total_seconds())} seconds)", field="duration")
+    return now + timedelta(seconds=seconds)
 
 
 @router.get("/v1/alerts", summary="List alerts (default: pending and firing)")
 def list_alerts(
     request: Request,
-    _actor: Actor,
+    _actor: Reader,
     state: str | None = "active",
     model: str | None = None,
     version: str | None = None,
@@ -69,13 +84,13 @@ def list_alerts(
 
 
 @router.get("/v1/alerts/{alert_id}", summary="One alert with its notifications")
-def get_alert(alert_id: int, request: Request, _actor: Actor) -> dict[str, Any]:
+def get_alert(alert_id: PathId, request: Request, _actor: Reader) -> dict[str, Any]:
     with session_scope(_runtime(request).sessions) as session:
         return engine.get_alert(session, alert_id).to_dict()
 
 
 @router.post("/v1/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert (operator)")
-def acknowledge(alert_id: int, body: AcknowledgeRequest, request: Request, actor: Operator
+def acknowledge(alert_id: PathId, body: AcknowledgeRequest, request: Request, actor: Operator
                 ) -> dict[str, Any]:
     with session_scope(_runtime(request).sessions) as session:
         return engine.acknowledge(session, alert_id, actor=actor, reason=body.reason).to_dict()
@@ -83,7 +98,7 @@ def acknowledge(alert_id: int, body: AcknowledgeRequest, request: Request, actor
 
 @router.post("/v1/alerts/{alert_id}/silence", summary="Silence an alert's notifications "
              "until a time (operator; needs a reason)")
-def silence(alert_id: int, body: SilenceRequest, request: Request, actor: Operator
+def silence(alert_id: PathId, body: SilenceRequest, request: Request, actor: Operator
             ) -> dict[str, Any]:
     now = datetime.now(UTC)
     until = silence_until(body.until, body.duration, now=now)
@@ -94,7 +109,11 @@ def silence(alert_id: int, body: SilenceRequest, request: Request, actor: Operat
 
 @router.post("/v1/alerts/deliver", summary="Send due notifications and deploy hooks now "
              "(operator)")
-def deliver(request: Request, _actor: Operator) -> dict[str, Any]:
-    report = engine.deliver_due(_runtime(request))
-    return {"resent": report.resent, "notifications": vars(report.delivery),
-            "deploy_hooks": vars(report.hooks)}
+def deliver(request: Request, actor: Operator) -> dict[str, Any]:
+    runtime = _runtime(request)
+    report = engine.deliver_due(runtime)
+    answer = {"resent": report.resent, "notifications": vars(report.delivery),
+              "deploy_hooks": vars(report.hooks)}
+    with session_scope(runtime.sessions) as session:
+        record_audit(session, actor=actor, action="deliver_alerts", details=answer)
+    return answer

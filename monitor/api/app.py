@@ -6,20 +6,20 @@ import importlib
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from monitor.api.auth import current_actor
+from monitor.api.auth import Reader
 from monitor.api.errors import install_error_handlers
 from monitor.api.limits import install as install_body_limits
 from monitor.api.metrics import install as install_metrics
+from monitor.api.params import Offset
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import current_revision_of, head_revision, session_scope, unreadable_table
 from monitor.store.keys import readiness_problem as keys_readiness_problem
-
-Actor = Annotated[str, Depends(current_actor)]
+from monitor.store.tokens import TokenVerifier, import_configured_tokens
 
 
 def readiness_problem(runtime: Runtime) -> str | None:
@@ -48,6 +48,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         description="Post-deployment monitoring of medical-imaging AI models.",
     )
     app.state.runtime = runtime
+    # Start-up: MONITOR_BOOTSTRAP_ADMIN_TOKEN and the legacy MONITOR_API_TOKENS into the store.
+    import_configured_tokens(runtime.sessions, runtime.settings)
+    app.state.token_verifier = TokenVerifier(runtime.sessions)
     install_error_handlers(app)
 
     app.state.body_limits = install_body_limits(app, lambda: runtime.settings)
@@ -67,19 +70,19 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     @app.get("/v1/models", tags=["read"])
-    def models(_actor: Actor, model: str | None = None) -> list[dict[str, Any]]:
+    def models(_actor: Reader, model: str | None = None) -> list[dict[str, Any]]:
         with session_scope(runtime.sessions) as session:
             return [vars(v) for v in repo.list_model_versions(session, model)]
 
     @app.get("/v1/models/{model}/versions/{version}", tags=["read"])
-    def model_version(model: str, version: str, _actor: Actor) -> dict[str, Any]:
+    def model_version(model: str, version: str, _actor: Reader) -> dict[str, Any]:
         with session_scope(runtime.sessions) as session:
             return vars(repo.get_model_version(session, model, version))
 
     @app.get("/v1/models/{model}/summary", tags=["read"])
     def model_summary(
         model: str,
-        _actor: Actor,
+        _actor: Reader,
         version: str | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
@@ -93,12 +96,12 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     @app.get("/v1/inferences", tags=["read"])
     def inferences(
         model: str,
-        _actor: Actor,
+        _actor: Reader,
         version: str | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
         include_embedding: bool = False,
     ) -> list[dict[str, Any]]:
         """Stored events, newest first, without embeddings unless asked for."""
@@ -110,11 +113,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     @app.get("/v1/overrides", tags=["read"])
     def overrides(
         model: str,
-        _actor: Actor,
+        _actor: Reader,
         start: datetime | None = None,
         end: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> list[dict[str, Any]]:
         with session_scope(runtime.sessions) as session:
             return repo.list_overrides(session, model, start=start, end=end, limit=limit,
@@ -127,4 +130,4 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
 
 # The later stages' routes, one module each under monitor/api/.
-ROUTER_MODULES = ("ingest", "checks", "alerts", "registry")
+ROUTER_MODULES = ("ingest", "checks", "alerts", "registry", "tokens")

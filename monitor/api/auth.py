@@ -1,17 +1,110 @@
-"""Bearer tokens: ``MONITOR_API_TOKENS`` maps a name to a token; the name is the actor in the
-audit log. With no tokens configured the API is open and the actor is ``anonymous``."""
+"""Who may call what. Every route declares the role it needs with ``Depends(require(role))``;
+the dependency answers 401 without a valid bearer token, 403 when the token's role is not
+enough, and otherwise gives the token's name, the actor the audit log records. While the
+database holds no token at all the API is open and the actor is ``anonymous`` (see
+``monitor.store.tokens``).
+
+``route_role(route)`` reads the declared role back from a route, which the role-matrix test
+uses to check every route of the app."""
 
 from __future__ import annotations
 
 import hmac
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from monitor.api.errors import Forbidden, Unauthorized
-from monitor.config import Settings
+from monitor.store.tokens import ANONYMOUS, ROLES, Principal, TokenVerifier
+
+if TYPE_CHECKING:
+    from monitor.config import Settings
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def verifier(request: Request) -> TokenVerifier:
+    """The app's token verifier, made on first use from its runtime."""
+    state = request.app.state
+    found: TokenVerifier | None = getattr(state, "token_verifier", None)
+    if found is None:
+        found = TokenVerifier(state.runtime.sessions)
+        state.token_verifier = found
+    return found
+
+
+def authenticate(request: Request) -> Principal:
+    """The caller: the principal of a valid token, ``anonymous`` in open mode, else 401."""
+    tokens = verifier(request)
+    token = bearer_token(request)
+    if token is not None:
+        principal = tokens.authenticate(token)
+        if principal is not None:
+            return principal
+    if tokens.is_open():
+        return ANONYMOUS
+    raise Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)")
+
+
+class RoleRequirement:
+    """A FastAPI dependency that lets through callers holding ``role``; returns their
+    name. ``role`` stays readable on the route (``route_role``)."""
+
+    def __init__(self, role: str):
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        self.role = role
+
+    def __call__(self, request: Request) -> str:
+        principal = authenticate(request)
+        if not principal.may(self.role):
+            raise Forbidden(f"token {principal.name!r} may not do this: it needs the "
+                            f"{self.role!r} role")
+        request.state.principal = principal
+        return principal.name
+
+    def __repr__(self) -> str:
+        return f"require({self.role!r})"
+
+
+@cache
+def require(role: str) -> RoleRequirement:
+    """The dependency for ``role`` (one instance per role)."""
+    return RoleRequirement(role)
+
+
+def route_role(route: Any) -> str | None:
+    """The role a route declares through ``require``, or None."""
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return None
+    pending = list(dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if isinstance(dependency.call, RoleRequirement):
+            return dependency.call.role
+        pending.extend(dependency.dependencies)
+    return None
+
+
+# Route parameter annotations: the caller's name, once it holds the role.
+Ingester = Annotated[str, Depends(require("ingest"))]
+Reader = Annotated[str, Depends(require("read"))]
+Operator = Annotated[str, Depends(require("operator"))]
+Admin = Annotated[str, Depends(require("admin"))]
 
 
 def actor_for_token(settings: Settings, token: str | None) -> str:
+    """Deprecated: the name of a token configured in ``MONITOR_API_TOKENS`` (``anonymous``
+    with none configured). The API checks the token store instead; kept for callers that
+    have not moved to ``monitor.store.tokens.find_principal`` yet."""
     if not settings.api_tokens:
         return "anonymous"
     if token:
@@ -19,19 +112,3 @@ def actor_for_token(settings: Settings, token: str | None) -> str:
             if hmac.compare_digest(token.encode(), secret.get_secret_value().encode()):
                 return name
     raise Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)")
-
-
-def current_actor(request: Request) -> str:
-    """FastAPI dependency: the name of the caller's token."""
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    return actor_for_token(request.app.state.runtime.settings, token)
-
-
-def require_operator(request: Request) -> str:
-    """FastAPI dependency for promotions, rollbacks and acknowledgements."""
-    actor = current_actor(request)
-    settings: Settings = request.app.state.runtime.settings
-    if settings.api_tokens and actor not in settings.operators:
-        raise Forbidden(f"{actor!r} is not an operator (MONITOR_OPERATORS)")
-    return actor

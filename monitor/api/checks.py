@@ -4,23 +4,27 @@ Evidently report, create and list baselines."""
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from monitor.api.auth import current_actor, require_operator
+from monitor.api.auth import Operator, Reader
+from monitor.api.params import Offset, PathId
 from monitor.baselines import create_baseline
 from monitor.checks import resolve_report_path, run_check
 from monitor.errors import NotFoundError
+from monitor.registry import record_audit
+from monitor.reports import report_policy
 from monitor.runtime import Runtime
 from monitor.store import results
 from monitor.store.db import session_scope
 
 router = APIRouter(tags=["checks"])
-Actor = Annotated[str, Depends(current_actor)]
-Operator = Annotated[str, Depends(require_operator)]
+NO_SNIFF = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+MAX_STUDIES = 10_000_000
 
 
 class CheckRequest(BaseModel):
@@ -42,9 +46,9 @@ class BaselineRequest(BaseModel):
     version: str | None = None
     start: datetime | None = None
     end: datetime | None = None
-    last: int | None = Field(default=None, ge=1)
-    max_studies: int | None = Field(default=None, ge=1)
-    seed: int = 0
+    last: int | None = Field(default=None, ge=1, le=MAX_STUDIES)
+    max_studies: int | None = Field(default=None, ge=1, le=MAX_STUDIES)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -52,14 +56,19 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-@router.post("/v1/checks", summary="Run every detector over a window and store the results")
-def post_check(body: CheckRequest, request: Request, _actor: Actor) -> dict[str, Any]:
+@router.post("/v1/checks", summary="Run every detector over a window and store the results "
+             "(operator; replaces a stored run of the same window; audited)")
+def post_check(body: CheckRequest, request: Request, actor: Operator) -> dict[str, Any]:
     runtime = _runtime(request)
     window = None if body.start is not None or body.end is not None else body.window
     outcome = run_check(runtime, model=body.model, version=body.version, window=window,
                         start=body.start, end=body.end, now=body.now)
     with session_scope(runtime.sessions) as session:
         run = results.get_check_run(session, outcome.check_run_id)
+        record_audit(session, actor=actor, action="run_check", model=run.model,
+                     model_version=run.version,
+                     details={"check_run_id": run.id, "window": run.window_label,
+                              "replaced": outcome.replaced})
     return {**run.to_dict(), "replaced": outcome.replaced,
             "attribution": [vars(a) for a in outcome.attribution[:3]]}
 
@@ -67,7 +76,7 @@ def post_check(body: CheckRequest, request: Request, _actor: Actor) -> dict[str,
 @router.get("/v1/checks", summary="Stored check results, newest window first")
 def list_results(
     request: Request,
-    _actor: Actor,
+    _actor: Reader,
     model: str | None = None,
     version: str | None = None,
     detector: str | None = None,
@@ -76,7 +85,7 @@ def list_results(
     start: datetime | None = None,
     end: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     """Filtered by model, version, detector, feature, verdict, and the window's end in
     (start, end]."""
@@ -90,13 +99,13 @@ def list_results(
 @router.get("/v1/checks/runs", summary="Check runs (without results), newest window first")
 def list_runs(
     request: Request,
-    _actor: Actor,
+    _actor: Reader,
     model: str | None = None,
     version: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     with session_scope(_runtime(request).sessions) as session:
         runs = results.list_check_runs(session, model=model, version=version, start=start,
@@ -105,14 +114,14 @@ def list_runs(
 
 
 @router.get("/v1/checks/{check_id}", summary="One check run with its results")
-def get_check(check_id: int, request: Request, _actor: Actor) -> dict[str, Any]:
+def get_check(check_id: PathId, request: Request, _actor: Reader) -> dict[str, Any]:
     with session_scope(_runtime(request).sessions) as session:
         return results.get_check_run(session, check_id).to_dict()
 
 
 @router.get("/v1/checks/{check_id}/report", summary="The check's Evidently report (HTML)",
             response_class=FileResponse)
-def get_report(check_id: int, request: Request, _actor: Actor) -> FileResponse:
+def get_report(check_id: PathId, request: Request, _actor: Reader) -> FileResponse:
     runtime = _runtime(request)
     with session_scope(runtime.sessions) as session:
         run = results.get_check_run(session, check_id, with_results=False)
@@ -122,19 +131,43 @@ def get_report(check_id: int, request: Request, _actor: Actor) -> FileResponse:
     path = resolve_report_path(runtime.settings.reports_dir, run.report_path)
     if not path.is_file():
         raise NotFoundError(f"the report of check run id {check_id} is missing: {path.name}")
-    return FileResponse(path, media_type="text/html")
+    return FileResponse(path, media_type="text/html; charset=utf-8",
+                        headers=report_headers(path, check_id))
 
 
-@router.post("/v1/baselines", summary="Create a baseline for a model version (operator)")
+def report_headers(path: Path, check_id: int) -> dict[str, str]:
+    """A report renders inline under the policy written into it (only its own scripts, by
+    hash; nothing fetched), in a sandbox (an opaque origin: no access to this API's
+    origin) and in no frame. A report written without a policy (by an earlier version) is
+    served as an attachment with no script at all: re-run its check to view it here."""
+    policy = report_policy(path)
+    name = f"check-{check_id}-report.html"
+    if policy is None:
+        return {"Content-Security-Policy": "default-src 'none'; sandbox; "
+                                           "frame-ancestors 'none'",
+                "Content-Disposition": f'attachment; filename="{name}"',
+                **NO_SNIFF}
+    return {"Content-Security-Policy": f"{policy}; frame-ancestors 'none'; "
+                                       "sandbox allow-scripts",
+            "Content-Disposition": f'inline; filename="{name}"', **NO_SNIFF}
+
+
+@router.post("/v1/baselines", summary="Create a baseline for a model version (operator; "
+             "audited)")
 def post_baseline(body: BaselineRequest, request: Request, actor: Operator) -> dict[str, Any]:
-    info = create_baseline(_runtime(request), model=body.model, version=body.version,
+    runtime = _runtime(request)
+    info = create_baseline(runtime, model=body.model, version=body.version,
                            start=body.start, end=body.end, last=body.last,
                            max_studies=body.max_studies, created_by=actor, seed=body.seed)
+    with session_scope(runtime.sessions) as session:
+        record_audit(session, actor=actor, action="create_baseline", model=info.model,
+                     model_version=info.version,
+                     details={"baseline_id": info.id, "n_studies": info.n_studies})
     return info.to_dict()
 
 
 @router.get("/v1/baselines", summary="Baselines, newest first")
-def list_baselines(request: Request, _actor: Actor, model: str | None = None,
+def list_baselines(request: Request, _actor: Reader, model: str | None = None,
                    version: str | None = None) -> list[dict[str, Any]]:
     with session_scope(_runtime(request).sessions) as session:
         return [b.to_dict() for b in results.list_baselines(session, model=model,

@@ -4,12 +4,11 @@ committed before the answer."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from monitor.api.auth import current_actor
+from monitor.api.auth import Ingester
 from monitor.api.errors import PayloadTooLarge
 from monitor.collect.ingest import IngestResult, store_inferences, store_overrides
 from monitor.errors import BatchValidationError
@@ -17,7 +16,6 @@ from monitor.runtime import Runtime
 from monitor.schema import INFERENCES, OVERRIDES, BatchParser
 
 router = APIRouter(tags=["ingest"])
-Actor = Annotated[str, Depends(current_actor)]
 
 
 async def read_body(request: Request, max_bytes: int) -> bytearray:
@@ -55,12 +53,12 @@ async def _ingest(request: Request, parser: BatchParser, store: Callable[..., In
 
 
 @router.post("/v1/inferences", summary="Log a batch of inference events")
-async def post_inferences(request: Request, _actor: Actor) -> dict[str, int]:
+async def post_inferences(request: Request, _actor: Ingester) -> dict[str, int]:
     """A JSON list of inference events (see the README's event contract). All or nothing:
     one invalid item rejects the batch with 422 naming its index and field."""
     return await _ingest(request, INFERENCES, store_inferences)
 
 
 @router.post("/v1/overrides", summary="Log a batch of radiologist reads")
-async def post_overrides(request: Request, _actor: Actor) -> dict[str, int]:
+async def post_overrides(request: Request, _actor: Ingester) -> dict[str, int]:
     return await _ingest(request, OVERRIDES, store_overrides)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from monitor.api.auth import current_actor
+from monitor.api.auth import Reader
 from monitor.metrics import INGEST_KINDS, ServiceMetrics, build_service_metrics
 
 router = APIRouter()
@@ -37,10 +37,9 @@ def service_metrics(app: Any) -> ServiceMetrics:
 
 
 @router.get("/metrics", tags=["service"], summary="Prometheus metrics")
-def metrics_endpoint(request: Request, _actor: Annotated[str, Depends(current_actor)]
-                     ) -> Response:
+def metrics_endpoint(request: Request, _actor: Reader) -> Response:
     """Prometheus text format (OpenMetrics when the scraper asks for it); store metrics are
-    read at this moment. Needs a bearer token when API tokens are configured."""
+    read at this moment. Needs a token with the ``read`` role once tokens exist."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encoder(service_metrics(request.app).registry),
                     headers={"Content-Type": content_type})

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from monitor.api.auth import current_actor, require_operator
+from monitor.api.auth import Operator, Reader
+from monitor.api.params import MAX_ID, PathId
 from monitor.registry import Registry
 from monitor.runtime import Runtime
 
 router = APIRouter(tags=["registry"])
-Actor = Annotated[str, Depends(current_actor)]
-Operator = Annotated[str, Depends(require_operator)]
 
 
 class RegisterRequest(BaseModel):
     version: str = Field(min_length=1, max_length=128)
     status: str = "candidate"
-    embedding_dim: int | None = None
+    embedding_dim: int | None = Field(default=None, ge=1, le=1_000_000)
     notes: str | None = None
     reason: str | None = None
 
@@ -30,7 +29,7 @@ class PromoteRequest(BaseModel):
     alias: str = "production"
     reason: str | None = None
     force: bool = False
-    alert_id: int | None = None
+    alert_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class RollbackRequest(BaseModel):
@@ -40,7 +39,7 @@ class RollbackRequest(BaseModel):
     alias: str = "production"
     reason: str | None = None
     force: bool = False
-    alert_id: int | None = None
+    alert_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class DecisionRequest(BaseModel):
@@ -54,12 +53,12 @@ def _registry(request: Request) -> Registry:
 
 
 @router.get("/v1/models/{model}/aliases", summary="A model's aliases")
-def get_aliases(model: str, request: Request, _actor: Actor) -> dict[str, str]:
+def get_aliases(model: str, request: Request, _actor: Reader) -> dict[str, str]:
     return _registry(request).aliases(model)
 
 
 @router.post("/v1/models/{model}/versions", summary="Register a model version")
-def register(model: str, body: RegisterRequest, request: Request, actor: Actor
+def register(model: str, body: RegisterRequest, request: Request, actor: Operator
              ) -> dict[str, Any]:
     info = _registry(request).register(model=model, version=body.version, actor=actor,
                                        status=body.status, embedding_dim=body.embedding_dim,
@@ -90,7 +89,7 @@ def rollback(model: str, body: RollbackRequest, request: Request, actor: Operato
 @router.get("/v1/rollback-recommendations", summary="Rollback recommendations, newest first")
 def recommendations(
     request: Request,
-    _actor: Actor,
+    _actor: Reader,
     model: str | None = None,
     status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -100,13 +99,13 @@ def recommendations(
 
 
 @router.get("/v1/rollback-recommendations/{recommendation_id}")
-def recommendation(recommendation_id: int, request: Request, _actor: Actor) -> dict[str, Any]:
+def recommendation(recommendation_id: PathId, request: Request, _actor: Reader) -> dict[str, Any]:
     return _registry(request).recommendation(recommendation_id).to_dict()
 
 
 @router.post("/v1/rollback-recommendations/{recommendation_id}/approve",
              summary="Approve and execute a rollback (operator; needs a reason)")
-def approve(recommendation_id: int, body: DecisionRequest, request: Request, actor: Operator
+def approve(recommendation_id: PathId, body: DecisionRequest, request: Request, actor: Operator
             ) -> dict[str, Any]:
     return _registry(request).approve(recommendation_id, actor=actor, reason=body.reason,
                                       force=body.force).to_dict()
@@ -114,7 +113,7 @@ def approve(recommendation_id: int, body: DecisionRequest, request: Request, act
 
 @router.post("/v1/rollback-recommendations/{recommendation_id}/reject",
              summary="Reject a rollback recommendation (operator; needs a reason)")
-def reject(recommendation_id: int, body: DecisionRequest, request: Request, actor: Operator
+def reject(recommendation_id: PathId, body: DecisionRequest, request: Request, actor: Operator
            ) -> dict[str, Any]:
     return _registry(request).reject(recommendation_id, actor=actor,
                                      reason=body.reason).to_dict()
@@ -122,7 +121,7 @@ def reject(recommendation_id: int, body: DecisionRequest, request: Request, acto
 
 @router.post("/v1/rollback-recommendations/{recommendation_id}/retry-hook",
              summary="Re-arm a deploy hook that ran out of attempts (operator)")
-def retry_hook(recommendation_id: int, body: DecisionRequest, request: Request,
+def retry_hook(recommendation_id: PathId, body: DecisionRequest, request: Request,
                actor: Operator) -> dict[str, Any]:
     return _registry(request).retry_hook(recommendation_id, actor=actor,
                                          reason=body.reason).to_dict()
@@ -131,7 +130,7 @@ def retry_hook(recommendation_id: int, body: DecisionRequest, request: Request,
 @router.get("/v1/audit", summary="The audit log, newest first")
 def audit(
     request: Request,
-    _actor: Actor,
+    _actor: Reader,
     model: str | None = None,
     action: str | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,

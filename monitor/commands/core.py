@@ -129,6 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from monitor.server import serve
 
     settings = load_settings()
+    if args.insecure_open:
+        settings = settings.model_copy(update={"insecure_open": True})
     serve(settings, host=args.host or settings.host, port=args.port or settings.port)
     return 0
 
@@ -233,6 +235,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     serve = sub.add_parser("serve", help="run the API (and scheduled checks)")
     serve.add_argument("--host", default=None, help="default MONITOR_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default MONITOR_PORT or 8000")
+    serve.add_argument("--insecure-open", action="store_true",
+                       help="serve a non-loopback address even with no API token (a lab only; "
+                       "or MONITOR_INSECURE_OPEN=true)")
     serve.set_defaults(func=cmd_serve)
     ingest = sub.add_parser("ingest", help="bulk import a JSONL or Parquet file of events")
     ingest.add_argument("file")

@@ -68,9 +68,17 @@ def test_acknowledge_and_silence_need_an_operator_and_are_audited(
     assert silenced.status_code == 200
     until = datetime.fromisoformat(silenced.json()["silenced_until"])
     assert before + timedelta(hours=2) <= until <= datetime.now(UTC) + timedelta(hours=2)
-    until_body = token_client.post(silence, json={"until": "2030-01-01T00:00:00Z", "reason": "r"},
-                             headers=OPERATOR)
-    assert until_body.json()["silenced_until"].startswith("2030-01-01")
+    in_30_days = (datetime.now(UTC) + timedelta(days=30)).date().isoformat()
+    until_body = token_client.post(silence, json={"until": f"{in_30_days}T00:00:00Z",
+                                                  "reason": "r"}, headers=OPERATOR)
+    assert until_body.json()["silenced_until"].startswith(in_30_days)
+    for unbounded in ({"duration": 1e17}, {"duration": "400d"},
+                      {"until": "9999-12-31T23:59:59-14:00"},
+                      {"until": "0001-01-01T00:00:00+14:00"}):
+        refused = token_client.post(silence, json={**unbounded, "reason": "x"},
+                                    headers=OPERATOR)
+        assert refused.status_code == 422, (unbounded, refused.text)
+        assert refused.json()["field"] == next(iter(unbounded))
 
     with session_scope(runtime.sessions) as session:
         entries = registry.list_audit(session, model="cxr-triage")
@@ -88,3 +96,6 @@ def test_delivery_pass_for_operators(token_client: TestClient) -> None:
     done = token_client.post("/v1/alerts/deliver", headers=OPERATOR)
     assert done.status_code == 200
     assert done.json()["notifications"]["sent"] == 0
+    audit = token_client.get("/v1/audit", params={"action": "deliver_alerts"},
+                             headers=VIEWER).json()
+    assert [e["actor"] for e in audit] == ["alice"]

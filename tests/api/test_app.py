@@ -14,6 +14,7 @@ from monitor.api import create_app
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import session_scope
+from tests.api.conftest import INGEST, store_test_tokens
 from tests.factories import inference_event, override_event
 
 
@@ -205,15 +206,14 @@ def test_naive_timestamp_is_utc(client: TestClient) -> None:
     assert row["ts"].startswith("2026-11-22T23:30:00") and row["ts"].endswith(("Z", "+00:00"))
 
 
-def test_tokens_required_when_configured(runtime: Runtime) -> None:
-    from pydantic import SecretStr
-
-    runtime.settings.api_tokens = {"ingest-bot": SecretStr("t" * 32)}
+def test_tokens_required_once_the_store_holds_one(runtime: Runtime) -> None:
+    store_test_tokens(runtime)
     with TestClient(create_app(runtime)) as client:
         assert client.post("/v1/inferences", json=[inference_event()]).status_code == 401
-        ok = client.post("/v1/inferences", json=[inference_event()],
-                         headers={"Authorization": "Bearer " + "t" * 32})
+        ok = client.post("/v1/inferences", json=[inference_event()], headers=INGEST)
         assert ok.status_code == 200
+        assert client.get("/v1/inferences", params={"model": "cxr-triage"},
+                          headers=INGEST).status_code == 403
 
 
 def test_malformed_dicom_header_is_a_422_not_a_crash(client: TestClient, runtime: Runtime

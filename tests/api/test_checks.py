@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from monitor.api import create_app
 from monitor.runtime import Runtime
+from tests.api.conftest import OPERATOR, VIEWER, store_test_tokens
 from tests.conftest import open_runtime
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION, SimulatedTemplate
 
@@ -104,18 +105,19 @@ def test_baselines_are_created_and_listed(client: TestClient,
 
 
 def test_only_operators_create_baselines(simulated_runtime: Runtime, tmp_path: Path) -> None:
-    runtime = open_runtime(simulated_runtime.settings.database_url, tmp_path,
-                           api_tokens={"ops": "o" * 24, "viewer": "v" * 24},
-                           operators=["ops"])
+    runtime = open_runtime(simulated_runtime.settings.database_url, tmp_path)
+    store_test_tokens(runtime)
     try:
         with TestClient(create_app(runtime)) as client:
             body = {"model": MODEL, "version": PREVIOUS, "last": 200}
-            viewer = {"Authorization": "Bearer " + "v" * 24}
-            ops = {"Authorization": "Bearer " + "o" * 24}
-            assert client.post("/v1/baselines", json=body, headers=viewer).status_code == 403
+            assert client.post("/v1/baselines", json=body, headers=VIEWER).status_code == 403
             assert client.post("/v1/baselines", json=body).status_code == 401
-            created = client.post("/v1/baselines", json=body, headers=ops)
-            assert created.status_code == 200 and created.json()["created_by"] == "ops"
-            assert client.get("/v1/baselines", headers=viewer).status_code == 200
+            created = client.post("/v1/baselines", json=body, headers=OPERATOR)
+            assert created.status_code == 200 and created.json()["created_by"] == "alice"
+            assert client.get("/v1/baselines", headers=VIEWER).status_code == 200
+            audit = client.get("/v1/audit", params={"action": "create_baseline"},
+                               headers=VIEWER).json()
+            assert [(e["actor"], e["details"]["baseline_id"]) for e in audit] == [
+                ("alice", created.json()["id"])]
     finally:
         runtime.close()
