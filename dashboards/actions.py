@@ -1,42 +1,45 @@
 """What a person can change from the dashboard, each through the same functions as the API and
 the CLI (``monitor.alerting.engine``, ``monitor.registry``), so every action is audited.
 
-Who acts. Each action asks for an operator token, checked as the API checks a bearer token
-(``monitor.api.auth.actor_for_token``; the actor must be listed in ``MONITOR_OPERATORS``), and
-the token's name is what the audit log records. With no ``MONITOR_API_TOKENS`` configured (the
-open demo set-up, where the API itself accepts anyone), the dashboard accepts any non-empty
-name in the token field as the operator and records that name.
+Who acts. Each action asks for an operator token (the ``operator`` or ``admin`` role),
+checked against the token store as the API checks a bearer token, and the token's name is
+what the audit log records. While the store holds no token (the open demo set-up, where the
+API itself accepts anyone and the dashboard listens on loopback only), the dashboard accepts
+any non-empty name typed into the token field as the operator and records that name.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from dashboards.guard import is_open, principal_for
 from monitor.alerting import engine
-from monitor.api.auth import actor_for_token
 from monitor.api.errors import Forbidden, Unauthorized
-from monitor.config import Settings
 from monitor.errors import ValidationError
 from monitor.registry import RecommendationInfo, Registry
 from monitor.runtime import Runtime
+from monitor.safe_output import visible
 from monitor.store.db import session_scope
 
 MAX_SILENCE_HOURS = 24 * 30
 
 
-def authenticate_operator(settings: Settings, credential: str | None) -> str:
-    """The operator's name for a token (or, with no tokens configured, the name typed).
-    Raises ``Unauthorized`` for an empty or unknown token, ``Forbidden`` for a token whose
-    name is not in ``MONITOR_OPERATORS``."""
+def authenticate_operator(runtime: Runtime, credential: str | None) -> str:
+    """The operator's name for a token (or, in open mode, the name typed). Raises
+    ``Unauthorized`` for an empty, unknown or revoked token, ``Forbidden`` for a token
+    without the operator role."""
     credential = (credential or "").strip()
     if not credential:
         raise Unauthorized("an operator token is required")
-    if not settings.api_tokens:
-        return credential[:128]
-    actor = actor_for_token(settings, credential)
-    if actor not in settings.operators:
-        raise Forbidden(f"{actor!r} is not an operator (MONITOR_OPERATORS)")
-    return actor
+    if is_open(runtime):
+        return visible(credential)[:128]
+    principal = principal_for(runtime, credential)
+    if principal is None:
+        raise Unauthorized("a valid operator token is required (unknown or revoked token)")
+    if not principal.may("operator"):
+        raise Forbidden(f"token {principal.name!r} is not an operator token: it needs the "
+                        "operator role")
+    return principal.name
 
 
 def _reason(reason: str | None, what: str) -> str:
@@ -48,7 +51,7 @@ def _reason(reason: str | None, what: str) -> str:
 def acknowledge_alert(runtime: Runtime, alert_id: int, *, credential: str,
                       reason: str | None) -> str:
     """Acknowledge an alert; returns the operator's name."""
-    actor = authenticate_operator(runtime.settings, credential)
+    actor = authenticate_operator(runtime, credential)
     with session_scope(runtime.sessions) as session:
         engine.acknowledge(session, alert_id, actor=actor,
                            reason=(reason or "").strip() or None)
@@ -61,7 +64,7 @@ def silence_alert(runtime: Runtime, alert_id: int, *, credential: str, reason: s
     if not 0 <= hours <= MAX_SILENCE_HOURS:
         raise ValidationError(f"hours {hours} must lie in [0, {MAX_SILENCE_HOURS}]",
                               field="hours")
-    actor = authenticate_operator(runtime.settings, credential)
+    actor = authenticate_operator(runtime, credential)
     reason = _reason(reason, f"silence alert {alert_id}")
     until = (now or datetime.now(UTC)) + timedelta(hours=hours)
     with session_scope(runtime.sessions) as session:
@@ -73,7 +76,7 @@ def decide_rollback(runtime: Runtime, recommendation_id: int, *, approve: bool,
                     credential: str, reason: str | None) -> RecommendationInfo:
     """Approve (execute: the alias moves, the deploy hook is called) or reject a pending
     rollback recommendation."""
-    actor = authenticate_operator(runtime.settings, credential)
+    actor = authenticate_operator(runtime, credential)
     what = "approve" if approve else "reject"
     reason = _reason(reason, f"{what} rollback recommendation {recommendation_id}")
     registry = Registry(runtime)

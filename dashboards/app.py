@@ -1,8 +1,9 @@
 """The quality dashboard: ``monitor dashboard`` (or ``streamlit run dashboards/app.py``).
 
 Settings come from the same ``MONITOR_*`` environment as the service (``MONITOR_DATABASE_URL``,
-``MONITOR_SECRET_KEY``, ``MONITOR_API_TOKENS``, ``MONITOR_OPERATORS``). The sidebar filters
-(model, version, time range, site) apply to every page.
+``MONITOR_SECRET_KEY``). Once the token store holds a token, every page asks for a read token
+first (``dashboards.guard``). The sidebar filters (model, version, time range, site) apply to
+every page.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dashboards.common import (  # noqa: E402
     show_error,
     sidebar_filters,
 )
+from dashboards.guard import require_reader  # noqa: E402
 from monitor.errors import MonitorError  # noqa: E402
 
 VIEWS = Path(__file__).parent / "views"
@@ -52,7 +54,7 @@ def main() -> None:
     if settings is None:
         st.stop()
     try:
-        runtime_for(settings.database_url, settings)
+        require_reader(runtime_for(settings.database_url, settings))
         ctx = sidebar_filters(settings)
     except MonitorError as exc:
         show_error(exc)

@@ -1,5 +1,10 @@
 """What every page shares: the cached runtime, cached queries, the sidebar filters, formatting.
 
+Every value that came from the database is shown through ``md`` (Markdown-escaped) wherever
+Streamlit renders Markdown: st.markdown, captions, alerts, subheaders, help texts. Tables and
+charts draw text, not markup. ``unsafe_allow_html`` is used once, for a colour swatch built
+from constants only.
+
 Pages read the store only through ``monitor.store.dashboard`` via ``query``, which caches each
 result for ``QUERY_TTL_S`` seconds keyed by the database URL, the query's name and the filter
 values; an action (acknowledge, approve, ...) clears the cache so the page shows its effect.
@@ -17,6 +22,7 @@ import streamlit as st
 from monitor.config import Settings, load_settings
 from monitor.errors import MonitorError
 from monitor.runtime import Runtime
+from monitor.safe_output import markdown_text as md
 from monitor.store import dashboard
 from monitor.store.dashboard import FilterOptions, Filters
 from monitor.store.db import session_scope
@@ -153,16 +159,16 @@ def load_app_settings() -> Settings | None:
     try:
         return load_settings()
     except MonitorError as exc:
-        st.error(f"Settings: {exc}")
+        st.error(f"Settings: {md(exc)}")
         return None
 
 
 def scope_caption(ctx: Context, *, per_site: bool = True) -> None:
     f = ctx.filters
-    parts = [f"model **{f.model}**", f"version **{f.version or 'all'}**",
+    parts = [f"model **{md(f.model)}**", f"version **{md(f.version or 'all')}**",
              f"{fmt_day(f.start)} to {fmt_day(f.end - timedelta(days=1) if f.end else None)}"]
     if per_site:
-        parts.append(f"site **{f.site or 'all'}**")
+        parts.append(f"site **{md(f.site or 'all')}**")
     st.caption(" · ".join(parts))
 
 
@@ -211,4 +217,4 @@ def rag_badge(status: str | None) -> str:
 
 
 def show_error(exc: Exception) -> None:
-    st.error(f"{type(exc).__name__}: {exc}")
+    st.error(f"{type(exc).__name__}: {md(exc)}")

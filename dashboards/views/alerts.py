@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import actions
-from dashboards.common import Context, context, query, refresh, runtime_for, show_error
+from dashboards.common import Context, context, md, query, refresh, runtime_for, show_error
 from monitor.errors import MonitorError
 
 ACTIVE_STATES = ("firing", "pending")
@@ -49,8 +49,8 @@ def action_form(ctx: Context, active: pd.DataFrame) -> None:
                                 step=1.0, key="alert_action_hours",
                                 help="Only for silence; 0 lifts a silence.")
         credential = st.text_input("Operator token", type="password", key="alert_action_token",
-                                   help="An API token whose name is in MONITOR_OPERATORS; with "
-                                   "no tokens configured, your name.")
+                                   help="A token with the operator role; while the token store "
+                                   "is empty (the demo), your name.")
         reason = st.text_input("Reason", key="alert_action_reason",
                                help="Required to silence; recorded in the audit log.")
         submitted = st.form_submit_button("Apply", type="primary")
@@ -60,11 +60,11 @@ def action_form(ctx: Context, active: pd.DataFrame) -> None:
             if action == "acknowledge":
                 actor = actions.acknowledge_alert(runtime, int(alert_id),
                                                   credential=credential, reason=reason)
-                message = f"Alert #{alert_id} acknowledged by {actor}."
+                message = f"Alert #{alert_id} acknowledged by {md(actor)}."
             else:
                 actor = actions.silence_alert(runtime, int(alert_id), credential=credential,
                                               reason=reason, hours=float(hours))
-                message = f"Alert #{alert_id} silenced for {hours:g} h by {actor}."
+                message = f"Alert #{alert_id} silenced for {hours:g} h by {md(actor)}."
         except MonitorError as exc:
             show_error(exc)
             return
@@ -77,7 +77,7 @@ def render(ctx: Context) -> None:
     st.title("Alerts")
     every_model = st.toggle("All models", value=False, key="alerts_all_models")
     model = None if every_model else ctx.filters.model
-    st.caption(f"model **{model or 'all'}**")
+    st.caption(f"model **{md(model or 'all')}**")
     if message := st.session_state.pop("alert_action_message", None):
         st.success(message)
     active = query(ctx.settings, "alerts_frame", model=model, states=ACTIVE_STATES)

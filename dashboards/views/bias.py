@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts
-from dashboards.common import Context, context, fmt_p, fmt_rate, query, scope_caption
+from dashboards.common import Context, context, fmt_p, fmt_rate, md, query, scope_caption
 from monitor.store.dashboard import BIAS_DETECTOR, Filters
 
 
@@ -65,7 +65,7 @@ def render(ctx: Context) -> None:
     cols[3].metric("Insufficient data", f"{len(frame) - len(tested)}",
                    help="Groups (or their rest) under the minimum size: shown, not tested.")
     for row in flagged.itertuples():
-        text = (f"**{row.field} = {row.value}**: {row.metric.replace('_', ' ')} "
+        text = (f"**{md(row.field)} = {md(row.value)}**: {md(row.metric.replace('_', ' '))} "
                 f"{fmt_rate(row.group_value, row.ci_low, row.ci_high)} vs "
                 f"{fmt_rate(row.rest_value)} in the rest (gap {100 * row.gap:+.1f} pp, "
                 f"q = {fmt_p(row.q_value)}, n = {row.n})")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts
-from dashboards.common import Context, context, fmt_p, fmt_time, query, scope_caption
+from dashboards.common import Context, context, fmt_p, fmt_time, md, query, scope_caption
 
 MAX_DETAIL_CHARTS = 6
 
@@ -56,7 +56,7 @@ def detector_section(ctx: Context, series: pd.DataFrame) -> None:
     if not baselines.empty:
         latest = baselines.groupby("version").tail(1)
         st.caption("Baselines: " + "; ".join(
-            f"{r.version}: {r.window_start:%Y-%m-%d} to {r.window_end:%Y-%m-%d} "
+            f"{md(r.version)}: {r.window_start:%Y-%m-%d} to {r.window_end:%Y-%m-%d} "
             f"({r.n_studies} studies)" for r in latest.itertuples()
             if pd.notna(r.window_start) and pd.notna(r.window_end)))
 
@@ -90,8 +90,9 @@ def attribution_section(ctx: Context, runs: pd.DataFrame, series: pd.DataFrame) 
         else:
             basis = ranking["basis"].iloc[0]
             top = ranking.iloc[0]
-            where = f" on {top['where']}" if top["where"] else ""
-            st.markdown(f"Top driver: **{top['field']} = {top['value']}**{where} ({basis} "
+            where = f" on {md(top['where'])}" if top["where"] else ""
+            st.markdown(f"Top driver: **{md(top['field'])} = {md(top['value'])}**{where} "
+                        f"({md(basis)} "
                         f"basis; {top['n_current']} studies in the window, "
                         f"{top['n_reference']} in the baseline)")
             st.altair_chart(charts.attribution_bars(ranking[ranking["basis"] == basis]),
@@ -110,7 +111,7 @@ def attribution_section(ctx: Context, runs: pd.DataFrame, series: pd.DataFrame) 
                 })
     with right:
         st.markdown(f"**Window** {fmt_time(run['window_start'])} to "
-                    f"{fmt_time(run['window_end'])}, version {run['version']}, "
+                    f"{fmt_time(run['window_end'])}, version {md(run['version'])}, "
                     f"{run['n_studies']} studies")
         if found.empty:
             st.markdown("No detector found drift in this window.")
@@ -122,9 +123,11 @@ def attribution_section(ctx: Context, runs: pd.DataFrame, series: pd.DataFrame) 
                               "statistic": found["statistic"].round(4)}),
                 hide_index=True, width="stretch")
         if isinstance(run["report_path"], str) and run["report_path"]:
-            st.markdown(f"[Open the Evidently report for this window](report?run={run_id})",
-                        help="Evidently's data-drift view of the window against the baseline; "
-                        "the verdicts that page people are this service's own.")
+            # a page link keeps this browser session (and its sign-in); a plain link would not
+            st.page_link("views/report.py", label="Open the Evidently report for this window",
+                         query_params={"run": str(int(run_id))}, icon=":material/description:",
+                         help="Evidently's data-drift view of the window against the "
+                         "baseline; the verdicts that page people are this service's own.")
         else:
             st.caption("No Evidently report was written for this window.")
 

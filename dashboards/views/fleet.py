@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts
-from dashboards.common import Context, context, fmt_day, fmt_time, query, scope_caption
+from dashboards.common import Context, context, fmt_day, fmt_time, md, query, scope_caption
 
 MIX_FIELDS = (
     ("manufacturer", "Manufacturer"),
@@ -19,12 +19,13 @@ MIX_FIELDS = (
 
 def describe_new(row: pd.Series, field: str) -> str:
     if field == "software_version":
-        return (f"software **{row['value']}** on {row['manufacturer']} {row['scanner_model']}, "
+        return (f"software **{md(row['value'])}** on {md(row['manufacturer'])} "
+                f"{md(row['scanner_model'])}, "
                 f"first seen {fmt_time(row['first_seen'])} ({row['studies']:,} studies in view)")
     if field == "scanner_model":
-        return (f"scanner **{row['manufacturer']} {row['value']}**, first seen "
+        return (f"scanner **{md(row['manufacturer'])} {md(row['value'])}**, first seen "
                 f"{fmt_time(row['first_seen'])} ({row['studies']:,} studies in view)")
-    return (f"{field.replace('_', ' ')} **{row['value']}**, first seen "
+    return (f"{field.replace('_', ' ')} **{md(row['value'])}**, first seen "
             f"{fmt_time(row['first_seen'])} ({row['studies']:,} studies in view)")
 
 

@@ -12,6 +12,7 @@ from dashboards.common import (
     context,
     fmt_ago,
     fmt_time,
+    md,
     query,
     rag_badge,
     scope_caption,
@@ -25,7 +26,7 @@ def model_card(status: ModelStatus) -> None:
         head = st.columns([1, 40])
         head[0].markdown(f"<div style='background:{colour}; width:10px; height:2.2em; "
                          "border-radius:3px'></div>", unsafe_allow_html=True)
-        head[1].markdown(f"#### {status.model} &nbsp; {rag_badge(status.rag)}")
+        head[1].markdown(f"#### {md(status.model)} &nbsp; {rag_badge(status.rag)}")
         cols = st.columns(6)
         cols[0].metric("Active version", status.active_version or "–")
         cols[1].metric("Health (latest check)",
@@ -41,10 +42,10 @@ def model_card(status: ModelStatus) -> None:
         cols[4].metric("Last check", fmt_ago(status.last_check_at),
                        help=f"{fmt_time(status.last_check_at)}: when the newest check of any "
                        "version finished.")
-        aliases = ", ".join(f"{a} → {v}" for a, v in sorted(status.aliases.items()))
+        aliases = ", ".join(f"{md(a)} → {md(v)}" for a, v in sorted(status.aliases.items()))
         cols[5].metric("Versions", f"{len(status.versions)}", help=aliases or None)
         if status.reasons:
-            st.caption("Why: " + "; ".join(status.reasons))
+            st.caption("Why: " + "; ".join(status.reasons))  # our own words
 
 
 def render(ctx: Context) -> None:
@@ -55,7 +56,7 @@ def render(ctx: Context) -> None:
     for status in statuses:
         model_card(status)
 
-    st.subheader(f"{f.model}: health and volume")
+    st.subheader(f"{md(f.model)}: health and volume")
     scope_caption(ctx)
     trend = query(ctx.settings, "health_trend", Filters(model=f.model, version=f.version,
                                                          start=f.start, end=f.end))

@@ -16,6 +16,7 @@ from dashboards.common import (
     fmt_day,
     fmt_rate,
     fmt_time,
+    md,
     query,
     refresh,
     runtime_for,
@@ -31,7 +32,7 @@ def comparison(ctx: Context, versions: list[str]) -> None:
     f = ctx.filters
     st.caption(f"Same studies' time range and site for both: {fmt_day(f.start)} to "
                f"{fmt_day(f.end - timedelta(days=1) if f.end else None)}, site "
-               f"**{f.site or 'all'}**. Rates with Wilson 95% intervals.")
+               f"**{md(f.site or 'all')}**. Rates with Wilson 95% intervals.")
     if len(versions) < 2:
         st.caption("Only one version is registered.")
         return
@@ -71,15 +72,15 @@ def comparison(ctx: Context, versions: list[str]) -> None:
 def recommendation_form(ctx: Context, rec: pd.Series) -> None:
     rec_id = int(rec["recommendation_id"])
     with st.container(border=True):
-        st.markdown(f"**#{rec_id}: roll {rec['model']} `{rec['alias']}` back from "
-                    f"{rec['from_version']} to {rec['to_version']}**")
-        st.caption(f"Policy {rec['policy']}, alert #{rec['alert_id']}, recommended "
-                   f"{fmt_time(rec['created_at'])}. {rec['reason'] or ''}")
+        st.markdown(f"**#{rec_id}: roll {md(rec['model'])} {md(rec['alias'])} back from "
+                    f"{md(rec['from_version'])} to {md(rec['to_version'])}**")
+        st.caption(f"Policy {md(rec['policy'])}, alert #{rec['alert_id']}, recommended "
+                   f"{fmt_time(rec['created_at'])}. {md(rec['reason'] or '')}")
         with st.form(f"decide_{rec_id}"):
             credential = st.text_input("Operator token", type="password",
                                        key=f"decide_token_{rec_id}",
-                                       help="An API token whose name is in MONITOR_OPERATORS; "
-                                       "with no tokens configured, your name.")
+                                       help="A token with the operator role; while the token "
+                                       "store is empty (the demo), your name.")
             reason = st.text_area("Reason", key=f"decide_reason_{rec_id}", height=68,
                                   help="Required; recorded in the audit log.")
             cols = st.columns([1, 1, 4])
@@ -94,11 +95,11 @@ def recommendation_form(ctx: Context, rec: pd.Series) -> None:
                 show_error(exc)
                 return
             refresh()
-            verdict = ("approved: " + f"{info.alias} now points at {info.to_version}"
+            verdict = ("approved: " + f"{md(info.alias)} now points at {md(info.to_version)}"
                        if approve else "rejected")
-            hook = f" (deploy hook {info.hook_status})" if info.hook_status else ""
+            hook = f" (deploy hook {md(info.hook_status)})" if info.hook_status else ""
             st.session_state["versions_message"] = (
-                f"Recommendation #{rec_id} {verdict}{hook}, by {info.decided_by}.")
+                f"Recommendation #{rec_id} {verdict}{hook}, by {md(info.decided_by)}.")
             st.rerun()
 
 
@@ -115,8 +116,8 @@ def render(ctx: Context) -> None:
     cols[1].metric("Production", aliases.get("production", "–"))
     cols[2].metric("Pending rollbacks", f"{len(pending)}")
     cols[3].metric("Aliases", f"{len(aliases)}",
-                   help=", ".join(f"{k} → {v}" for k, v in aliases.items()) or None)
-    st.subheader(f"Registry: {model}")
+                   help=", ".join(f"{md(k)} → {md(v)}" for k, v in aliases.items()) or None)
+    st.subheader(f"Registry: {md(model)}")
     st.dataframe(registry, hide_index=True, width="stretch", column_config={
         name: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")
         for name in ("first_ts", "last_ts", "baseline_start", "baseline_end", "created_at")})

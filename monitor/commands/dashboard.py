@@ -1,5 +1,10 @@
 """`monitor dashboard`: the Streamlit quality dashboard (``dashboards/app.py``), headless on
-loopback, with the same ``MONITOR_*`` settings as the service."""
+loopback, with the same ``MONITOR_*`` settings as the service.
+
+The dashboard reads the database directly. Once the token store holds a token it asks every
+visitor for a read token (``dashboards.guard``); while it holds none (the demo) anyone who
+reaches it can read and act, so a non-loopback ``--address`` is then refused unless
+``--insecure-open`` (or ``MONITOR_INSECURE_OPEN``) says it is a lab, which is said loudly."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from monitor.config import load_settings
+from monitor.config import Settings, load_settings
 from monitor.errors import ConfigError
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
@@ -30,10 +35,42 @@ def streamlit_command(*, app: Path, address: str, port: int) -> list[str]:
     ]
 
 
+def token_store_is_empty(settings: Settings) -> bool:
+    """Whether the database's token store holds no token (the dashboard is then open)."""
+    from monitor.store.db import make_engine, session_factory, session_scope
+    from monitor.store.tokens import any_token
+
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(session_factory(engine)) as session:
+            return not any_token(session)
+    finally:
+        engine.dispose()
+
+
+def check_address(address: str, settings: Settings, *, insecure_open: bool) -> None:
+    """Refuse a non-loopback address while the dashboard would be open, unless told."""
+    from monitor.server import is_loopback
+
+    if is_loopback(address) or not token_store_is_empty(settings):
+        return
+    if not insecure_open:
+        raise ConfigError(
+            f"refusing to serve the dashboard on {address} with no token in the database "
+            "(anyone could read it and approve rollbacks): create tokens with `monitor token "
+            "create --name NAME --role read|operator`, use --address 127.0.0.1, or pass "
+            "--insecure-open for a lab")
+    print(f"INSECURE: the dashboard on {address} has NO LOGIN (--insecure-open / "
+          "MONITOR_INSECURE_OPEN): anyone who reaches it can read and act", file=sys.stderr,
+          flush=True)
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     settings = load_settings()  # fail here, naming the variable, rather than in the browser
     if not APP.is_file():
         raise ConfigError(f"the dashboard app {APP} is missing (run from a source checkout)")
+    check_address(args.address, settings,
+                  insecure_open=bool(args.insecure_open or settings.insecure_open))
     port = args.port or settings.dashboard_port
     command = streamlit_command(app=APP, address=args.address, port=port)
     print(f"dashboard on http://{args.address}:{port} (database "
@@ -57,5 +94,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                            help="default MONITOR_DASHBOARD_PORT or 8501")
     dashboard.add_argument("--address", default="127.0.0.1",
                            help="interface to listen on (default 127.0.0.1; 0.0.0.0 in a "
-                           "container)")
+                           "container, with tokens in the database)")
+    dashboard.add_argument("--insecure-open", action="store_true",
+                           help="allow a non-loopback --address while the token store is "
+                           "empty, so the dashboard has no login (a lab only)")
     dashboard.set_defaults(func=cmd_dashboard)

@@ -1,10 +1,10 @@
 """A dashboard over the small simulated deployment (``tests.simdb``): its checks, the alerts
-they raise (evaluated at each window's end, as a live service would) and one pending rollback
-recommendation; and the ``MONITOR_*`` environment the dashboard reads its settings from."""
+they raise (evaluated at each window's end, as a live service would), one pending rollback
+recommendation and three tokens in the token store (an operator, a reader, an ingester); and
+the ``MONITOR_*`` environment the dashboard reads its settings from."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +17,16 @@ from monitor.alerting.config import AlertingConfig, RollbackPolicy
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from monitor.store.models import CheckRun, RollbackRecommendation
+from monitor.store.tokens import add_token
 from tests.conftest import TEST_SECRET
 from tests.simdb import SimulatedTemplate
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
-OPERATOR, OPERATOR_TOKEN = "olivia", "operator-token-1234"
-VIEWER, VIEWER_TOKEN = "victor", "viewer-token-5678"
+OPERATOR, OPERATOR_TOKEN = "olivia", "mtk_operator-token-of-olivia-0123456789abcdef"
+VIEWER, VIEWER_TOKEN = "victor", "mtk_read-token-of-victor-0123456789abcdefghij"
+INGESTER, INGEST_TOKEN = "scanner-gateway", "mtk_ingest-token-of-the-gateway-0123456789ab"
+TOKENS = ((OPERATOR, "operator", OPERATOR_TOKEN), (VIEWER, "read", VIEWER_TOKEN),
+          (INGESTER, "ingest", INGEST_TOKEN))
 
 
 @dataclass
@@ -34,6 +38,12 @@ class DashboardData:
     @property
     def database_url(self) -> str:
         return self.runtime.settings.database_url
+
+
+def add_tokens(runtime: Runtime) -> None:
+    with session_scope(runtime.sessions) as session:
+        for name, role, token in TOKENS:
+            add_token(session, name=name, role=role, token=token, actor="tests")
 
 
 def raise_alerts(runtime: Runtime) -> int:
@@ -56,7 +66,9 @@ def raise_alerts(runtime: Runtime) -> int:
 @pytest.fixture
 def dashboard_data(simulated_runtime: Runtime,
                    simulated_template: SimulatedTemplate) -> DashboardData:
-    return DashboardData(simulated_runtime, simulated_template, raise_alerts(simulated_runtime))
+    recommendation_id = raise_alerts(simulated_runtime)
+    add_tokens(simulated_runtime)
+    return DashboardData(simulated_runtime, simulated_template, recommendation_id)
 
 
 def dashboard_environment(data: DashboardData) -> dict[str, str]:
@@ -67,8 +79,6 @@ def dashboard_environment(data: DashboardData) -> dict[str, str]:
         "MONITOR_SECRET_KEY_FILE": str(settings.secret_key_file),
         "MONITOR_REPORTS_DIR": str(settings.reports_dir),
         "MONITOR_CHECK_INTERVAL_S": "0",
-        "MONITOR_API_TOKENS": json.dumps({OPERATOR: OPERATOR_TOKEN, VIEWER: VIEWER_TOKEN}),
-        "MONITOR_OPERATORS": json.dumps([OPERATOR]),
         "DO_NOT_TRACK": "1",
     }
 

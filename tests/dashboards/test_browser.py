@@ -1,8 +1,8 @@
 """The dashboard in a real browser: `streamlit run` (the command line `monitor dashboard`
 uses) on a free loopback port over the simulated deployment, each page loaded in headless
-Chromium until it has rendered, a screenshot of each, the visible content checked, and a
-rollback approved through the page (token and reason typed, the button clicked) moving the
-production alias in the database.
+Chromium, signed in with a read token, until it has rendered, a screenshot of each, the
+visible content checked, and a rollback approved through the page (token and reason typed,
+the button clicked) moving the production alias in the database.
 
 Needs Debian's ``chromium`` and ``chromium-driver``; skipped locally without them, a failure
 under CI=true. ``MONITOR_SAVE_SCREENSHOTS=1`` also writes a few screenshots to
@@ -34,7 +34,13 @@ from monitor.commands.dashboard import streamlit_command
 from monitor.store.db import session_scope
 from monitor.store.models import AuditEntry, ModelAlias, ModelVersion, RollbackRecommendation
 from tests.conftest import require_server
-from tests.dashboards.conftest import APP, OPERATOR, OPERATOR_TOKEN, DashboardData
+from tests.dashboards.conftest import (
+    APP,
+    OPERATOR,
+    OPERATOR_TOKEN,
+    VIEWER_TOKEN,
+    DashboardData,
+)
 from tests.servers import free_port, stop_process
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION
 
@@ -120,6 +126,23 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         session.quit()
 
 
+def sign_in(browser: WebDriver, token: str = VIEWER_TOKEN) -> None:
+    """Type a read token into the sign-in form the dashboard shows first, and submit it
+    (a page load is a new Streamlit session, which signs in anew)."""
+    wait = WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.3)
+    field = wait.until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, 'input[aria-label="Read token"]')))
+    field.send_keys(token)
+    browser.find_element(By.XPATH, "//button[.//p[text()='Sign in']]").click()
+    wait.until(lambda b: not b.find_elements(By.CSS_SELECTOR,
+                                             'input[aria-label="Read token"]'))
+
+
+def open_signed_in(browser: WebDriver, url: str, token: str = VIEWER_TOKEN) -> None:
+    browser.get(url)
+    sign_in(browser, token)
+
+
 def page_text(browser: WebDriver) -> str:
     return browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
 
@@ -160,7 +183,7 @@ def test_every_page_renders_with_its_content(dashboard_url: str, browser: WebDri
     shots = tmp_path / "screenshots"
     shots.mkdir()
     for name, (path, expected) in PAGES.items():
-        browser.get(f"{dashboard_url}/{path}")
+        open_signed_in(browser, f"{dashboard_url}/{path}")
         wait_rendered(browser, expected)
         assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), name
         assert "Page not found" not in browser.page_source, name
@@ -172,14 +195,23 @@ def test_every_page_renders_with_its_content(dashboard_url: str, browser: WebDri
             shutil.copyfile(shots / f"{name}.png", DOCS_SCREENSHOTS / f"{name}.png")
 
 
+def test_nothing_shows_before_sign_in(dashboard_url: str, browser: WebDriver) -> None:
+    browser.get(f"{dashboard_url}/drift")
+    wait = WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.3)
+    wait.until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, 'input[aria-label="Read token"]')))
+    text = page_text(browser)
+    assert "Detectors over time" not in text and "cxr-triage" not in text
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
+
+
 def test_drift_page_links_to_the_windows_evidently_report(
         dashboard_url: str, browser: WebDriver, tmp_path: Path) -> None:
-    browser.get(f"{dashboard_url}/drift")
+    open_signed_in(browser, f"{dashboard_url}/drift")
     wait_rendered(browser, ("Open the Evidently report for this window",))
-    link = browser.find_element(By.LINK_TEXT, "Open the Evidently report for this window")
-    href = link.get_attribute("href") or ""
-    assert "/report?run=" in href
-    browser.get(href)
+    link = browser.find_element(By.PARTIAL_LINK_TEXT, "Open the Evidently report for this window")
+    assert "/report?run=" in (link.get_attribute("href") or "")
+    link.click()  # within the session: no second sign-in
     wait = WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.3)
     wait.until(lambda b: "Download the HTML report" in page_text(b))
     frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
@@ -195,7 +227,7 @@ def test_drift_page_links_to_the_windows_evidently_report(
 def test_approving_a_rollback_in_the_page_moves_the_alias(
         dashboard_url: str, browser: WebDriver, dashboard_env: DashboardData) -> None:
     rec_id = dashboard_env.recommendation_id
-    browser.get(f"{dashboard_url}/versions")
+    open_signed_in(browser, f"{dashboard_url}/versions")
     wait_rendered(browser, ("Approve rollback",))
     wait = WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.3)
     token = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Operator token"]')

@@ -1,7 +1,8 @@
 """Every dashboard page, run with Streamlit's AppTest over the small simulated deployment:
 it runs without an exception and shows the numbers the database and the simulator's ground
 truth say it should; the actions (acknowledge, silence, approve, reject) change the store
-only for an operator with a reason."""
+only for an operator with a reason; with tokens in the store every page asks for a read
+token first."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from dashboards.actions import authenticate_operator
+from dashboards.guard import LOGIN_FIELD_KEY, TOKEN_KEY
 from dashboards.views.report import report_file
 from monitor.api.errors import Forbidden, Unauthorized
 from monitor.store.db import session_scope
@@ -25,21 +27,30 @@ from monitor.store.models import (
     ModelVersion,
     RollbackRecommendation,
 )
-from tests.conftest import make_settings, open_runtime
+from monitor.store.tokens import revoke_token
+from tests.conftest import open_runtime
 from tests.dashboards.conftest import (
     APP,
+    INGEST_TOKEN,
     OPERATOR,
     OPERATOR_TOKEN,
+    VIEWER,
     VIEWER_TOKEN,
     DashboardData,
+    add_tokens,
 )
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION
 
 TIMEOUT_S = 120
 
 
-def open_page(page: str | None = None, **query: str) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
+def open_page(page: str | None = None, *, token: str | None = VIEWER_TOKEN,
+              **query: str) -> AppTest:
+    """The app signed in with ``token`` (None: not signed in), on ``page``."""
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    if token is not None:
+        at.session_state[TOKEN_KEY] = token
+    at.run()
     assert not at.exception, [e.value for e in at.exception]
     if page is not None:
         at.switch_page(f"views/{page}.py")
@@ -115,11 +126,14 @@ def test_drift_page_attributes_the_software_update_to_its_scanner(
     at.run()
     assert not at.exception
     # the software update of XR-SOUTH-1 (SIEMENS Ysio Max, VF10E -> VF12B) drives the drift
-    assert ("Top driver: **software_version = VF12B** on SIEMENS Ysio Max XR-SOUTH-1"
+    assert ("Top driver: **software\\_version = VF12B** on SIEMENS Ysio Max XR-SOUTH-1"
             in texts(at.markdown))
     ranking = at.dataframe[0].value
     assert ranking["value"].iloc[0] == "VF12B"
-    assert "report?run=" in texts(at.markdown)
+    links = [link.proto for link in at.get("page_link")]
+    assert [(link.label, link.query_string) for link in links] == [
+        ("Open the Evidently report for this window",
+         f"run={template.check_run_ids['software-update']}")], links
     # a week later the embeddings have moved: the same scanner leads the embedding ranking
     at.selectbox(key="drift_window").set_value(template.check_run_ids["late"])
     at.run()
@@ -190,7 +204,7 @@ def test_bias_page_lists_the_injected_subgroup(dashboard_env: DashboardData) -> 
     at = open_page("bias")
     # subgroup-drop: patients aged 80+ (age band 65+) get worse calls in the late window
     findings = texts(at.error)
-    assert "**age_band = 65+**" in findings
+    assert "**age\\_band = 65+**" in findings
     late = dashboard_env.template.check_run_ids["late"]
     n_results = scalar(dashboard_env, select(func.count()).select_from(CheckResult).where(
         CheckResult.check_run_id == late, CheckResult.detector == "SubgroupBias"))
@@ -247,7 +261,7 @@ def test_alerts_page_acknowledges_and_silences_for_operators_only(
     _alert_form(at, alert_id, action="acknowledge", token=VIEWER_TOKEN, reason="looking")
     assert "not an operator" in texts(at.error)
     _alert_form(at, alert_id, action="acknowledge", token="wrong", reason="looking")
-    assert "valid bearer token" in texts(at.error)
+    assert "valid operator token" in texts(at.error)
     assert scalar(dashboard_env, select(Alert.acknowledged_by).where(Alert.id == alert_id)) \
         is None
 
@@ -324,18 +338,50 @@ def test_versions_page_rejects_and_compares(dashboard_env: DashboardData) -> Non
     assert studies[PREVIOUS] == f"{int((truth.model_version == PREVIOUS).sum()):,}"
 
 
-def test_operator_check_without_configured_tokens_accepts_a_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    open_settings = make_settings("sqlite://", tmp_path)
-    assert authenticate_operator(open_settings, "  dr. who ") == "dr. who"
-    with pytest.raises(Unauthorized):
-        authenticate_operator(open_settings, "   ")
-    guarded = make_settings("sqlite://", tmp_path, api_tokens={"a": "tok-a", "b": "tok-b"},
-                            operators=["a"])
-    assert authenticate_operator(guarded, "tok-a") == "a"
-    with pytest.raises(Forbidden):
-        authenticate_operator(guarded, "tok-b")
-    with pytest.raises(Unauthorized):
-        authenticate_operator(guarded, "a")
+def test_operator_check_accepts_a_name_only_while_the_store_is_empty(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    runtime = open_runtime(f"sqlite:///{tmp_path / 'tokens.db'}", tmp_path)
+    try:
+        assert authenticate_operator(runtime, "  dr. who\u202e ") == "dr. who"
+        with pytest.raises(Unauthorized):
+            authenticate_operator(runtime, "   ")
+        add_tokens(runtime)
+        assert authenticate_operator(runtime, OPERATOR_TOKEN) == OPERATOR
+        for token in (VIEWER_TOKEN, INGEST_TOKEN):
+            with pytest.raises(Forbidden, match="operator role"):
+                authenticate_operator(runtime, token)
+        with pytest.raises(Unauthorized):
+            authenticate_operator(runtime, OPERATOR)  # a name is no longer enough
+        with session_scope(runtime.sessions) as session:
+            revoke_token(session, name=OPERATOR, actor="tests")
+        with pytest.raises(Unauthorized):
+            authenticate_operator(runtime, OPERATOR_TOKEN)
+    finally:
+        runtime.close()
+
+
+def test_pages_ask_for_a_read_token(dashboard_env: DashboardData) -> None:
+    at = open_page(token=None)
+    assert not at.metric and [t.label for t in at.text_input] == ["Read token"]
+    for token, message in (("mtk_not-a-token-at-all-0123456789abcdefgh", "not a valid token"),
+                           (INGEST_TOKEN, "needs the read role")):
+        at.text_input(key=LOGIN_FIELD_KEY).input(token)
+        button(at, "Sign in").click()
+        at.run()
+        assert message in texts(at.error) and not at.metric
+    at.text_input(key=LOGIN_FIELD_KEY).input(VIEWER_TOKEN)
+    button(at, "Sign in").click()
+    at.run()
+    assert not at.exception and metric(at, "Studies in view")
+    assert f"Signed in as **{VIEWER}**" in texts(at.sidebar.caption)
+    with session_scope(dashboard_env.runtime.sessions) as session:
+        revoke_token(session, name=VIEWER, actor="tests")
+    at.run()
+    assert "no longer valid" in texts(at.warning) and not at.metric
+
+
+def test_operator_token_is_also_a_read_token(dashboard_env: DashboardData) -> None:
+    at = open_page("alerts", token=OPERATOR_TOKEN)
+    assert metric(at, "Firing")
 
 
 def test_empty_database_says_what_to_do(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -373,3 +419,38 @@ def test_dashboard_command_runs_streamlit_headless_on_loopback() -> None:
     assert flags["--server.headless"] == "true"
     assert (flags["--server.address"], flags["--server.port"]) == ("127.0.0.1", "8765")
     assert flags["--browser.gatherUsageStats"] == "false"
+
+
+def test_dashboard_refuses_a_public_address_while_the_store_is_empty(
+        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from monitor.commands.dashboard import check_address
+    from monitor.errors import ConfigError
+
+    runtime = open_runtime(f"sqlite:///{tmp_path / 'open.db'}", tmp_path)
+    try:
+        settings = runtime.settings
+        check_address("127.0.0.1", settings, insecure_open=False)
+        check_address("localhost", settings, insecure_open=False)
+        with pytest.raises(ConfigError, match=r"refusing to serve the dashboard on 0\.0\.0\.0"):
+            check_address("0.0.0.0", settings, insecure_open=False)
+        check_address("0.0.0.0", settings, insecure_open=True)
+        assert "INSECURE" in capsys.readouterr().err
+        add_tokens(runtime)
+        check_address("0.0.0.0", settings, insecure_open=False)
+    finally:
+        runtime.close()
+
+
+def test_dashboard_command_says_one_line_and_exits_2(
+        tmp_path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor.cli import main
+
+    runtime = open_runtime(f"sqlite:///{tmp_path / 'open.db'}", tmp_path)
+    runtime.close()
+    monkeypatch.setenv("MONITOR_DATABASE_URL", runtime.settings.database_url)
+    monkeypatch.setenv("MONITOR_SECRET_KEY_FILE", str(runtime.settings.secret_key_file))
+    monkeypatch.setenv("MONITOR_SECRET_KEY", runtime.settings.secret_key.get_secret_value())
+    assert main(["dashboard", "--address", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refusing to serve the dashboard on 0.0.0.0" in err[0]
