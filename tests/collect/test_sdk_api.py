@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
@@ -15,11 +18,12 @@ from tests.factories import inference_event, override_event
 from tests.servers import running_app
 
 
-def test_client_delivers_everything_once(runtime: Runtime) -> None:
+def test_client_delivers_everything_once(runtime: Runtime, tmp_path: Path) -> None:
     events = [inference_event(embedding=None) for _ in range(1_200)]
     rng = np.random.default_rng(0)
     with running_app(create_app(runtime)) as url:
-        client = MonitorClient(url, batch_size=250, flush_interval_s=0.2)
+        client = MonitorClient(url, batch_size=250, flush_interval_s=0.2,
+                               dead_letter_path=tmp_path / "dead-letter.jsonl")
         for event in events:
             client.log_inference({**event, "embedding": rng.standard_normal(32)})
         client.log_inference(events[0])  # a repeat of an event already logged
@@ -31,7 +35,9 @@ def test_client_delivers_everything_once(runtime: Runtime) -> None:
                               "prediction": {"scores": {"pneumothorax": 0.2}}}, dicom=dataset)
         assert client.flush(timeout_s=60)
         client.close()
-    assert client.stats["rejected_events"] == 1
+    assert client.stats["rejected_events"] == client.stats["dead_lettered"] == 1
+    (letter,) = (tmp_path / "dead-letter.jsonl").read_text().splitlines()
+    assert json.loads(letter)["event_id"] == bad["event_id"]
     with session_scope(runtime.sessions) as session:
         counts = repo.count_rows(session)
         rows = repo.list_inferences(session, "cxr-triage", limit=1000)
