@@ -107,6 +107,7 @@ DEFAULT_DEAD_LETTER_PATH = Path(".monitor") / "dead-letter.jsonl"
 DEFAULT_DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
 _OUTAGE_STATUSES = frozenset({408, 429, 503})  # the server is away or busy: wait, never split
 _ISOLATE_STATUSES = frozenset({400, 413, 422})  # some item is invalid: bisect
+_MAX_NAMED_ROUNDS = 16  # re-sends guided by the items a 4xx names, before bisecting instead
 _DROP_WARNING_INTERVAL_S = 10.0
 _LOGGED_IDS = 10  # event ids named in one log line
 _STAT_KEYS = (
@@ -522,11 +523,11 @@ class MonitorClient:
         return True
 
     def _deliver(
-        self, path: str, items: list[_Queued], *, retries: int, nested: bool = False
+        self, path: str, items: list[_Queued], *, retries: int, depth: int = 0
     ) -> None:
         """Send ``items`` as one batch, allowing ``retries`` retries for server errors, and
-        deal with the answer: store, bisect, or dead-letter. ``nested``: a half of a batch
-        being bisected (its splits are logged at INFO, the first at WARNING)."""
+        deal with the answer: store, bisect, or dead-letter. ``depth``: how many splits led to
+        this part of a batch (the first split is logged at WARNING, deeper ones at INFO)."""
         while True:
             outcome = self._post(path, items, retries=retries)
             if outcome.kind == "ok":
@@ -536,7 +537,7 @@ class MonitorClient:
                 self._give_up_unsent(path, items)
                 return
             if outcome.kind == "rejected":
-                self._reject(path, items, outcome, nested=nested)
+                self._reject(path, items, outcome, depth=depth)
                 return
             if self._server_answers():
                 break
@@ -555,55 +556,58 @@ class MonitorClient:
             self._dead_letter(path, items, outcome.status, f"server error: {outcome.message}")
             return
         self._bisect(
-            path, items, nested=nested,
+            path, items, depth=depth,
             why=f"keeps failing ({outcome.message}) while the server answers",
         )
 
-    def _bisect(self, path: str, items: list[_Queued], *, nested: bool, why: str) -> None:
+    def _bisect(self, path: str, items: list[_Queued], *, depth: int, why: str) -> None:
         """Send each half on its own. Halves of more than one event get no retries for
         server errors: an error on a half splits it again, so a poisoned batch of n costs
         about 2 log2(n) requests, and a good half that met a passing error is only split
         further, never lost (a lone event gets its retries)."""
         self._count("bisected", 1)
         logger.log(
-            logging.INFO if nested else logging.WARNING,
+            logging.INFO if depth else logging.WARNING,
             "batch of %d events to %s %s; bisecting to isolate the events that cause it",
             len(items), path, why,
         )
         middle = len(items) // 2
         for half in (items[:middle], items[middle:]):
             retries = self.max_retries if len(half) == 1 else 0
-            self._deliver(path, half, retries=retries, nested=True)
+            self._deliver(path, half, retries=retries, depth=depth + 1)
 
     def _resend_named_apart(
-        self, path: str, items: list[_Queued], named: list[int], *, nested: bool, why: str
+        self, path: str, items: list[_Queued], named: list[int], *, depth: int, why: str
     ) -> None:
         """The server named the invalid items: re-send each of them alone (an item may be
         invalid only beside the others, so none is dead-lettered on the batch's word) and
         the others as one batch, which costs ``2 + len(named)`` requests."""
         logger.log(
-            logging.INFO if nested else logging.WARNING,
+            logging.INFO if depth else logging.WARNING,
             "batch of %d events to %s %s; re-sending the %d it names alone, the rest together",
             len(items), path, why, len(named),
         )
         for index in named:
-            self._deliver(path, [items[index]], retries=self.max_retries, nested=True)
+            self._deliver(path, [items[index]], retries=self.max_retries, depth=depth + 1)
         chosen = set(named)
         rest = [item for index, item in enumerate(items) if index not in chosen]
-        self._deliver(path, rest, retries=self.max_retries if len(rest) == 1 else 0, nested=True)
+        retries = self.max_retries if len(rest) == 1 else 0
+        self._deliver(path, rest, retries=retries, depth=depth + 1)
 
     def _reject(
-        self, path: str, items: list[_Queued], outcome: _Outcome, *, nested: bool
+        self, path: str, items: list[_Queued], outcome: _Outcome, *, depth: int
     ) -> None:
         if len(items) > 1:
             self._count("rejected", 1)
         if len(items) > 1 and outcome.status in _ISOLATE_STATUSES:
             why = f"was rejected ({outcome.status}: {outcome.message})"
-            named = _named_items(outcome.payload, len(items))
+            # a server naming one item at a time would nest a round per item: past a few
+            # rounds, bisect (its depth is log2 of the batch size)
+            named = _named_items(outcome.payload, len(items)) if depth < _MAX_NAMED_ROUNDS else []
             if named:
-                self._resend_named_apart(path, items, named, nested=nested, why=why)
+                self._resend_named_apart(path, items, named, depth=depth, why=why)
             else:
-                self._bisect(path, items, nested=nested, why=why)
+                self._bisect(path, items, depth=depth, why=why)
             return
         logger.error(
             "server rejected %d events to %s (%d: %s); event ids %s",

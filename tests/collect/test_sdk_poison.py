@@ -326,3 +326,28 @@ def test_an_item_named_in_a_batch_is_tried_alone_before_dead_lettering(
     (letter,) = _dead_letters(tmp_path / "dead-letter.jsonl")
     assert (letter["event_id"], letter["status"]) == ("e7", 422)
     assert client.stats["bisected"] == 0
+
+
+def test_a_server_naming_one_bad_item_at_a_time_is_bisected_past_a_few_rounds(
+    fake_client, tmp_path: Path
+) -> None:
+    """Each answer names only the first invalid item: the named rounds are bounded, then the
+    rest is bisected, so many bad events neither recurse without end nor cost the good ones."""
+    stored: set[str] = set()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        ids = [event["event_id"] for event in json.loads(request.content)]
+        bad = [i for i, event_id in enumerate(ids) if int(event_id[1:]) % 2]
+        if bad:
+            return httpx.Response(422, json={"detail": [{"index": bad[0], "message": "odd"}]})
+        stored.update(ids)
+        return httpx.Response(200, json={"accepted": len(ids)})
+
+    client = fake_client(FakeServer(answer=lambda events: 200),
+                         http_client=httpx.Client(transport=httpx.MockTransport(handle)))
+    ids = _log(client, 2_000)
+    assert client.flush(timeout_s=120)
+    assert stored == {event_id for event_id in ids if int(event_id[1:]) % 2 == 0}
+    assert client.stats["dead_lettered"] == 1_000
+    assert client.stats["failed"] == 0
+    assert len(_dead_letters(tmp_path / "dead-letter.jsonl")) == 1_000
