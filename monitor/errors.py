@@ -1,6 +1,18 @@
-"""Every error the service raises on purpose. Messages name the field and the value."""
+"""Every error the service raises on purpose. Messages name the field, and show at most
+``ECHO_LIMIT`` characters of any value that came from the input (``clip``)."""
 
 from __future__ import annotations
+
+ECHO_LIMIT = 64
+
+
+def clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A value from the input as an error may show it: its ``repr`` for anything but a
+    string, at most ``limit`` characters, with how much was left out."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 class MonitorError(Exception):

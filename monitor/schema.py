@@ -13,48 +13,192 @@ than model objects: a batch of 1,000 is the ingestion hot path, and dicts valida
 from __future__ import annotations
 
 import binascii
+import functools
+import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NotRequired
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 
+import jiter
 import numpy as np
 import pybase64
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, with_config
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    with_config,
+)
 from pydantic import ValidationError as PydanticValidationError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from monitor.errors import BatchValidationError
+from monitor.errors import BatchValidationError, clip
 from monitor.errors import ValidationError as MonitorValidationError
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+if TYPE_CHECKING:
+    from monitor.config import Settings
+
 MAX_EMBEDDING_DIM = 65_536
+MAX_TAGS_BYTES = 4_096  # the scanner's extra keys, as JSON, in all
 
 Problem = dict[str, Any]  # {"index": item or None, "field": dotted path, "message": text}
 
+# --- strings ---------------------------------------------------------------------------------
+# No stored string may hold a C0 or C1 control character (NUL included: PostgreSQL text cannot
+# hold it) or a line/paragraph separator. Identifiers may not hold invisible characters either:
+# zero-width and joiner characters, direction overrides and marks, fillers, the byte order
+# mark, so that two IDs that look the same are the same.
+_CONTROLS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_INVISIBLES = (r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+               r"\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8")
+TEXT_PATTERN = rf"^[^{_CONTROLS}]*$"
+ID_PATTERN = rf"^[^{_CONTROLS}{_INVISIBLES}]+$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # model and version names
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # score names, extra scanner keys
+_PATTERN_MESSAGES = {
+    TEXT_PATTERN: "must not contain control characters",
+    ID_PATTERN: "must be non-empty, without control, zero-width or direction characters",
+    NAME_PATTERN: "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter "
+                  "or digit",
+    KEY_PATTERN: "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
+                 "or digit",
+}
+ID_MAX = 128
+
+
+def _text(max_length: int) -> Any:
+    """Text of at most ``max_length`` characters, without control characters."""
+    return Annotated[str, Field(max_length=max_length, pattern=TEXT_PATTERN)]
+
+
+def _identifier(max_length: int = ID_MAX) -> Any:
+    return Annotated[str, Field(min_length=1, max_length=max_length, pattern=ID_PATTERN)]
+
+
+EventId = _identifier()
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+StudyUid = _identifier(64)  # DICOM UI: 64 characters
+PatientId = _identifier(64)  # DICOM LO
+# DICOM value representations: LO (long string) 64 characters, SH (short string) 16, CS (code
+# string) 16. Fields derived from a DICOM element are bounded by its VR.
+LongString, ShortString, CodeString = _text(64), _text(16), _text(16)
+
+
+# A multi-valued LO element (SoftwareVersions): values separated by a backslash (DICOM) or a
+# slash (as ``monitor.collect.dicom`` joins them), each at most 64 characters; a list of
+# strings is joined with '/' before validation (``_join_software_versions``).
+MAX_SOFTWARE_VERSION = 512
+SoftwareVersions = Annotated[str, Field(max_length=MAX_SOFTWARE_VERSION, pattern=TEXT_PATTERN)]
+
+
+def _long_string_values_problem(value: str) -> str | None:
+    if len(value) > 64 and any(len(part) > 64 for part in re.split(r"[\\/]", value)):
+        return "each value (separated by '\\' or '/') must be at most 64 characters"
+    return None
+
+# --- numbers -----------------------------------------------------------------------------------
+# Strict: a boolean or a string is not a number. Never NaN or infinite.
+
+
+def _number(**bounds: float) -> Any:
+    return Annotated[float | None, Field(strict=True, allow_inf_nan=False, **bounds)]
+
+
+# --- timestamps --------------------------------------------------------------------------------
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+OUT_OF_RANGE = "is out of the range of dates once converted to UTC"
+
+
+def _timestamp_text(value: Any) -> Any:
+    """A timestamp arrives as ISO 8601 text (from Python also as a ``datetime``); a number is
+    not one."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and len(value) <= 64 and _ISO_DATE.match(value):
+        return value
+    raise ValueError("must be an ISO 8601 date and time as a string, such as "
+                     "2026-11-22T10:00:00Z")
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp_text)]
+
 
 def _as_utc(value: datetime) -> datetime:
+    """UTC; naive means UTC. Raises OverflowError where the offset takes it past year 1 or
+    9999."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class TimestampBounds:
+    """The plausible range of event timestamps: not before ``earliest``, and not more than
+    ``max_future`` after the server's clock when the batch is checked. An event far in the
+    future would otherwise become a version's newest and blind its scheduled checks."""
+
+    earliest: datetime
+    max_future: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TimestampBounds:
+        return cls(_as_utc(settings.timestamp_earliest),
+                   timedelta(seconds=settings.timestamp_max_future_s))
+
+    @classmethod
+    @functools.cache
+    def default(cls) -> TimestampBounds:
+        """The settings' defaults (MONITOR_TIMESTAMP_EARLIEST, MONITOR_TIMESTAMP_MAX_FUTURE_S)."""
+        from monitor.config import Settings
+
+        fields = Settings.model_fields
+        return cls(_as_utc(fields["timestamp_earliest"].default),
+                   timedelta(seconds=fields["timestamp_max_future_s"].default))
+
+    def problem(self, moment: datetime, now: datetime) -> str | None:
+        if moment < self.earliest:
+            return (f"is before {self.earliest.isoformat()}, the earliest plausible timestamp "
+                    "(MONITOR_TIMESTAMP_EARLIEST)")
+        if moment > now + self.max_future:
+            return (f"is more than {self.max_future.total_seconds():.0f} s ahead of the "
+                    "server's clock (MONITOR_TIMESTAMP_MAX_FUTURE_S)")
+        return None
+
+
+def _timestamp_problems(moments: list[tuple[int, datetime]], bounds: TimestampBounds
+                        ) -> list[Problem]:
+    """Problems of the (index, UTC timestamp) pairs outside the bounds."""
+    now = datetime.now(UTC)
+    earliest, latest = bounds.earliest, now + bounds.max_future
+    return [{"index": index, "field": "timestamp", "message": bounds.problem(moment, now)}
+            for index, moment in moments if not earliest <= moment <= latest]
+
+
+# --- events ------------------------------------------------------------------------------------
+
 @with_config(ConfigDict(extra="allow"))
 class Scanner(TypedDict, total=False):
-    """Acquisition metadata. Keys beyond these are kept, and stored as the row's tags."""
+    """Acquisition metadata, bounded by the value representation of the DICOM element each
+    comes from. Keys beyond these are kept, and stored as the row's tags (``KEY_PATTERN``
+    names, ``MAX_TAGS_BYTES`` as JSON in all)."""
 
-    manufacturer: Annotated[str | None, Field(max_length=128)]
-    model: Annotated[str | None, Field(max_length=128)]
-    station: Annotated[str | None, Field(max_length=128)]
-    site: Annotated[str | None, Field(max_length=64)]
-    modality: Annotated[str | None, Field(max_length=16)]
-    body_part: Annotated[str | None, Field(max_length=64)]
-    view: Annotated[str | None, Field(max_length=32)]
-    kvp: Annotated[float | None, Field(ge=0, le=1_000)]
-    exposure_mas: Annotated[float | None, Field(ge=0, le=100_000)]
-    pixel_spacing_mm: Annotated[float | None, Field(gt=0, le=100)]
-    photometric: Annotated[str | None, Field(max_length=32)]
-    software_version: Annotated[str | None, Field(max_length=512)]
-    vendor: Annotated[str | None, Field(max_length=64)]
+    manufacturer: LongString | None  # Manufacturer (LO)
+    model: LongString | None  # ManufacturerModelName (LO)
+    station: ShortString | None  # StationName (SH)
+    site: LongString | None  # InstitutionName (LO), or the site's own name
+    modality: CodeString | None  # Modality (CS)
+    body_part: CodeString | None  # BodyPartExamined (CS)
+    view: CodeString | None  # ViewPosition (CS)
+    kvp: _number(ge=0, le=1_000)  # KVP (DS)
+    exposure_mas: _number(ge=0, le=100_000)  # Exposure (IS), ExposureInmAs (DS)
+    pixel_spacing_mm: _number(gt=0, le=100)  # PixelSpacing (DS)
+    photometric: CodeString | None  # PhotometricInterpretation (CS)
+    software_version: SoftwareVersions | None  # SoftwareVersions (LO, multi-valued)
+    vendor: LongString | None  # the normalised manufacturer
 
 
 SCANNER_FIELDS = frozenset(Scanner.__annotations__)
@@ -62,19 +206,20 @@ SCANNER_FIELDS = frozenset(Scanner.__annotations__)
 
 @with_config(ConfigDict(extra="forbid"))
 class Patient(TypedDict, total=False):
-    id: Annotated[str | None, Field(max_length=256)]
+    id: PatientId | None  # PatientID (LO)
     sex: Literal["F", "M", "O", "U"] | None
-    age_years: Annotated[float | None, Field(ge=0, le=130)]
+    age_years: _number(ge=0, le=130)
 
 
-Score = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Score = Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)]
+ScoreName = Annotated[str, Field(pattern=KEY_PATTERN)]
 
 
 @with_config(ConfigDict(extra="forbid"))
 class Prediction(TypedDict):
-    scores: Annotated[dict[str, Score], Field(min_length=1, max_length=256)]
+    scores: Annotated[dict[ScoreName, Score], Field(min_length=1, max_length=256)]
     positive: NotRequired[bool | None]
-    threshold: NotRequired[Annotated[float | None, Field(ge=0, le=1)]]
+    threshold: NotRequired[_number(ge=0, le=1)]
 
 
 @with_config(ConfigDict(extra="forbid", val_json_bytes="base64"))
@@ -83,18 +228,18 @@ class InferenceEvent(TypedDict):
     ``embedding`` (if any) is float32 bytes, and a DICOM header has been folded into
     ``scanner`` and ``patient`` and dropped."""
 
-    event_id: Annotated[str, Field(min_length=1, max_length=128)]
-    model: Annotated[str, Field(pattern=NAME_PATTERN)]
-    model_version: Annotated[str, Field(pattern=NAME_PATTERN)]
-    timestamp: datetime
-    study_uid: NotRequired[Annotated[str | None, Field(min_length=1, max_length=256)]]
+    event_id: EventId
+    model: Name
+    model_version: Name
+    timestamp: Timestamp
+    study_uid: NotRequired[StudyUid | None]
     scanner: NotRequired[Scanner | None]
     dicom: NotRequired[dict[str, Any] | None]  # DICOM JSON header; scanner/patient come from it
     patient: NotRequired[Patient | None]
     prediction: Prediction
     embedding: NotRequired[
         bytes | list[Annotated[float, Field(strict=True, allow_inf_nan=False)]] | None]
-    latency_ms: NotRequired[Annotated[float | None, Field(ge=0, le=3_600_000)]]
+    latency_ms: NotRequired[_number(ge=0, le=3_600_000)]
 
 
 def embedding_dim(event: InferenceEvent) -> int | None:
@@ -107,17 +252,23 @@ class OverrideEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(min_length=1, max_length=128)
-    model: str = Field(pattern=NAME_PATTERN)
-    model_version: str | None = Field(default=None, pattern=NAME_PATTERN)
-    study_uid: str = Field(min_length=1, max_length=256)
-    timestamp: datetime
+    event_id: EventId
+    model: Name
+    model_version: Name | None = None
+    study_uid: StudyUid
+    timestamp: Timestamp
     radiologist_positive: bool
-    finding: str | None = Field(default=None, max_length=128)
+    finding: _identifier() | None = None
     agrees_with_model: bool | None = None
-    reader: str | None = Field(default=None, max_length=256)
+    reader: _identifier() | None = None
 
-    _utc = field_validator("timestamp")(classmethod(lambda cls, v: _as_utc(v)))
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        try:
+            return _as_utc(value)
+        except OverflowError:
+            raise ValueError(OUT_OF_RANGE) from None
 
 
 # --- embeddings ------------------------------------------------------------------------------
@@ -147,21 +298,35 @@ def _float32_bytes(values: list[Any]) -> bytes:
     return array.tobytes()
 
 
-def _decode_base64_embeddings(data: list[Any]) -> tuple[list[Any], list[Problem]]:
-    """Python input only: base64 strings -> bytes before validation (from JSON, pydantic's
-    parser does this). Items with a string embedding are copied, never changed in place."""
-    decoded, problems = [], []
+def _prepare_inferences(data: list[Any], *, in_place: bool = False
+                        ) -> tuple[list[Any], list[Problem]]:
+    """Before validation: base64 embeddings -> bytes, and software versions given as a list of
+    strings -> one string, joined by '/'. A caller's items are copied where changed, never
+    changed; a batch parsed from JSON here (``in_place``) is changed in place."""
+    prepared, problems = [], []
     for index, item in enumerate(data):
-        value = item.get("embedding") if isinstance(item, dict) else None
-        if isinstance(value, str):
+        if not isinstance(item, dict):
+            prepared.append(item)
+            continue
+        changes: dict[str, Any] = {}
+        embedding = item.get("embedding")
+        if isinstance(embedding, str):
             try:
-                item = {**item, "embedding": pybase64.b64decode(value, validate=True)}
+                changes["embedding"] = pybase64.b64decode(embedding, validate=True)
             except (binascii.Error, ValueError):
                 problems.append({"index": index, "field": "embedding",
                                  "message": "is not valid base64"})
-                item = {**item, "embedding": None}
-        decoded.append(item)
-    return decoded, problems
+                changes["embedding"] = None
+        scanner = item.get("scanner")
+        versions = scanner.get("software_version") if isinstance(scanner, dict) else None
+        if isinstance(versions, list) and all(isinstance(v, str) for v in versions):
+            changes["scanner"] = {**scanner, "software_version": "/".join(versions)}
+        if changes and in_place:
+            item.update(changes)
+        elif changes:
+            item = {**item, **changes}
+        prepared.append(item)
+    return prepared, problems
 
 
 def decode_embedding(value: bytes | str) -> np.ndarray:
@@ -201,43 +366,106 @@ def encode_embedding(embedding: Any) -> str:
 
 _SCANNER = TypeAdapter(Scanner)
 _PATIENT = TypeAdapter(Patient)
+_STUDY_UID = TypeAdapter(StudyUid)
 
 
-def _fold_in_dicom(event: InferenceEvent) -> None:
+def _fold_in_dicom(index: int, event: InferenceEvent) -> list[Problem]:
     """Fill scanner, patient and study_uid from the event's DICOM header; explicit fields win.
-    The header itself is never kept."""
+    The header itself is never kept. What the header gives is held to the same contract as
+    explicit fields; problems name the field it would have filled."""
     from monitor.collect.dicom import event_parts_from_dicom
 
-    parts = event_parts_from_dicom(event.pop("dicom"))  # type: ignore[misc]
+    try:
+        parts = event_parts_from_dicom(event.pop("dicom"))  # type: ignore[misc]
+    except MonitorValidationError as exc:
+        return [{"index": index, "field": "dicom", "message": f"dicom: {exc}"}]
     explicit_scanner = {k: v for k, v in (event.get("scanner") or {}).items() if v is not None}
     explicit_patient = {k: v for k, v in (event.get("patient") or {}).items() if v is not None}
-    scanner = {**parts["scanner"], **explicit_scanner}
-    patient = {**parts["patient"], **explicit_patient}
-    event["scanner"] = _SCANNER.validate_python({k: v for k, v in scanner.items()
-                                                 if v is not None})
-    event["patient"] = _PATIENT.validate_python({k: v for k, v in patient.items()
-                                                 if k in Patient.__annotations__})
-    event["study_uid"] = event.get("study_uid") or parts.get("study_uid")
+    scanner = {k: v for k, v in {**parts["scanner"], **explicit_scanner}.items() if v is not None}
+    patient = {k: v for k, v in {**parts["patient"], **explicit_patient}.items()
+               if k in Patient.__annotations__}
+    problems: list[Problem] = []
+    for field, adapter, value in (("scanner", _SCANNER, scanner), ("patient", _PATIENT, patient),
+                                  ("study_uid", _STUDY_UID, event.get("study_uid")
+                                   or parts.get("study_uid"))):
+        if value is None:
+            continue
+        try:
+            event[field] = adapter.validate_python(value)  # type: ignore[literal-required]
+        except PydanticValidationError as exc:
+            problems.extend({"index": index, "message": f"from the DICOM header: {p['message']}",
+                             "field": field if p["field"] == "body" else f"{field}.{p['field']}"}
+                            for p in _problems(exc, top=False))
+    return problems
 
 
-def _finish_inferences(events: list[InferenceEvent]) -> list[Problem]:
-    """What validation leaves to one pass over the batch: UTC timestamps, the DICOM header,
-    the required study UID, embeddings as float32 bytes with their sizes checked, and
-    finiteness checked for the whole batch at once."""
+def _tags_problem(scanner: dict[str, Any], extra: set[str]) -> tuple[str, str] | None:
+    """(field, message) for the first way the scanner's extra keys break the contract: names
+    as ``KEY_PATTERN``, at most ``MAX_TAGS_BYTES`` of JSON in all, strings without control
+    characters, numbers finite (a JSON value, so booleans and null too)."""
+    for key in sorted(extra):
+        if re.fullmatch(KEY_PATTERN, key) is None:
+            return f"scanner.{clip(key)}", _PATTERN_MESSAGES[KEY_PATTERN]
+    size = len(json.dumps({key: scanner[key] for key in extra}, ensure_ascii=False).encode())
+    if size > MAX_TAGS_BYTES:
+        return "scanner", (f"extra keys take {size} bytes as JSON, more than "
+                           f"{MAX_TAGS_BYTES} in all")
+    for key in sorted(extra):
+        problem = _json_value_problem(scanner[key])
+        if problem is not None:
+            return f"scanner.{key}", problem
+    return None
+
+
+_CONTROL_CHARACTER = re.compile(f"[{_CONTROLS}]")
+
+
+def _json_value_problem(value: Any, depth: int = 0) -> str | None:
+    if isinstance(value, str):
+        return _PATTERN_MESSAGES[TEXT_PATTERN] if _CONTROL_CHARACTER.search(value) else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "must be a finite number"
+    if value is None or isinstance(value, bool | int):
+        return None
+    if depth >= 4:
+        return "nests deeper than 4 levels"
+    if isinstance(value, list):
+        items = value
+    elif isinstance(value, dict):
+        if any(_CONTROL_CHARACTER.search(key) for key in value):
+            return "keys " + _PATTERN_MESSAGES[TEXT_PATTERN]
+        items = list(value.values())
+    else:
+        return f"must be a JSON value, not {type(value).__name__}"
+    return next((p for p in (_json_value_problem(v, depth + 1) for v in items) if p), None)
+
+
+def _finish_inferences(events: list[InferenceEvent], bounds: TimestampBounds) -> list[Problem]:
+    """What validation leaves to one pass over the batch: UTC timestamps in the plausible
+    range, the DICOM header, the required study UID, the scanner's extra keys, embeddings as
+    float32 bytes with their sizes checked, and finiteness checked for the whole batch at
+    once."""
     problems: list[Problem] = []
     embeddings: list[tuple[int, bytes]] = []
+    moments: list[tuple[int, datetime]] = []
     for index, event in enumerate(events):
-        event["timestamp"] = _as_utc(event["timestamp"])
+        try:
+            event["timestamp"] = _as_utc(event["timestamp"])
+            moments.append((index, event["timestamp"]))
+        except OverflowError:
+            problems.append({"index": index, "field": "timestamp", "message": OUT_OF_RANGE})
         if event.get("dicom") is not None:
-            try:
-                _fold_in_dicom(event)
-            except (MonitorValidationError, PydanticValidationError) as exc:
-                problems.append({"index": index, "field": "dicom", "message": f"dicom: {exc}"})
+            dicom_problems = _fold_in_dicom(index, event)
+            if dicom_problems:
+                problems.extend(dicom_problems)
                 continue
         event.pop("dicom", None)
         if not event.get("study_uid"):
             problems.append({"index": index, "field": "study_uid", "message":
                              "study_uid is required (directly or from the DICOM header)"})
+        scanner = event.get("scanner")
+        if scanner:
+            problems.extend(_scanner_problems(index, scanner))
         raw = event.get("embedding")
         if raw is None:
             continue
@@ -248,6 +476,7 @@ def _finish_inferences(events: list[InferenceEvent]) -> list[Problem]:
             embeddings.append((index, raw))
         else:
             problems.append({"index": index, "field": "embedding", "message": size_problem})
+    problems.extend(_timestamp_problems(moments, bounds))
     joined = np.frombuffer(b"".join(raw for _, raw in embeddings), dtype="<f4")
     if _first_non_finite(joined) is not None:  # rare: find the items
         for index, raw in embeddings:
@@ -258,31 +487,61 @@ def _finish_inferences(events: list[InferenceEvent]) -> list[Problem]:
     return problems
 
 
+def _scanner_problems(index: int, scanner: Scanner) -> list[Problem]:
+    """What the scanner's types leave: each software version at most 64 characters, and the
+    extra keys (``_tags_problem``)."""
+    problems = []
+    versions = scanner.get("software_version")
+    problem = _long_string_values_problem(versions) if versions else None
+    if problem is not None:
+        problems.append({"index": index, "field": "scanner.software_version",
+                         "message": problem})
+    if not SCANNER_FIELDS.issuperset(scanner):
+        extra = scanner.keys() - SCANNER_FIELDS
+        tags_problem = _tags_problem(dict(scanner), extra)
+        if tags_problem is not None:
+            problems.append({"index": index, "field": tags_problem[0],
+                             "message": tags_problem[1]})
+    return problems
+
+
+def _finish_overrides(events: list[OverrideEvent], bounds: TimestampBounds) -> list[Problem]:
+    return _timestamp_problems([(i, event.timestamp) for i, event in enumerate(events)], bounds)
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+    """A dotted path; a part taken from the input (an unexpected key) is clipped."""
+    return ".".join(clip(part) if isinstance(part, str) else str(part) for part in loc) or "body"
 
 
-# How pydantic names the members of the embedding union in an error's location.
+# How pydantic names the members of the embedding union in an error's location, and a dict's
+# key (the key itself comes before it).
 _EMBEDDING_MEMBERS = ("bytes", "list[float]")
+_NOT_A_FIELD = frozenset({*_EMBEDDING_MEMBERS, "[key]"})
 _NOT_THIS_MEMBER = ("bytes_type", "list_type")  # the input is the other member's JSON type
 
 
-def _problems(exc: PydanticValidationError) -> list[Problem]:
-    """Pydantic's errors as the API's problems: item index, dotted field path, message. Of the
-    embedding union's two members, only the one matching the input's JSON type speaks."""
+def _message(error: Any) -> str:
+    pattern = (error.get("ctx") or {}).get("pattern")
+    if error["type"] == "string_pattern_mismatch" and pattern in _PATTERN_MESSAGES:
+        return _PATTERN_MESSAGES[pattern]
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _problems(exc: PydanticValidationError, *, top: bool = True) -> list[Problem]:
+    """Pydantic's errors as the API's problems: item index, dotted field path, message (never
+    the input). Of the embedding union's two members, only the one matching the input's JSON
+    type speaks. ``top``: the errors are a batch's (the first location part is the index)."""
     problems: list[Problem] = []
     embedding_errors: dict[Any, list[tuple[str, Problem]]] = {}
     for error in exc.errors(include_url=False, include_input=False):
         loc = tuple(error["loc"])
-        if error["type"] == "json_invalid":
-            return [{"index": None, "field": "body",
-                     "message": f"malformed JSON: {error['msg'].removeprefix('Invalid JSON: ')}"}]
-        if not loc and error["type"] == "list_type":
+        if top and not loc and error["type"] == "list_type":
             return [{"index": None, "field": "body", "message": "must be a JSON list of events"}]
-        index = loc[0] if loc and isinstance(loc[0], int) else None
-        field = _field_path(tuple(part for part in loc[1:] if part not in _EMBEDDING_MEMBERS))
-        problem = {"index": index, "field": field,
-                   "message": error["msg"].removeprefix("Value error, ")}
+        index = loc[0] if top and loc and isinstance(loc[0], int) else None
+        rest = loc[1:] if top else loc
+        field = _field_path(tuple(part for part in rest if part not in _NOT_A_FIELD))
+        problem = {"index": index, "field": field, "message": _message(error)}
         if field.split(".", 1)[0] == "embedding":
             embedding_errors.setdefault(index, []).append((error["type"], problem))
         else:
@@ -298,47 +557,98 @@ def _body_problem(message: str) -> BatchValidationError:
     return BatchValidationError([{"index": None, "field": "body", "message": message}])
 
 
+class _DuplicateKeys(dict):  # type: ignore[type-arg]
+    """A JSON object that had a key twice (found only to name where, once jiter refused it)."""
+
+    duplicate: str
+
+
+def _with_duplicates_marked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            marked = _DuplicateKeys(pairs)
+            marked.duplicate = key
+            return marked
+        seen.add(key)
+    return dict(pairs)
+
+
+def _duplicate_path(value: Any, path: tuple[int | str, ...] = ()) -> tuple[Any, ...] | None:
+    if isinstance(value, _DuplicateKeys):
+        return (*path, value.duplicate)
+    children = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, child in children:
+        found = _duplicate_path(child, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
+def _duplicate_key_problem(body: bytes, message: str) -> Problem:
+    """A duplicate key, named by item and path: parsed again, slowly, only on this error."""
+    try:
+        path = _duplicate_path(json.loads(body, object_pairs_hook=_with_duplicates_marked))
+    except (ValueError, RecursionError):
+        path = None
+    if not path:
+        key = re.search(r'key "(.*)" at', message, re.DOTALL)
+        return {"index": None, "field": "body",
+                "message": f"duplicate key {clip(key.group(1)) if key else ''}".strip()}
+    index = path[0] if isinstance(path[0], int) else None
+    return {"index": index, "field": _field_path(path[1:] if index is not None else path),
+            "message": "duplicate key: a JSON object may name each key once"}
+
+
 @dataclass(frozen=True)
 class BatchParser:
     """Parses a whole batch of one kind of event. Any bad item rejects the batch with every
     problem named by item index and field (``BatchValidationError``); so does an empty batch.
-    ``finish`` does the checks that need the validated batch."""
+    ``finish`` does the checks that need the validated batch and the timestamp bounds
+    (``TimestampBounds.default()`` unless given: a service passes its settings')."""
 
     adapter: TypeAdapter[list[Any]]
-    finish: Callable[[list[Any]], list[Problem]] | None = None
-    prepare: Callable[[list[Any]], tuple[list[Any], list[Problem]]] | None = None
+    finish: Callable[[list[Any], TimestampBounds], list[Problem]]
+    prepare: Callable[..., tuple[list[Any], list[Problem]]] | None = None
 
-    def from_python(self, data: Any) -> list[Any]:
+    def from_python(self, data: Any, bounds: TimestampBounds | None = None) -> list[Any]:
+        return self._validated(data, bounds, in_place=False)
+
+    def from_json(self, body: bytes | bytearray, bounds: TimestampBounds | None = None
+                  ) -> list[Any]:
+        """Parsed by jiter, which refuses a key repeated in any object, then validated as
+        Python objects: the same contract for JSON bodies and Python callers. NaN and
+        Infinity are read, then rejected by validation with their field named."""
+        body = bytes(body) if isinstance(body, bytearray) else body
+        try:
+            data = jiter.from_json(body, catch_duplicate_keys=True)
+        except ValueError as exc:
+            message = str(exc)
+            if message.startswith("Detected duplicate key"):
+                raise BatchValidationError([_duplicate_key_problem(body, message)]) from None
+            raise _body_problem(f"malformed JSON: {message}") from None
+        return self._validated(data, bounds, in_place=True)
+
+    def _validated(self, data: Any, bounds: TimestampBounds | None, *, in_place: bool
+                   ) -> list[Any]:
         if not isinstance(data, list):
             raise _body_problem("must be a JSON list of events")
         problems: list[Problem] = []
         if self.prepare is not None:
-            data, problems = self.prepare(data)
+            data, problems = self.prepare(data, in_place=in_place)
         try:
             batch = self.adapter.validate_python(data)
         except PydanticValidationError as exc:
             raise BatchValidationError(problems + _problems(exc)) from None
-        return self._finished(batch, problems)
-
-    def from_json(self, body: bytes | bytearray) -> list[Any]:
-        """Parsed and validated in one pass by pydantic. NaN and Infinity are read, then
-        rejected by validation with their field named."""
-        try:
-            batch = self.adapter.validate_json(body)
-        except PydanticValidationError as exc:
-            raise BatchValidationError(_problems(exc)) from None
-        return self._finished(batch, [])
-
-    def _finished(self, batch: list[Any], problems: list[Problem]) -> list[Any]:
         if not batch:
             raise _body_problem("batch is empty")
-        if self.finish is not None:
-            problems = problems + self.finish(batch)
+        problems = problems + self.finish(batch, bounds or TimestampBounds.default())
         if problems:
             raise BatchValidationError(problems)
         return batch
 
 
 INFERENCES = BatchParser(TypeAdapter(list[InferenceEvent]), _finish_inferences,
-                         _decode_base64_embeddings)
-OVERRIDES = BatchParser(TypeAdapter(list[OverrideEvent]))
+                         _prepare_inferences)
+OVERRIDES = BatchParser(TypeAdapter(list[OverrideEvent]), _finish_overrides)

@@ -40,7 +40,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from monitor.errors import ValidationError
+from monitor.errors import ValidationError, clip
 
 DicomHeader = Dataset | Mapping[str, Any]
 
@@ -75,6 +75,7 @@ ALLOWED_TAGS: Final[Mapping[str, str]] = {
 # Tags whose values must never be echoed in an error message.
 _PATIENT_TAGS: Final = frozenset({"PatientID", "PatientSex", "PatientAge", "PatientBirthDate"})
 
+VENDOR_MAX_LENGTH: Final = 64  # as the Manufacturer it comes from (LO)
 MAX_AGE_YEARS: Final = 130  # a derived age above this is a junk date, not a patient
 _AGE_STRING = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DICOM_JSON_KEY = re.compile(r"^[0-9A-Fa-f]{8}$")
@@ -113,7 +114,8 @@ def normalise_manufacturer(manufacturer: str | None) -> str | None:
     for matches, vendor in _VENDOR_RULES:
         if matches(key, first):
             return vendor
-    return collapsed.title()
+    # title case can lengthen a name ("ß" -> "Ss"); the vendor is at most a manufacturer's LO
+    return collapsed.title()[:VENDOR_MAX_LENGTH]
 
 
 def age_band(age_years: float | None) -> str | None:
@@ -297,7 +299,7 @@ def _check_header(header: object) -> None:
     for key in header:
         if not isinstance(key, str) or not _DICOM_JSON_KEY.match(key):
             raise ValidationError(
-                f"DICOM JSON keys are 8 hex digits such as '00080070', got {key!r}",
+                f"DICOM JSON keys are 8 hex digits such as '00080070', got {clip(repr(key))}",
                 field="dicom",
             )
 
@@ -338,7 +340,8 @@ def _values(header: DicomHeader, keyword: str) -> list[Any]:
         )
     vr = element.get("vr")
     if vr is not None and not (isinstance(vr, str) and len(vr) == 2):
-        raise ValidationError(f"{_label(keyword)} has an invalid vr {vr!r}", field=keyword)
+        raise ValidationError(f"{_label(keyword)} has an invalid vr {clip(repr(vr))}",
+                              field=keyword)
     value = element.get("Value")
     if value is None:
         return []
@@ -351,7 +354,7 @@ def _values(header: DicomHeader, keyword: str) -> list[Any]:
 
 
 def _wrong_type(keyword: str, expected: str, value: Any) -> ValidationError:
-    shown = type(value).__name__ if keyword in _PATIENT_TAGS else repr(value)
+    shown = type(value).__name__ if keyword in _PATIENT_TAGS else clip(repr(value))
     return ValidationError(f"{_label(keyword)} must be {expected}, got {shown}", field=keyword)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from monitor.collect.ingest import IngestResult, store_inferences, store_overrides
 from monitor.config import Settings
 from monitor.runtime import Runtime
-from monitor.schema import INFERENCES, OVERRIDES
+from monitor.schema import INFERENCES, OVERRIDES, TimestampBounds
 
 
 class InProcessCollector:
@@ -29,12 +29,15 @@ class InProcessCollector:
         return cls(Runtime.open(settings, background_checkpoint=True))
 
     def log_inferences(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
-        batch = INFERENCES.from_python(list(events))
+        batch = INFERENCES.from_python(list(events), self._bounds())
         return store_inferences(self.runtime, batch)
 
     def log_overrides(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
-        batch = OVERRIDES.from_python(list(events))
+        batch = OVERRIDES.from_python(list(events), self._bounds())
         return store_overrides(self.runtime, batch)
+
+    def _bounds(self) -> TimestampBounds:
+        return TimestampBounds.from_settings(self.runtime.settings)
 
     def log_inference(self, event: Mapping[str, Any]) -> IngestResult:
         return self.log_inferences([event])
