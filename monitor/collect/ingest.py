@@ -1,8 +1,9 @@
 """The write path: validated events -> pseudonymised rows, one transaction per batch.
 
 A batch is all or nothing: it is validated whole (``monitor.schema.INFERENCES``), checked
-against the registered embedding length, and committed before the caller acknowledges it. A
-duplicate ``event_id`` (twice in one batch, or a retry of a stored batch) is stored once.
+against the registered embedding length, and committed before the caller acknowledges it.
+``event_id`` is unique per model: a duplicate (twice in one batch, or a retry of a stored
+batch) is stored once, while another model's event with the same id is an event of its own.
 ``store_inferences`` and ``store_overrides`` are what the API and the in-process collector
 call. Inferences are prepared (rows built) before the batch takes its turn at the writer, then
 inserted and committed.
@@ -78,21 +79,32 @@ def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[st
     session.execute(stmt, rows)
 
 
-def _existing_event_ids(session: Session, column: Any, event_ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(event_ids), _IN_CHUNK):
-        chunk = event_ids[start : start + _IN_CHUNK]
-        found.update(session.scalars(select(column).where(column.in_(chunk))))
+EventKey = tuple[str, str]  # (model, event_id): what makes an event unique
+
+
+def _existing_event_keys(session: Session, table: Any, keys: Sequence[EventKey]
+                         ) -> set[EventKey]:
+    """The (model, event_id) pairs among ``keys`` already stored in ``table``."""
+    by_model: dict[str, list[str]] = {}
+    for model, event_id in keys:
+        by_model.setdefault(model, []).append(event_id)
+    found: set[EventKey] = set()
+    for model, event_ids in by_model.items():
+        for start in range(0, len(event_ids), _IN_CHUNK):
+            chunk = event_ids[start : start + _IN_CHUNK]
+            query = select(table.event_id).where(table.model == model,
+                                                 table.event_id.in_(chunk))
+            found.update((model, event_id) for event_id in session.scalars(query))
     return found
 
 
-def _unique_by_event_id(events: Sequence[Any], event_ids: Sequence[str]) -> list[tuple[int, Any]]:
-    """(index, event) of each event's first occurrence in the batch."""
-    seen: set[str] = set()
+def _unique_by_key(events: Sequence[Any], keys: Sequence[EventKey]) -> list[tuple[int, Any]]:
+    """(index, event) of each (model, event_id)'s first occurrence in the batch."""
+    seen: set[EventKey] = set()
     unique = []
-    for index, (event, event_id) in enumerate(zip(events, event_ids, strict=True)):
-        if event_id not in seen:
-            seen.add(event_id)
+    for index, (event, key) in enumerate(zip(events, keys, strict=True)):
+        if key not in seen:
+            seen.add(key)
             unique.append((index, event))
     return unique
 
@@ -283,7 +295,7 @@ def prepare_inferences(
 ) -> PreparedInferences:
     """Drop repeats, resolve model versions, check embedding lengths and build the rows. It
     only reads, except that a model version seen for the first time is created."""
-    indexed = _unique_by_event_id(events, [event["event_id"] for event in events])
+    indexed = _unique_by_key(events, [(event["model"], event["event_id"]) for event in events])
     ids, registers = _check_embedding_lengths(session, indexed)
     unique = [event for _, event in indexed]
     version_ids = [ids[(event["model"], event["model_version"])] for event in unique]
@@ -326,8 +338,8 @@ def write_overrides(
 ) -> IngestResult:
     """Store radiologist reads. A read whose inference has not arrived (or whose model is not
     known yet) is kept as it is: reads join inferences by (model, study) at query time."""
-    unique = _unique_by_event_id(events, [event.event_id for event in events])
-    existing = _existing_event_ids(session, Override.event_id, [e.event_id for _, e in unique])
+    unique = _unique_by_key(events, [(event.model, event.event_id) for event in events])
+    existing = _existing_event_keys(session, Override, [(e.model, e.event_id) for _, e in unique])
     received_at = datetime.now(UTC)
     rows = [
         {
@@ -345,7 +357,7 @@ def write_overrides(
             "reader_key_next": pseudonymiser.reader_next(event.reader),
         }
         for _, event in unique
-        if event.event_id not in existing
+        if (event.model, event.event_id) not in existing
     ]
     _insert_ignoring_duplicates(session, Override, rows)
     return IngestResult(accepted=len(unique), new=len(rows), duplicates=len(events) - len(rows))

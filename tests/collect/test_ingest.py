@@ -5,13 +5,18 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from monitor.collect.ingest import insert_inferences, prepare_inferences, store_inferences
+from monitor.collect.ingest import (
+    insert_inferences,
+    prepare_inferences,
+    store_inferences,
+    store_overrides,
+)
 from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime
-from monitor.schema import INFERENCES
+from monitor.schema import INFERENCES, OVERRIDES
 from monitor.store.db import session_scope
-from monitor.store.models import Inference, ModelVersion
-from tests.factories import inference_event
+from monitor.store.models import Inference, ModelVersion, Override
+from tests.factories import inference_event, override_event
 
 
 def _stored(runtime: Runtime) -> int:
@@ -47,3 +52,24 @@ def test_store_counts_repeats_and_stored_events_as_duplicates(runtime: Runtime) 
     retry = store_inferences(runtime, batch)
     assert (retry.accepted, retry.new, retry.duplicates) == (3, 0, 4)
     assert _stored(runtime) == 3
+
+
+def test_event_ids_are_unique_per_model(runtime: Runtime) -> None:
+    """Another model's event with the same id is its own event; a repeat within one model is
+    still a duplicate, in one batch or across batches."""
+    first = inference_event(event_id="shared-id")
+    other_model = inference_event(event_id="shared-id", model="fracture-detect")
+    result = store_inferences(runtime, INFERENCES.from_python([first, other_model, first]))
+    assert (result.accepted, result.new, result.duplicates) == (2, 2, 1)
+    retry = store_inferences(runtime, INFERENCES.from_python([other_model]))
+    assert (retry.new, retry.duplicates) == (0, 1)
+    read = override_event(first["study_uid"], event_id="shared-read")
+    reads = [read, {**read, "model": "fracture-detect"}]
+    assert store_overrides(runtime, OVERRIDES.from_python(reads)).new == 2
+    assert store_overrides(runtime, OVERRIDES.from_python(reads)).duplicates == 2
+    with session_scope(runtime.sessions) as session:
+        stored = session.execute(select(Inference.model, Inference.event_id)).all()
+        stored_reads = session.execute(select(Override.model, Override.event_id)).all()
+    assert sorted(stored) == [("cxr-triage", "shared-id"), ("fracture-detect", "shared-id")]
+    assert sorted(stored_reads) == [("cxr-triage", "shared-read"),
+                                    ("fracture-detect", "shared-read")]
