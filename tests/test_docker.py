@@ -27,6 +27,19 @@ STACK_SERVICES = {"postgres", "migrate", "monitor", "dashboard", "prometheus", "
                   "grafana"}
 SECRETS = {"MONITOR_DB_PASSWORD": "db-password", "GRAFANA_ADMIN_PASSWORD": "grafana-password",
            "MONITOR_SECRET_KEY": "0123456789abcdef0123456789abcdef0123"}
+TOKEN_FILES = {"MONITOR_ADMIN_TOKEN_FILE": "admin.token",
+               "MONITOR_PROMETHEUS_TOKEN_FILE": "prometheus.token"}
+PROMETHEUS_TOKEN = "/run/secrets/prometheus_token"
+
+
+def stack_environment(tmp_path: Path) -> dict[str, str]:
+    """The variables docker/.env sets: secrets, and the token files (written here)."""
+    files = {}
+    for variable, name in TOKEN_FILES.items():
+        path = tmp_path / name
+        path.write_text("mtk_" + name.split(".")[0].ljust(43, "x") + "\n")
+        files[variable] = str(path)
+    return {**SECRETS, **files}
 
 
 def compose_command() -> list[str]:
@@ -54,7 +67,7 @@ def compose_config(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedP
 @pytest.fixture
 def rendered(tmp_path: Path) -> dict[str, object]:
     (tmp_path / "empty.env").write_text("")
-    result = compose_config(SECRETS, tmp_path)
+    result = compose_config(stack_environment(tmp_path), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -70,7 +83,8 @@ def test_compose_renders_the_whole_stack(rendered: dict[str, object]) -> None:
     assert monitor["command"][:2] == ["monitor", "serve"]
     assert services["dashboard"]["command"][:4] == ["monitor", "dashboard", "--address",
                                                     "0.0.0.0"]
-    assert services["migrate"]["command"] == ["monitor", "init"]
+    assert services["migrate"]["command"][:2] == ["sh", "-ec"]
+    assert services["migrate"]["command"][2].startswith("monitor init && ")
     assert monitor["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     for name in ("monitor", "dashboard", "migrate"):
         assert services[name]["build"]["dockerfile"] == "docker/Dockerfile"
@@ -97,12 +111,45 @@ def test_every_bind_mount_of_the_stack_exists(rendered: dict[str, object]) -> No
     assert Path(build["context"]).resolve() == ROOT
 
 
-def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", ["MONITOR_SECRET_KEY", *TOKEN_FILES])
+def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path, missing: str) -> None:
     (tmp_path / "empty.env").write_text("")
-    result = compose_config({k: v for k, v in SECRETS.items() if k != "MONITOR_SECRET_KEY"},
-                            tmp_path)
+    environment = stack_environment(tmp_path)
+    del environment[missing]
+    result = compose_config(environment, tmp_path)
     assert result.returncode != 0
-    assert "MONITOR_SECRET_KEY" in result.stdout + result.stderr
+    assert missing in result.stdout + result.stderr
+
+
+def test_the_stack_starts_with_tokens_from_secret_files(rendered: dict[str, object],
+                                                        tmp_path: Path) -> None:
+    secrets = rendered["secrets"]
+    assert isinstance(secrets, dict)
+    assert {name: Path(s["file"]).name for name, s in secrets.items()} == {
+        "admin_token": "admin.token", "prometheus_token": "prometheus.token"}
+    services = rendered["services"]
+    assert isinstance(services, dict)
+
+    def mounted(service: str) -> set[str]:
+        return {s if isinstance(s, str) else s["source"]
+                for s in services[service].get("secrets", [])}
+
+    monitor = services["monitor"]
+    assert monitor["environment"]["MONITOR_BOOTSTRAP_ADMIN_TOKEN_FILE"] == (
+        "/run/secrets/admin_token")
+    assert mounted("monitor") == {"admin_token"}
+    assert mounted("prometheus") == {"prometheus_token"}
+    assert mounted("migrate") == {"prometheus_token"}
+    assert "monitor token import" in " ".join(services["migrate"]["command"])
+    assert "/run/secrets/prometheus_token" in " ".join(services["migrate"]["command"])
+    # the dashboard binds 0.0.0.0 only once the service has put the admin token in the store
+    assert services["dashboard"]["depends_on"]["monitor"]["condition"] == "service_healthy"
+    for name, service in services.items():  # no token in any variable
+        for value in (service.get("environment") or {}).values():
+            assert "mtk_" not in str(value), name
+    config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["monitor"]["authorization"]["credentials_file"] == PROMETHEUS_TOKEN
 
 
 def test_hadolint_accepts_the_dockerfile() -> None:
@@ -129,7 +176,12 @@ def test_promtool_checks_the_stack_prometheus_config(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     require_server(promtool is not None, "promtool (Debian package prometheus)")
     assert promtool is not None
-    shutil.copy(DOCKER / "prometheus.yml", tmp_path / "prometheus.yml")
+    # the token file where compose mounts the secret: promtool wants it to exist
+    (tmp_path / "prometheus_token").write_text("mtk_" + "p" * 43)
+    text = (DOCKER / "prometheus.yml").read_text()
+    assert PROMETHEUS_TOKEN in text
+    (tmp_path / "prometheus.yml").write_text(
+        text.replace(PROMETHEUS_TOKEN, str(tmp_path / "prometheus_token")))
     shutil.copytree(ROOT / "alerts" / "prometheus", tmp_path / "rules")
     checked = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
                              capture_output=True, text=True, timeout=60, check=False)
