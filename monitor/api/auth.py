@@ -9,17 +9,13 @@ uses to check every route of the app."""
 
 from __future__ import annotations
 
-import hmac
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from monitor.api.errors import Forbidden, Unauthorized
 from monitor.store.tokens import ANONYMOUS, ROLES, Principal, TokenVerifier
-
-if TYPE_CHECKING:
-    from monitor.config import Settings
 
 
 def bearer_token(request: Request) -> str | None:
@@ -100,15 +96,3 @@ Reader = Annotated[str, Depends(require("read"))]
 Operator = Annotated[str, Depends(require("operator"))]
 Admin = Annotated[str, Depends(require("admin"))]
 
-
-def actor_for_token(settings: Settings, token: str | None) -> str:
-    """Deprecated: the name of a token configured in ``MONITOR_API_TOKENS`` (``anonymous``
-    with none configured). The API checks the token store instead; kept for callers that
-    have not moved to ``monitor.store.tokens.find_principal`` yet."""
-    if not settings.api_tokens:
-        return "anonymous"
-    if token:
-        for name, secret in settings.api_tokens.items():
-            if hmac.compare_digest(token.encode(), secret.get_secret_value().encode()):
-                return name
-    raise Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)")
