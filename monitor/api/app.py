@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
 from monitor.api.auth import Reader
+from monitor.api.contract import install_contract
 from monitor.api.errors import install_error_handlers
 from monitor.api.limits import install as install_body_limits
 from monitor.api.metrics import install as install_metrics
@@ -125,6 +126,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     for name in ROUTER_MODULES:
         app.include_router(importlib.import_module(f"monitor.api.{name}").router)
+    install_contract(app)  # JSON only (415), ingestion bodies in the OpenAPI document
     install_metrics(app)  # /metrics, and ingestion latency and rejects
     return app
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +18,7 @@ from monitor.errors import (
     NotFoundError,
     SchemaVersionError,
     ValidationError,
+    clip,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,13 @@ class Forbidden(MonitorError):
     pass
 
 
+def request_problems(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """FastAPI's validation errors as problems: the field and the message, never the input
+    (a location part that came from the input, such as an unexpected key, is clipped)."""
+    return [{"field": ".".join(clip(p) if isinstance(p, str) else str(p) for p in e["loc"]),
+             "message": clip(e["msg"], 256)} for e in errors]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MonitorError)
     async def _monitor_error(_request: Request, exc: MonitorError) -> JSONResponse:
@@ -63,11 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": problems}, status_code=422)
+        return JSONResponse({"detail": request_problems(exc.errors())}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

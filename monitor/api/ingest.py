@@ -9,11 +9,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from monitor.api.auth import Ingester
+from monitor.api.contract import ingestion_request_body
 from monitor.api.errors import PayloadTooLarge
 from monitor.collect.ingest import IngestResult, store_inferences, store_overrides
 from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime
-from monitor.schema import INFERENCES, OVERRIDES, BatchParser
+from monitor.schema import INFERENCES, OVERRIDES, BatchParser, TimestampBounds
 
 router = APIRouter(tags=["ingest"])
 
@@ -39,7 +40,7 @@ async def _ingest(request: Request, parser: BatchParser, store: Callable[..., In
     body = await read_body(request, settings.max_body_bytes)
 
     def validate_and_store() -> IngestResult:
-        batch = parser.from_json(body)
+        batch = parser.from_json(body, TimestampBounds.from_settings(settings))
         if len(batch) > settings.max_batch_events:
             raise BatchValidationError([{
                 "index": None, "field": "body",
@@ -52,13 +53,15 @@ async def _ingest(request: Request, parser: BatchParser, store: Callable[..., In
     return {"accepted": result.accepted, "new": result.new, "duplicates": result.duplicates}
 
 
-@router.post("/v1/inferences", summary="Log a batch of inference events")
+@router.post("/v1/inferences", summary="Log a batch of inference events",
+             openapi_extra=ingestion_request_body("inferences"))
 async def post_inferences(request: Request, _actor: Ingester) -> dict[str, int]:
     """A JSON list of inference events (see the README's event contract). All or nothing:
     one invalid item rejects the batch with 422 naming its index and field."""
     return await _ingest(request, INFERENCES, store_inferences)
 
 
-@router.post("/v1/overrides", summary="Log a batch of radiologist reads")
+@router.post("/v1/overrides", summary="Log a batch of radiologist reads",
+             openapi_extra=ingestion_request_body("overrides"))
 async def post_overrides(request: Request, _actor: Ingester) -> dict[str, int]:
     return await _ingest(request, OVERRIDES, store_overrides)

@@ -92,8 +92,8 @@ def test_acknowledge_and_silence_need_an_operator_and_are_audited(
 
 
 def test_delivery_pass_for_operators(token_client: TestClient) -> None:
-    assert token_client.post("/v1/alerts/deliver", headers=VIEWER).status_code == 403
-    done = token_client.post("/v1/alerts/deliver", headers=OPERATOR)
+    assert token_client.post("/v1/alerts/deliver", json={}, headers=VIEWER).status_code == 403
+    done = token_client.post("/v1/alerts/deliver", json={}, headers=OPERATOR)
     assert done.status_code == 200
     assert done.json()["notifications"]["sent"] == 0
     audit = token_client.get("/v1/audit", params={"action": "deliver_alerts"},
