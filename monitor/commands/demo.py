@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import subprocess
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,6 +20,7 @@ from monitor.collect.inprocess import InProcessCollector
 from monitor.commands.dashboard import APP, streamlit_command
 from monitor.config import Settings, ensure_secret_key, load_settings
 from monitor.runtime import Runtime
+from monitor.schema import TimestampBounds
 from monitor.server import serve
 from monitor.simulate import SimulatedDeployment, simulate_deployment
 from monitor.store import repo
@@ -46,14 +48,27 @@ def load_deployment(runtime: Runtime, deployment: SimulatedDeployment, *,
     return new
 
 
+def accepting(settings: Settings, deployment: SimulatedDeployment) -> Settings:
+    """The settings, with the plausible timestamp range widened to hold every simulated event:
+    simulated dates may lie before MONITOR_TIMESTAMP_EARLIEST or ahead of the clock."""
+    stamps = [event["timestamp"] for event in (*deployment.inferences, *deployment.overrides)]
+    first, last = (datetime.fromisoformat(stamp) for stamp in (min(stamps), max(stamps)))
+    ahead_s = math.ceil((last - datetime.now(UTC)).total_seconds()) + 86_400
+    return settings.model_copy(update={
+        "timestamp_earliest": min(TimestampBounds.from_settings(settings).earliest, first),
+        "timestamp_max_future_s": max(settings.timestamp_max_future_s, ahead_s),
+    })
+
+
 def build_demo(settings: Settings, *, seed: int, n_studies: int) -> Runtime:
     """Create the schema and key, load the deployment, register versions, build baselines and
     run the daily checks. Returns the open runtime."""
+    deployment = simulate_deployment(seed=seed, n_studies=n_studies)
+    print(deployment.describe())
+    settings = accepting(settings, deployment)
     ensure_secret_key(settings)
     upgrade(make_engine(settings.database_url))
     runtime = Runtime.open(settings)
-    deployment = simulate_deployment(seed=seed, n_studies=n_studies)
-    print(deployment.describe())
     with session_scope(runtime.sessions) as session:
         stored = repo.count_rows(session)["inferences"]
     if stored >= len(deployment.inferences):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlalchemy import func, select
 
@@ -11,9 +13,12 @@ from monitor.collect.ingest import (
     store_inferences,
     store_overrides,
 )
+from monitor.collect.inprocess import InProcessCollector
+from monitor.commands.demo import accepting, load_deployment
 from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime
 from monitor.schema import INFERENCES, OVERRIDES
+from monitor.simulate import simulate_deployment
 from monitor.store.db import session_scope
 from monitor.store.models import Inference, ModelVersion, Override
 from tests.factories import inference_event, override_event
@@ -73,3 +78,16 @@ def test_event_ids_are_unique_per_model(runtime: Runtime) -> None:
     assert sorted(stored) == [("cxr-triage", "shared-id"), ("fracture-detect", "shared-id")]
     assert sorted(stored_reads) == [("cxr-triage", "shared-read"),
                                     ("fracture-detect", "shared-read")]
+
+
+def test_the_demo_widens_the_timestamp_range_to_hold_its_simulated_dates(
+        sqlite_runtime: Runtime) -> None:
+    """Simulated dates may lie ahead of the clock: with the default range the in-process
+    collector refuses them; the demo's settings take them all."""
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=40)
+    deployment = simulate_deployment(seed=3, n_studies=300, days=8, start=start, episodes=())
+    with pytest.raises(BatchValidationError, match="MONITOR_TIMESTAMP_MAX_FUTURE_S"):
+        InProcessCollector(sqlite_runtime).log_inferences(deployment.inferences[-5:])
+    sqlite_runtime.settings = accepting(sqlite_runtime.settings, deployment)
+    assert load_deployment(sqlite_runtime, deployment) == (
+        len(deployment.inferences) + len(deployment.overrides))
