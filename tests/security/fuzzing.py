@@ -37,11 +37,12 @@ VERSION = "1.0.0"
 EMBEDDING_DIM = 16
 SEED_EVENTS = 80
 START_TIMEOUT_S = 60.0
-MAX_TIME_S = int(os.environ.get("MONITOR_TEST_FUZZ_SECONDS", "150"))  # per backend
+MAX_TIME_S = int(os.environ.get("MONITOR_TEST_FUZZ_SECONDS", "120"))  # per backend
 MAX_EXAMPLES = int(os.environ.get("MONITOR_TEST_FUZZ_EXAMPLES", "25"))  # per operation, per pass
 SEED = 20261202
 WORKERS = 1  # two workers trip a thread-safety bug in hypothesis (ast.parse)
-BIN = Path(sys.executable).parent
+MONITOR = [sys.executable, "-m", "monitor.cli"]
+SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]
 
 
 # --- the server ---------------------------------------------------------------------------
@@ -60,7 +61,7 @@ class Served:
 
 
 def _monitor(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "monitor"), *args], env=env, cwd=cwd, capture_output=True,
+    return subprocess.run([*MONITOR, *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=120, check=False)
 
 
@@ -118,7 +119,7 @@ def monitor_server(database_url: str, workdir: Path) -> Iterator[Served]:
     log = workdir / "serve.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [str(BIN / "monitor"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [*MONITOR, "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
@@ -221,7 +222,7 @@ def with_examples(schema: dict[str, Any], seeded: Seeded) -> dict[str, Any]:
 # Operations that can lock the fuzzer out (revoking its own token, which it can learn from
 # GET /v1/tokens): fuzzed in a pass of their own after everything else.
 LOCKOUT = ("DELETE /v1/tokens/{name}",)
-LOCKOUT_TIME_S = 20
+LOCKOUT_TIME_S = 15
 
 
 @dataclass
@@ -287,7 +288,7 @@ class FuzzRun:
 def st_command(schema_file: Path, url: str, headers: dict[str, str], report_file: Path,
                *, max_time_s: int, names: list[str], include: bool) -> list[str]:
     command = [
-        str(BIN / "st"), "run", str(schema_file), "--url", url,
+        *SCHEMATHESIS, "run", str(schema_file), "--url", url,
         "--checks", "not_a_server_error",
         "--phases", "examples,coverage,fuzzing",
         "--max-examples", str(MAX_EXAMPLES),
@@ -349,23 +350,24 @@ SECTION = re.compile(r"^_{3,} (.+?) _{3,}$")
 
 
 def console_failures(console: str) -> list[Failure]:
-    """The FAILURES part of `st run`'s output: per operation, the checks that failed and the
-    curl command that reproduces each."""
+    """The FAILURES section of `st run`'s output: per operation, the checks that failed and
+    the curl command that reproduces each."""
     failures: list[Failure] = []
+    in_failures = False
     current: Failure | None = None
     for line in console.splitlines():
-        header = SECTION.match(line.strip())
-        if line.startswith("====="):  # WARNINGS, SUMMARY: the failures are over
+        text = line.strip()
+        if text.startswith("====="):  # a section: FAILURES, ERRORS, WARNINGS, SUMMARY
+            in_failures = " FAILURES " in text
             current = None
-        elif header:
-            label = header.group(1).strip()
-            if label in ("FAILURES", "WARNINGS", "SUMMARY", "ERRORS") or " " not in label:
-                current = None
-                continue
-            current = Failure(operation=label, checks=[], requests=[])
+            continue
+        header = SECTION.match(text)
+        if not in_failures:
+            continue
+        if header:
+            current = Failure(operation=header.group(1).strip(), checks=[], requests=[])
             failures.append(current)
         elif current is not None:
-            text = line.strip()
             if text.startswith("- ") and text[2:] not in current.checks:
                 current.checks.append(text[2:])
             elif text.startswith("curl "):

@@ -1,7 +1,7 @@
 """Schemathesis over every operation of the OpenAPI schema, against a real `monitor serve` on
 a fresh SQLite file and on a fresh PostgreSQL database: no input gives a server error.
 
-Bounded by a wall-clock budget per backend (``MONITOR_TEST_FUZZ_SECONDS``, 150 by default),
+Bounded by a wall-clock budget per backend (``MONITOR_TEST_FUZZ_SECONDS``, 120 by default),
 with a fixed seed in schemathesis's deterministic mode. ``MONITOR_TEST_FUZZ_FINDINGS=<folder>``
 also writes the findings (failing requests, server tracebacks) there as markdown.
 """
