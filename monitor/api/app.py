@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query
@@ -15,7 +14,7 @@ from monitor.api.contract import install_contract
 from monitor.api.errors import install_error_handlers
 from monitor.api.limits import install as install_body_limits
 from monitor.api.metrics import install as install_metrics
-from monitor.api.params import Offset
+from monitor.api.params import Offset, UtcTime
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import current_revision_of, head_revision, session_scope, unreadable_table
@@ -85,8 +84,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         model: str,
         _actor: Reader,
         version: str | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
+        start: UtcTime = None,
+        end: UtcTime = None,
         by: Literal["day", "site", "scanner", "version"] = "day",
     ) -> list[dict[str, Any]]:
         """Studies, positives, radiologist reads and overrides per day, site, scanner or
@@ -99,8 +98,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         model: str,
         _actor: Reader,
         version: str | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
+        start: UtcTime = None,
+        end: UtcTime = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Offset = 0,
         include_embedding: bool = False,
@@ -115,8 +114,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     def overrides(
         model: str,
         _actor: Reader,
-        start: datetime | None = None,
-        end: datetime | None = None,
+        start: UtcTime = None,
+        end: UtcTime = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Offset = 0,
     ) -> list[dict[str, Any]]:

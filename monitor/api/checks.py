@@ -3,7 +3,6 @@ Evidently report, create and list baselines."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from monitor.api.auth import Operator, Reader
-from monitor.api.params import Offset, PathId
+from monitor.api.params import Offset, PathId, UtcTime
 from monitor.baselines import create_baseline
 from monitor.checks import resolve_report_path, run_check
 from monitor.errors import NotFoundError
@@ -34,9 +33,9 @@ class CheckRequest(BaseModel):
     model: str = Field(min_length=1, max_length=128)
     version: str | None = None
     window: str | None = "1d"
-    start: datetime | None = None
-    end: datetime | None = None
-    now: datetime | None = None
+    start: UtcTime = None
+    end: UtcTime = None
+    now: UtcTime = None
 
 
 class BaselineRequest(BaseModel):
@@ -44,8 +43,8 @@ class BaselineRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=128)
     version: str | None = None
-    start: datetime | None = None
-    end: datetime | None = None
+    start: UtcTime = None
+    end: UtcTime = None
     last: int | None = Field(default=None, ge=1, le=MAX_STUDIES)
     max_studies: int | None = Field(default=None, ge=1, le=MAX_STUDIES)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
@@ -82,8 +81,8 @@ def list_results(
     detector: str | None = None,
     feature: str | None = None,
     drift: bool | None = None,
-    start: datetime | None = None,
-    end: datetime | None = None,
+    start: UtcTime = None,
+    end: UtcTime = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:
@@ -102,8 +101,8 @@ def list_runs(
     _actor: Reader,
     model: str | None = None,
     version: str | None = None,
-    start: datetime | None = None,
-    end: datetime | None = None,
+    start: UtcTime = None,
+    end: UtcTime = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:

@@ -165,3 +165,24 @@ def test_integers_beyond_the_database_are_422(token_client: TestClient) -> None:
                 assert response.status_code == 422, (method, url, name, response.text)
                 tried += 1
     assert tried >= 20
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_times_that_overflow_in_utc_are_422(token_client: TestClient, when: str) -> None:
+    """Every time in a query or a body of the read and check routes."""
+    tried = 0
+    for method, path, route in endpoints(token_client.app):  # type: ignore[arg-type]
+        url = re.sub(r"\{(\w+)\}", lambda m: "1" if m.group(1).endswith("_id") else "x", path)
+        for param in route.dependant.query_params:
+            if param.name in ("start", "end"):
+                response = token_client.request(method, url, headers=ADMIN,
+                                                params={"model": "x", param.name: when})
+                assert response.status_code == 422, (url, param.name, response.text)
+                tried += 1
+    for path, field in (("/v1/checks", "now"), ("/v1/checks", "start"),
+                        ("/v1/baselines", "end"), ("/v1/alerts/1/silence", "until")):
+        response = token_client.post(path, headers=ADMIN, json={
+            "model": "x", field: when, "reason": "r"})
+        assert response.status_code == 422, (path, field, response.text)
+        tried += 1
+    assert tried >= 14
