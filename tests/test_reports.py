@@ -192,3 +192,25 @@ def test_a_report_without_a_policy_has_none(tmp_path: Path) -> None:
     old = tmp_path / "old.html"
     old.write_text("<!DOCTYPE html><html><head></head><body></body></html>")
     assert report_policy(old) is None
+
+
+def test_served_with_its_policy_or_as_an_attachment(tmp_path: Path) -> None:
+    """A report with its policy renders inline under it (plus no framing, a sandbox); one
+    written without a policy is an attachment in which nothing runs."""
+    from monitor.api.checks import report_headers
+
+    rng = np.random.default_rng(8)
+    path = write_drift_report(frame(rng, 200), frame(rng, 100), path=tmp_path / "r.html")
+    headers = report_headers(path, 7)
+    policy = headers["Content-Security-Policy"]
+    assert policy.startswith(report_policy(path) or "-")
+    assert "frame-ancestors 'none'" in policy and "sandbox allow-scripts" in policy
+    assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+    assert headers["Content-Disposition"] == 'inline; filename="check-7-report.html"'
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    old = tmp_path / "old.html"
+    old.write_text("<!DOCTYPE html><html><head></head><body><script>1</script></body></html>")
+    headers = report_headers(old, 8)
+    assert headers["Content-Disposition"].startswith("attachment;")
+    assert "default-src 'none'; sandbox;" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
