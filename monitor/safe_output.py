@@ -23,8 +23,11 @@ from urllib.parse import urlsplit
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
                           "\u2066\u2067\u2068\u2069")
 SAFE_LINK_SCHEMES = frozenset({"http", "https"})
-# Everything CommonMark lets a backslash escape (ASCII punctuation).
-_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+# What can start markup inside a line of Markdown (links, images, emphasis, code, raw HTML,
+# entities, Streamlit's ``:colour[...]`` directives and ``:icon:`` shortcodes, LaTeX, tables,
+# strikethrough). Values never start a line (``visible`` turns newlines into spaces), so the
+# line-start markers (``#``, ``-``, ``1.``) need no escape beyond ``#``.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()<>#!:$~|{}&])")
 _HTML_SAFE_JSON = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
                    "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -52,9 +55,9 @@ def html_text(text: object, *, keep_newlines: bool = False) -> str:
 
 
 def markdown_text(text: object) -> str:
-    """For Markdown (Streamlit's ``st.markdown``, captions, alerts, help): every ASCII
-    punctuation character backslash-escaped, so a value cannot open a link, an image, a
-    ``:colour[...]`` directive, emphasis, a heading or raw HTML; it reads as typed."""
+    """For Markdown (Streamlit's ``st.markdown``, captions, alerts, help): ``visible``, then
+    every character that could start markup backslash-escaped, so a value cannot open a
+    link, an image, a ``:colour[...]`` directive, emphasis or raw HTML; it reads as typed."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", visible(text))
 
 
