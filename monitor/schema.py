@@ -1,13 +1,18 @@
 """The event contract: inference and override events as clients send them.
 
-A timestamp without a UTC offset is read as UTC. Embeddings arrive as a JSON list of floats or
-as base64 of little-endian float32; both become ``bytes`` (float32, little-endian) here.
+A timestamp is ISO 8601 text (a ``datetime`` from Python); one without a UTC offset is read as
+UTC, and it must lie in the plausible range (``TimestampBounds``). Embeddings arrive as a JSON
+list of floats or as base64 of little-endian float32; both become ``bytes`` (float32,
+little-endian) here. Strings are bounded and free of control characters, identifiers of
+invisible ones too; numbers are finite and never booleans; scanner keys beyond the contract's
+are kept within ``MAX_TAGS_BYTES``.
 
-``INFERENCES`` and ``OVERRIDES`` parse whole batches, from Python objects or straight from the
-JSON bytes of a request. Inference events are validated into plain dicts (``TypedDict``) rather
-than model objects: a batch of 1,000 is the ingestion hot path, and dicts validate in about
-60% of the time. From JSON, pydantic decodes base64 embeddings inside its own parser
-(``val_json_bytes``), so they never become Python strings.
+``INFERENCES`` and ``OVERRIDES`` parse whole batches, from Python objects or from the JSON
+bytes of a request. A JSON body is parsed by jiter, which refuses a key repeated in any
+object (parsers disagree on which of two values counts), then validated like Python input:
+one contract for both. Inference events are validated into plain dicts (``TypedDict``)
+rather than model objects: a batch of 1,000 is the ingestion hot path, and dicts validate in
+about 60% of the time.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    WithJsonSchema,
     field_validator,
     with_config,
 )
@@ -91,7 +97,7 @@ LongString, ShortString, CodeString = _text(64), _text(16), _text(16)
 
 # A multi-valued LO element (SoftwareVersions): values separated by a backslash (DICOM) or a
 # slash (as ``monitor.collect.dicom`` joins them), each at most 64 characters; a list of
-# strings is joined with '/' before validation (``_join_software_versions``).
+# strings is joined with '/' before validation (``_prepare_inferences``).
 MAX_SOFTWARE_VERSION = 512
 SoftwareVersions = Annotated[str, Field(max_length=MAX_SOFTWARE_VERSION, pattern=TEXT_PATTERN)]
 
@@ -100,6 +106,7 @@ def _long_string_values_problem(value: str) -> str | None:
     if len(value) > 64 and any(len(part) > 64 for part in re.split(r"[\\/]", value)):
         return "each value (separated by '\\' or '/') must be at most 64 characters"
     return None
+
 
 # --- numbers -----------------------------------------------------------------------------------
 # Strict: a boolean or a string is not a number. Never NaN or infinite.
@@ -222,7 +229,13 @@ class Prediction(TypedDict):
     threshold: NotRequired[_number(ge=0, le=1)]
 
 
-@with_config(ConfigDict(extra="forbid", val_json_bytes="base64"))
+# Base64 of little-endian float32 values, decoded before validation (``_prepare_inferences``).
+Float32Base64 = Annotated[bytes, WithJsonSchema({
+    "type": "string", "contentEncoding": "base64", "pattern": "^[A-Za-z0-9+/]*={0,2}$",
+    "description": "base64 of the little-endian float32 values"})]
+
+
+@with_config(ConfigDict(extra="forbid"))
 class InferenceEvent(TypedDict):
     """One study read by the model. Once parsed: ``timestamp`` is UTC, ``study_uid`` is set,
     ``embedding`` (if any) is float32 bytes, and a DICOM header has been folded into
@@ -237,8 +250,8 @@ class InferenceEvent(TypedDict):
     dicom: NotRequired[dict[str, Any] | None]  # DICOM JSON header; scanner/patient come from it
     patient: NotRequired[Patient | None]
     prediction: Prediction
-    embedding: NotRequired[
-        bytes | list[Annotated[float, Field(strict=True, allow_inf_nan=False)]] | None]
+    embedding: NotRequired[Float32Base64 | list[Annotated[float, Field(
+        strict=True, allow_inf_nan=False)]] | None]
     latency_ms: NotRequired[_number(ge=0, le=3_600_000)]
 
 
