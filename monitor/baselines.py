@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.detect.performance import performance_summary
-from monitor.errors import InsufficientDataError, NotFoundError, ValidationError
+from monitor.errors import InsufficientDataError, NotFoundError, ValidationError, clip
 from monitor.registry import SYSTEM_ACTOR, record_audit
 from monitor.runtime import Runtime
 from monitor.store import repo, results
@@ -66,7 +66,7 @@ def resolve_version(session: Session, model: str, version: str | None = None
         return repo.get_model_version(session, model, version)
     versions = repo.list_model_versions(session, model)
     if not versions:
-        raise NotFoundError(f"model {model!r} not found (no version has logged inferences)")
+        raise NotFoundError(f"model {clip(model)!r} not found (no version has logged inferences)")
     production = session.get(ModelAlias, (model, "production"))
     if production is not None:
         for info in versions:
@@ -76,7 +76,7 @@ def resolve_version(session: Session, model: str, version: str | None = None
     if active:
         return max(active, key=lambda v: (v.created_at, v.id))
     raise NotFoundError(
-        f"model {model!r} has no production alias and no active version: name one with "
+        f"model {clip(model)!r} has no production alias and no active version: name one with "
         f"--version (known: {', '.join(v.version for v in versions)})"
     )
 

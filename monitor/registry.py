@@ -35,7 +35,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from monitor.alerting.config import AlertingConfig, RollbackPolicy, load_config
-from monitor.errors import ConflictError, NotFoundError, ValidationError
+from monitor.errors import ConflictError, NotFoundError, ValidationError, clip
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import session_scope
@@ -159,7 +159,7 @@ def _version(session: Session, model: str, version: str) -> ModelVersion:
     row = session.scalar(select(ModelVersion).where(ModelVersion.model == model,
                                                     ModelVersion.version == version))
     if row is None:
-        raise NotFoundError(f"model {model!r} version {version!r} not found")
+        raise NotFoundError(f"model {clip(model)!r} version {clip(version)!r} not found")
     return row
 
 
@@ -365,7 +365,7 @@ def rollback(session: Session, *, model: str, actor: str, reason: str | None,
     now = _now(now)
     current = alias_version(session, model, alias)
     if current is None:
-        raise NotFoundError(f"model {model!r} has no alias {alias!r}")
+        raise NotFoundError(f"model {clip(model)!r} has no alias {clip(alias)!r}")
     if to_version is None:
         to_version = rollback_target(session, model=model, alias=alias)
         if to_version is None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from monitor.alerting import engine, register_check_hook
 from monitor.alerting.config import parse_duration
 from monitor.api.auth import Operator, Reader
-from monitor.api.params import PathId
+from monitor.api.params import PathId, QueryName, Text
 from monitor.errors import ConfigError, ValidationError
 from monitor.registry import record_audit
 from monitor.runtime import Runtime
@@ -25,7 +25,7 @@ register_check_hook()  # the scheduled checks of `monitor serve` evaluate the al
 
 
 class AcknowledgeRequest(BaseModel):
-    reason: str | None = None
+    reason: Text | None = None
 
 
 class SilenceRequest(BaseModel):
@@ -33,7 +33,7 @@ class SilenceRequest(BaseModel):
 
     until: datetime | None = None
     duration: str | float | None = None
-    reason: str | None = None
+    reason: Text | None = None
 
 
 def _runtime(request: Request) -> Runtime:
@@ -70,9 +70,9 @@ def list_alerts(
     request: Request,
     _actor: Reader,
     state: str | None = "active",
-    model: str | None = None,
-    version: str | None = None,
-    severity: str | None = None,
+    model: QueryName = None,
+    version: QueryName = None,
+    severity: QueryName = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
     """``state``: active (pending or firing), pending, firing, resolved or all."""

@@ -14,7 +14,7 @@ from monitor.api.contract import install_contract
 from monitor.api.errors import install_error_handlers
 from monitor.api.limits import install as install_body_limits
 from monitor.api.metrics import install as install_metrics
-from monitor.api.params import Offset, UtcTime
+from monitor.api.params import Offset, PathName, QueryModel, QueryName, UtcTime
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import current_revision_of, head_revision, session_scope, unreadable_table
@@ -70,20 +70,20 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     @app.get("/v1/models", tags=["read"])
-    def models(_actor: Reader, model: str | None = None) -> list[dict[str, Any]]:
+    def models(_actor: Reader, model: QueryName = None) -> list[dict[str, Any]]:
         with session_scope(runtime.sessions) as session:
             return [vars(v) for v in repo.list_model_versions(session, model)]
 
     @app.get("/v1/models/{model}/versions/{version}", tags=["read"])
-    def model_version(model: str, version: str, _actor: Reader) -> dict[str, Any]:
+    def model_version(model: PathName, version: PathName, _actor: Reader) -> dict[str, Any]:
         with session_scope(runtime.sessions) as session:
             return vars(repo.get_model_version(session, model, version))
 
     @app.get("/v1/models/{model}/summary", tags=["read"])
     def model_summary(
-        model: str,
+        model: PathName,
         _actor: Reader,
-        version: str | None = None,
+        version: QueryName = None,
         start: UtcTime = None,
         end: UtcTime = None,
         by: Literal["day", "site", "scanner", "version"] = "day",
@@ -95,9 +95,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     @app.get("/v1/inferences", tags=["read"])
     def inferences(
-        model: str,
+        model: QueryModel,
         _actor: Reader,
-        version: str | None = None,
+        version: QueryName = None,
         start: UtcTime = None,
         end: UtcTime = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -112,7 +112,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     @app.get("/v1/overrides", tags=["read"])
     def overrides(
-        model: str,
+        model: QueryModel,
         _actor: Reader,
         start: UtcTime = None,
         end: UtcTime = None,

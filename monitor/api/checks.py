@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from monitor.api.auth import Operator, Reader
-from monitor.api.params import Offset, PathId, UtcTime
+from monitor.api.params import Name, Offset, PathId, QueryName, UtcTime
 from monitor.baselines import create_baseline
 from monitor.checks import resolve_report_path, run_check
 from monitor.errors import NotFoundError
@@ -30,9 +30,9 @@ class CheckRequest(BaseModel):
     """``window`` is a label (1d, 7d, 12h, last:500) ending at ``now`` (default: just after
     the version's newest inference); or give ``start`` and ``end``."""
 
-    model: str = Field(min_length=1, max_length=128)
-    version: str | None = None
-    window: str | None = "1d"
+    model: Name
+    version: Name | None = None
+    window: Name | None = "1d"
     start: UtcTime = None
     end: UtcTime = None
     now: UtcTime = None
@@ -41,8 +41,8 @@ class CheckRequest(BaseModel):
 class BaselineRequest(BaseModel):
     """A time range (``start`` and ``end``) or the newest ``last`` studies."""
 
-    model: str = Field(min_length=1, max_length=128)
-    version: str | None = None
+    model: Name
+    version: Name | None = None
     start: UtcTime = None
     end: UtcTime = None
     last: int | None = Field(default=None, ge=1, le=MAX_STUDIES)
@@ -76,10 +76,10 @@ def post_check(body: CheckRequest, request: Request, actor: Operator) -> dict[st
 def list_results(
     request: Request,
     _actor: Reader,
-    model: str | None = None,
-    version: str | None = None,
-    detector: str | None = None,
-    feature: str | None = None,
+    model: QueryName = None,
+    version: QueryName = None,
+    detector: QueryName = None,
+    feature: QueryName = None,
     drift: bool | None = None,
     start: UtcTime = None,
     end: UtcTime = None,
@@ -99,8 +99,8 @@ def list_results(
 def list_runs(
     request: Request,
     _actor: Reader,
-    model: str | None = None,
-    version: str | None = None,
+    model: QueryName = None,
+    version: QueryName = None,
     start: UtcTime = None,
     end: UtcTime = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -166,8 +166,8 @@ def post_baseline(body: BaselineRequest, request: Request, actor: Operator) -> d
 
 
 @router.get("/v1/baselines", summary="Baselines, newest first")
-def list_baselines(request: Request, _actor: Reader, model: str | None = None,
-                   version: str | None = None) -> list[dict[str, Any]]:
+def list_baselines(request: Request, _actor: Reader, model: QueryName = None,
+                   version: QueryName = None) -> list[dict[str, Any]]:
     with session_scope(_runtime(request).sessions) as session:
         return [b.to_dict() for b in results.list_baselines(session, model=model,
                                                              version=version)]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from monitor.api.auth import Operator, Reader
-from monitor.api.params import MAX_ID, PathId
+from monitor.api.params import MAX_ID, Name, PathId, PathName, QueryName, Text
 from monitor.registry import Registry
 from monitor.runtime import Runtime
 
@@ -17,17 +17,17 @@ router = APIRouter(tags=["registry"])
 
 
 class RegisterRequest(BaseModel):
-    version: str = Field(min_length=1, max_length=128)
-    status: str = "candidate"
+    version: Name
+    status: Name = "candidate"
     embedding_dim: int | None = Field(default=None, ge=1, le=1_000_000)
-    notes: str | None = None
-    reason: str | None = None
+    notes: Text | None = None
+    reason: Text | None = None
 
 
 class PromoteRequest(BaseModel):
-    version: str
-    alias: str = "production"
-    reason: str | None = None
+    version: Name
+    alias: Name = "production"
+    reason: Text | None = None
     force: bool = False
     alert_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
@@ -35,15 +35,15 @@ class PromoteRequest(BaseModel):
 class RollbackRequest(BaseModel):
     """``to_version`` defaults to the last clean version (see ``monitor.registry``)."""
 
-    to_version: str | None = None
-    alias: str = "production"
-    reason: str | None = None
+    to_version: Name | None = None
+    alias: Name = "production"
+    reason: Text | None = None
     force: bool = False
     alert_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class DecisionRequest(BaseModel):
-    reason: str | None = None
+    reason: Text | None = None
     force: bool = False
 
 
@@ -53,12 +53,12 @@ def _registry(request: Request) -> Registry:
 
 
 @router.get("/v1/models/{model}/aliases", summary="A model's aliases")
-def get_aliases(model: str, request: Request, _actor: Reader) -> dict[str, str]:
+def get_aliases(model: PathName, request: Request, _actor: Reader) -> dict[str, str]:
     return _registry(request).aliases(model)
 
 
 @router.post("/v1/models/{model}/versions", summary="Register a model version")
-def register(model: str, body: RegisterRequest, request: Request, actor: Operator
+def register(model: PathName, body: RegisterRequest, request: Request, actor: Operator
              ) -> dict[str, Any]:
     info = _registry(request).register(model=model, version=body.version, actor=actor,
                                        status=body.status, embedding_dim=body.embedding_dim,
@@ -68,7 +68,7 @@ def register(model: str, body: RegisterRequest, request: Request, actor: Operato
 
 @router.post("/v1/models/{model}/promote", summary="Point an alias at a version (operator; "
              "needs a reason)")
-def promote(model: str, body: PromoteRequest, request: Request, actor: Operator
+def promote(model: PathName, body: PromoteRequest, request: Request, actor: Operator
             ) -> dict[str, Any]:
     move = _registry(request).promote(model=model, version=body.version, actor=actor,
                                       reason=body.reason, alias=body.alias, force=body.force,
@@ -78,7 +78,7 @@ def promote(model: str, body: PromoteRequest, request: Request, actor: Operator
 
 @router.post("/v1/models/{model}/rollback", summary="Roll an alias back now (operator; needs "
              "a reason); calls the deploy hook after the commit")
-def rollback(model: str, body: RollbackRequest, request: Request, actor: Operator
+def rollback(model: PathName, body: RollbackRequest, request: Request, actor: Operator
              ) -> dict[str, Any]:
     rec = _registry(request).rollback(model=model, actor=actor, reason=body.reason,
                                       to_version=body.to_version, alias=body.alias,
@@ -90,8 +90,8 @@ def rollback(model: str, body: RollbackRequest, request: Request, actor: Operato
 def recommendations(
     request: Request,
     _actor: Reader,
-    model: str | None = None,
-    status: str | None = None,
+    model: QueryName = None,
+    status: QueryName = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     found = _registry(request).recommendations(model=model, status=status, limit=limit)
@@ -131,8 +131,8 @@ def retry_hook(recommendation_id: PathId, body: DecisionRequest, request: Reques
 def audit(
     request: Request,
     _actor: Reader,
-    model: str | None = None,
-    action: str | None = None,
+    model: QueryName = None,
+    action: QueryName = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> list[dict[str, Any]]:
     return [entry.to_dict() for entry in _registry(request).audit(model=model, action=action,

@@ -11,7 +11,7 @@ import pandas as pd
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-from monitor.errors import NotFoundError
+from monitor.errors import NotFoundError, clip
 from monitor.store.models import Inference, ModelAlias, ModelVersion, Override
 
 _IN_CHUNK = 900  # bound parameters per IN list (SQLite's default limit is 999)
@@ -59,7 +59,7 @@ def get_model_version(session: Session, model: str, version: str) -> ModelVersio
         select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version)
     )
     if row is None:
-        raise NotFoundError(f"model {model!r} version {version!r} not found")
+        raise NotFoundError(f"model {clip(model)!r} version {clip(version)!r} not found")
     aliases = tuple(session.scalars(
         select(ModelAlias.alias).where(ModelAlias.model_version_id == row.id)
     ))

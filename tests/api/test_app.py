@@ -226,3 +226,28 @@ def test_malformed_dicom_header_is_a_422_not_a_crash(client: TestClient, runtime
     problem = response.json()["detail"][0]
     assert problem["index"] == 1 and "dicom" in problem["message"] and "KVP" in problem["message"]
     assert stored(runtime)["inferences"] == 0
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/checks/2147483648",
+    "/v1/alerts/2147483648",
+    "/v1/rollback-recommendations/2147483648",
+    "/v1/alerts?model=m&version=v%00",
+    "/v1/checks?model=m&feature=%00",
+    "/v1/checks/runs?version=%1f",
+    "/v1/rollback-recommendations?model=x%00",
+    "/v1/inferences?model=m%00",
+    "/v1/models/m%00/versions/v",
+])
+def test_ids_and_names_the_database_cannot_hold_are_a_422(client: TestClient, path: str) -> None:
+    """Ids beyond PostgreSQL's INTEGER and NUL or control characters in names were 500s."""
+    response = client.get(path)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["field"].startswith(("path.", "query."))
+
+
+def test_a_reason_with_a_nul_is_a_422_naming_it(client: TestClient) -> None:
+    response = client.post("/v1/models/cxr-triage/versions",
+                           json={"version": "2.0.0", "reason": "ok\u0000"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "body.reason"
