@@ -168,7 +168,7 @@ def test_dockerfile_runs_as_non_root_with_cpu_torch_and_a_healthcheck() -> None:
     assert "--index-url https://download.pytorch.org/whl/cpu" in text
     assert re.search(r"^USER (?!root|0\b)\S+", text, re.M)
     assert re.search(r"^HEALTHCHECK .*", text, re.M)
-    assert "/healthz" in text
+    assert "/readyz" in text  # readiness: database, schema, tables and key
 
 
 def test_promtool_checks_the_stack_prometheus_config(tmp_path: Path) -> None:
