@@ -245,6 +245,7 @@ def promote(session: Session, *, model: str, version: str, actor: str, reason: s
     refused unless ``force``."""
     reason = _require_reason(reason, f"promote {model} {version}")
     now = _now(now)
+    _require_alert(session, alert_id)
     target = _version(session, model, version)
     if target.status == "rolled_back" and not force:
         raise ConflictError(f"{model} {version} was rolled back for cause; promote it with "
@@ -343,6 +344,12 @@ def _execute(session: Session, rec: RollbackRecommendation, *, actor: str, reaso
                           "deploy_hook": rec.hook_status or "not configured"})
 
 
+def _require_alert(session: Session, alert_id: int | None) -> None:
+    """An alert a decision cites must exist (a rollback row references it)."""
+    if alert_id is not None and session.get(Alert, alert_id) is None:
+        raise ValidationError(f"alert id {alert_id} does not exist", field="alert_id")
+
+
 def _new_recommendation(session: Session, *, model: str, alias: str, from_version: str,
                         to_version: str, policy: str, alert_id: int | None, reason: str,
                         now: datetime) -> RollbackRecommendation:
@@ -363,6 +370,7 @@ def rollback(session: Session, *, model: str, actor: str, reason: str | None,
     with policy ``manual``). ``to_version`` defaults to ``rollback_target``."""
     reason = _require_reason(reason, f"roll back {model}")
     now = _now(now)
+    _require_alert(session, alert_id)
     current = alias_version(session, model, alias)
     if current is None:
         raise NotFoundError(f"model {clip(model)!r} has no alias {clip(alias)!r}")

@@ -47,6 +47,9 @@ def test_register_promote_rollback(token_client: TestClient, runtime: Runtime) -
     rollback = "/v1/models/cxr-triage/rollback"
     assert token_client.post(rollback, json={"reason": "r"}, headers=VIEWER).status_code == 403
     assert token_client.post(rollback, json={}, headers=OPERATOR).json()["field"] == "reason"
+    unknown_alert = token_client.post(rollback, json={"reason": "r", "alert_id": 1},
+                                      headers=OPERATOR)  # was a 500: the row references alerts
+    assert unknown_alert.status_code == 422 and unknown_alert.json()["field"] == "alert_id"
     done = token_client.post(rollback, json={"reason": "override rate doubled"}, headers=OPERATOR)
     assert done.status_code == 200, done.text
     body = done.json()
