@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from monitor.collect.dicom import age_band
 from monitor.errors import ConfigError
 from monitor.simulate import (
     DEFAULT_EPISODES,
@@ -299,6 +300,12 @@ def test_subgroup_drop_hits_the_old_patients_only():
     y1, m1 = _override_rate(d, ~old & (t.time_s < at))
     y2, m2 = _override_rate(d, ~old & (t.time_s >= at))
     assert abs(_z_two_proportions(y1, m1, y2, m2)) < 3
+    # the group is exactly one age band, the one the episode names, so the bias check can
+    # see it undiluted
+    (episode,) = d.episodes
+    assert episode.subgroup == "age_band=80+"
+    bands = np.array([age_band(age) for age in t.age_years])
+    assert np.array_equal(d.truth.affected["subgroup-drop"], (bands == "80+") & (t.time_s >= at))
 
 
 def test_prevalence_change_raises_north_prevalence():

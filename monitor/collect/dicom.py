@@ -77,6 +77,7 @@ _PATIENT_TAGS: Final = frozenset({"PatientID", "PatientSex", "PatientAge", "Pati
 
 VENDOR_MAX_LENGTH: Final = 64  # as the Manufacturer it comes from (LO)
 MAX_AGE_YEARS: Final = 130  # a derived age above this is a junk date, not a patient
+AGE_BANDS = ("0-17", "18-39", "40-64", "65-79", "80+")  # what age_band returns, youngest first
 _AGE_STRING = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DICOM_JSON_KEY = re.compile(r"^[0-9A-Fa-f]{8}$")
 _SEXES: Final = frozenset({"F", "M", "O"})
@@ -119,7 +120,10 @@ def normalise_manufacturer(manufacturer: str | None) -> str | None:
 
 
 def age_band(age_years: float | None) -> str | None:
-    """The age band: "0-17", "18-39", "40-64", "65+", or None when the age is unknown."""
+    """The age band: "0-17", "18-39", "40-64", "65-79", "80+", or None when the age is unknown.
+
+    The oldest patients have a band of their own, so a change that affects only them is not
+    diluted by the 65-79 year olds (migration 0003 re-banded studies stored under "65+")."""
     if age_years is None:
         return None
     if isinstance(age_years, bool) or not isinstance(age_years, numbers.Real):
@@ -136,7 +140,9 @@ def age_band(age_years: float | None) -> str | None:
         return "18-39"
     if age_years < 65:
         return "40-64"
-    return "65+"
+    if age_years < 80:
+        return "65-79"
+    return "80+"
 
 
 def scanner_from_dicom(

@@ -13,9 +13,10 @@ software-update    day 10     XR-SOUTH-1 (SIEMENS Ysio Max) goes from VF10E to V
                               unit of shift)
 new-vendor         day 14     XR-EAST-3 (FUJIFILM Corporation FDR Smart X) appears at east
                               and takes 40% x magnitude of east's studies
-subgroup-drop      day 17     patients aged 80 or over (both versions): the model's
-                              intercept rises by 1.0 and its separation falls by 1.2 (x
-                              magnitude), so false positives and misses rise in that group
+subgroup-drop      day 17     patients aged 80 or over, the age band 80+ (both versions):
+                              the model's intercept rises by 1.0 and its separation falls
+                              by 1.2 (x magnitude), so false positives and misses rise in
+                              that group
 override-rise      day 20     version 1.4.0 only: its separation falls linearly to 2.5 x
                               magnitude less by the end, so its sensitivity degrades and
                               radiologists disagree more and more
@@ -39,6 +40,7 @@ from monitor.simulate.fleet import BASE_FLEET, NEW_VENDOR_SCANNER, SOFTWARE_UPDA
 
 BASELINE_DAYS = 7
 SUBGROUP_MIN_AGE = 80
+SUBGROUP_BAND = "80+"  # the age band of exactly the patients aged SUBGROUP_MIN_AGE or over
 OVERRIDE_RISE_VERSION = "1.4.0"
 PREVALENCE_CHANGE_SITE = "north"
 
@@ -105,7 +107,7 @@ def _describe(spec: EpisodeSpec) -> tuple[str, dict[str, str | None]]:
         return (
             f"model performance drops for patients aged {SUBGROUP_MIN_AGE}+ "
             f"(intercept +{1.0 * m:g}, separation -{1.2 * m:g} logit)",
-            {"subgroup": f"age_years>={SUBGROUP_MIN_AGE}"},
+            {"subgroup": f"age_band={SUBGROUP_BAND}"},
         )
     if spec.name == "override-rise":
         return (

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from monitor.collect.dicom import (
+    AGE_BANDS,
     ALLOWED_TAGS,
     age_band,
     event_parts_from_dicom,
@@ -315,12 +316,16 @@ def test_unknown_sex_value_gives_none() -> None:
     ("age", "band"),
     [
         (0, "0-17"), (17, "0-17"), (17.99, "0-17"), (18, "18-39"), (39, "18-39"),
-        (40, "40-64"), (64, "40-64"), (64.5, "40-64"), (65, "65+"), (101, "65+"),
-        (None, None), (math.nan, None),
+        (40, "40-64"), (64, "40-64"), (64.5, "40-64"), (65, "65-79"), (79, "65-79"),
+        (79.99, "65-79"), (80, "80+"), (90, "80+"), (101, "80+"), (None, None), (math.nan, None),
     ],
 )  # fmt: skip
 def test_age_band_edges(age: float | None, band: str | None) -> None:
     assert age_band(age) == band
+
+
+def test_age_bands_lists_every_band_age_band_returns_in_order() -> None:
+    assert tuple(dict.fromkeys(age_band(age) for age in range(0, 131))) == AGE_BANDS
 
 
 def test_age_band_rejects_negative_and_non_numbers() -> None:
@@ -335,7 +340,8 @@ def test_age_band_rejects_negative_and_non_numbers() -> None:
     [
         ("054Y", 54, "40-64"), ("017Y", 17, "0-17"), ("018Y", 18, "18-39"),
         ("039Y", 39, "18-39"), ("040Y", 40, "40-64"), ("064Y", 64, "40-64"),
-        ("065Y", 65, "65+"), ("006M", 0, "0-17"), ("215M", 17, "0-17"),
+        ("065Y", 65, "65-79"), ("079Y", 79, "65-79"), ("080Y", 80, "80+"),
+        ("006M", 0, "0-17"), ("215M", 17, "0-17"),
         ("216M", 18, "18-39"), ("012W", 0, "0-17"), ("939W", 17, "0-17"),
         ("940W", 18, "18-39"), ("003D", 0, "0-17"), ("999D", 2, "0-17"),
         ("54", 54, "40-64"), ("999Y", None, None), ("abc", None, None),

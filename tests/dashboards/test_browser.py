@@ -60,7 +60,7 @@ PAGES = {
     "drift": ("drift", ("Detectors over time", "Top driver", "XR-SOUTH-1", "VF12B")),
     "scanners": ("scanners", ("software VF12B on SIEMENS Ysio Max",
                               "scanner FUJIFILM Corporation FDR Smart X")),
-    "bias": ("bias", ("age_band = 65+", "Subgroup table")),
+    "bias": ("bias", ("age_band = 80+", "Subgroup table")),
     "overrides": ("overrides", ("Override rate", "Most recent overridden studies")),
     "alerts": ("alerts", ("Critical firing", "Acknowledge or silence", "Recent alerts")),
     "versions": ("versions", (f"roll cxr-triage production back from {PRODUCTION} to "

@@ -202,9 +202,9 @@ def test_scanner_page_flags_the_new_scanner_and_software_with_their_dates(
 
 def test_bias_page_lists_the_injected_subgroup(dashboard_env: DashboardData) -> None:
     at = open_page("bias")
-    # subgroup-drop: patients aged 80+ (age band 65+) get worse calls in the late window
+    # subgroup-drop: patients aged 80+ (the age band 80+) get worse calls in the late window
     findings = texts(at.error)
-    assert "**age\\_band = 65+**" in findings
+    assert "**age\\_band = 80+**" in findings
     late = dashboard_env.template.check_run_ids["late"]
     n_results = scalar(dashboard_env, select(func.count()).select_from(CheckResult).where(
         CheckResult.check_run_id == late, CheckResult.detector == "SubgroupBias"))
@@ -212,7 +212,7 @@ def test_bias_page_lists_the_injected_subgroup(dashboard_env: DashboardData) -> 
     table = at.dataframe[0].value
     assert len(table) == n_results
     assert (table["status"] == "insufficient data").any()
-    row = table[(table["field"] == "age_band") & (table["group"] == "65+")
+    row = table[(table["field"] == "age_band") & (table["group"] == "80+")
                 & table["status"].str.startswith("significant")]
     assert not row.empty
     assert int(metric(at, "Insufficient data")) == int(

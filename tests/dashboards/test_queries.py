@@ -176,10 +176,10 @@ def _store_run(runtime: Runtime, deployment: SimulatedDeployment) -> int:
         {"detector": "NumericDrift", "feature": "kvp", "statistic": 0.3, "p_value": None,
          "threshold": 0.05, "drift": False, "n_reference": 300, "n_current": 40,
          "details": {"family": "metadata", "status": "insufficient data"}},
-        {"detector": "SubgroupBias", "feature": "age_band=65+:specificity",
+        {"detector": "SubgroupBias", "feature": "age_band=80+:specificity",
          "statistic": -0.1, "p_value": 0.001, "threshold": 0.05, "drift": True,
          "n_reference": 200, "n_current": 60,
-         "details": {"family": "bias", "field": "age_band", "value": "65+",
+         "details": {"family": "bias", "field": "age_band", "value": "80+",
                      "metric": "specificity", "status": "ok", "n": 60,
                      "group_value": 0.8, "ci": [0.68, 0.88], "rest_value": 0.9, "gap": -0.1,
                      "direction": "worse", "q_value": 0.01}},
@@ -225,7 +225,7 @@ def test_stored_results_read_back_for_the_drift_and_bias_pages(
     bias = run(runtime, "bias_table", run_id)
     row = bias.iloc[0]
     assert (row["field"], row["value"], row["metric"], row["ci_low"], row["ci_high"],
-            bool(row["drift"])) == ("age_band", "65+", "specificity", 0.68, 0.88, True)
+            bool(row["drift"])) == ("age_band", "80+", "specificity", 0.68, 0.88, True)
     ranking = run(runtime, "attribution_ranking", run_id)
     assert ranking["value"].tolist() == ["VF12B", "south"]
     baselines = run(runtime, "baseline_periods", production)
