@@ -1,8 +1,11 @@
-"""Revision 0002 on a database that holds data at 0001, on SQLite and PostgreSQL: rows kept,
-``event_id`` unique per model afterwards, and the way back."""
+"""Migrations on databases that hold data, on SQLite and PostgreSQL: revision 0002 at 0001
+(rows kept, ``event_id`` unique per model afterwards, and the way back) and revision 0003 at
+0002 (studies, baseline summaries and open alerts re-banded by age, and the way back)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +13,12 @@ from alembic import command
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from monitor.store.db import alembic_config, current_revision, make_engine
+from monitor.baselines import load_reference
+from monitor.collect.dicom import age_band
+from monitor.store.db import alembic_config, current_revision, make_engine, session_scope
+from monitor.store.models import SCHEMA_REVISION
+from monitor.store.results import get_baseline
+from tests.conftest import open_runtime
 
 T = "2026-11-01 08:00:00.000000"
 MODELS = {1: "cxr-triage", 2: "fracture-detect"}
@@ -98,4 +106,128 @@ def test_0002_downgrades_to_0001_with_its_rows(database_url: str) -> None:
     _refused(_insert_inference, engine, "e-1", 2)  # unique across models again
     command.upgrade(config, "head")  # and up again, past 0002
     assert _rows(engine) == before
+    engine.dispose()
+
+
+# --- 0003: age bands ------------------------------------------------------------------------
+
+AGES = {"a-10": 10, "a-30": 30, "a-50": 50, "a-70": 70, "a-85": 85, "a-90": 90, "a-none": None}
+BANDS_0002 = {"a-10": "0-17", "a-30": "18-39", "a-50": "40-64", "a-70": "65+", "a-85": "65+",
+              "a-90": "65+", "a-none": None}
+BANDS_0003 = {"a-10": "0-17", "a-30": "18-39", "a-50": "40-64", "a-70": "65-79",
+              "a-85": "80+", "a-90": "80+", "a-none": None}
+SUMMARY_0002 = {"categories": {"sex": {"F": 1.0},
+                               "age_band": {"65+": 3 / 6, "0-17": 1 / 6, "18-39": 1 / 6,
+                                            "40-64": 1 / 6}},
+                "n_patients": 7}
+SUMMARY_0003 = {"categories": {"sex": {"F": 1.0},
+                               "age_band": {"80+": 2 / 6, "0-17": 1 / 6, "18-39": 1 / 6,
+                                            "40-64": 1 / 6, "65-79": 1 / 6}},
+                "n_patients": 7}
+
+
+def _insert_alert(engine: Engine, key: str, state: str, feature: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO alert (key, rule, model, model_version, severity, state, labels, "
+            "consecutive, firing_windows, started_at, updated_at) VALUES (:key, "
+            "'subgroup_gap', 'cxr-triage', '1.4.0', 'warning', :state, :labels, 3, 2, :t, :t)"),
+            {"key": key, "state": state, "t": T,
+             "labels": json.dumps({"detector": "SubgroupBias", "feature": feature})})
+
+
+def _populated_at_0002(database_url: str) -> Engine:
+    """Studies of every age band at 0002 (one of each, three aged 65 or over, one unknown),
+    a baseline holding six of them, and alerts on the age band 65+ and others."""
+    engine = _populated_at_0001(database_url)
+    command.upgrade(alembic_config(engine), "0002")
+    with engine.begin() as connection:
+        for event_id, age in AGES.items():
+            connection.execute(text(
+                "INSERT INTO inference (event_id, model_version_id, model, ts, received_at, "
+                "study_key, scores, age_years, age_band) VALUES (:event_id, 1, 'cxr-triage', "
+                ":t, :t, :study, '{\"p\": 0.5}', :age, :band)"),
+                {"event_id": event_id, "t": T, "study": f"s-{event_id}", "age": age,
+                 "band": BANDS_0002[event_id]})
+        connection.execute(text(
+            "INSERT INTO baseline (id, model_version_id, created_at, n_studies, summary) "
+            "VALUES (1, 1, :t, 7, :summary)"), {"t": T, "summary": json.dumps(SUMMARY_0002)})
+        connection.execute(text(
+            "INSERT INTO baseline_member (baseline_id, inference_id) SELECT 1, id "
+            "FROM inference WHERE event_id LIKE 'a-%'"))
+    _insert_alert(engine, "k-old", "firing", "age_band=65+:specificity")
+    _insert_alert(engine, "k-pending", "pending", "age_band=65+:override_rate")
+    _insert_alert(engine, "k-young", "firing", "age_band=0-17:specificity")
+    _insert_alert(engine, "k-view", "firing", "view=AP:specificity")
+    return engine
+
+
+def _bands(engine: Engine) -> dict[str, str | None]:
+    with engine.connect() as connection:
+        return dict(connection.execute(text(
+            "SELECT event_id, age_band FROM inference WHERE event_id LIKE 'a-%'")).all())
+
+
+def _baseline_summary(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as connection:
+        summary = connection.execute(text("SELECT summary FROM baseline WHERE id = 1")).scalar()
+    return json.loads(summary) if isinstance(summary, str) else summary
+
+
+def _alert_states(engine: Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        return dict(connection.execute(text("SELECT key, state FROM alert")).all())
+
+
+def test_0003_rebands_stored_studies_and_baseline_summaries(database_url: str) -> None:
+    engine = _populated_at_0002(database_url)
+    before = _rows(engine)
+    command.upgrade(alembic_config(engine), "0003")
+    assert current_revision(engine) == "0003" == SCHEMA_REVISION
+    assert _bands(engine) == BANDS_0003
+    assert _rows(engine) == before
+    summary = _baseline_summary(engine)
+    assert summary == SUMMARY_0003
+    assert next(iter(summary["categories"]["age_band"])) == "80+"  # largest share first
+    # alerts on a band no check can see again are resolved; the others are left alone
+    assert _alert_states(engine) == {"k-old": "resolved", "k-pending": "resolved",
+                                     "k-young": "firing", "k-view": "firing"}
+    with engine.connect() as connection:
+        resolved = connection.execute(text(
+            "SELECT consecutive, firing_windows, resolved_at FROM alert WHERE key = 'k-old'"
+        )).one()
+    assert resolved[:2] == (0, 0) and resolved[2] is not None
+    engine.dispose()
+
+
+def test_0003_bands_match_the_code_and_a_baseline_checks_afterwards(
+        database_url: str, tmp_path: Path) -> None:
+    """The migration's edges are the code's, and the ages of stored studies need no cap to
+    band (90 and over are 80+ either way); an upgraded baseline refits on the new bands."""
+    engine = _populated_at_0002(database_url)
+    command.upgrade(alembic_config(engine), "head")
+    assert _bands(engine) == {key: age_band(age) for key, age in AGES.items()}
+    engine.dispose()
+    runtime = open_runtime(database_url, tmp_path)
+    try:
+        with session_scope(runtime.sessions) as session:
+            reference = load_reference(session, get_baseline(session, 1), with_embeddings=False)
+        assert sorted(reference.frame["age_band"].dropna()) == sorted(
+            band for band in BANDS_0003.values() if band is not None)
+    finally:
+        runtime.close()
+
+
+def test_0003_downgrades_to_0002_with_65_plus(database_url: str) -> None:
+    engine = _populated_at_0002(database_url)
+    config = alembic_config(engine)
+    command.upgrade(config, "0003")
+    _insert_alert(engine, "k-80", "firing", "age_band=80+:sensitivity")
+    command.downgrade(config, "0002")
+    assert current_revision(engine) == "0002"
+    assert _bands(engine) == BANDS_0002
+    assert _baseline_summary(engine) == SUMMARY_0002
+    assert _alert_states(engine)["k-80"] == "resolved"
+    command.upgrade(config, "head")  # and up again
+    assert _bands(engine) == BANDS_0003
     engine.dispose()
