@@ -94,7 +94,7 @@ DRIFT_RESULTS = (
     + [("PerformanceDrift", m, "performance") for m in (
         "override_rate", "sensitivity", "specificity", "ppv", "npv")]
 )
-SUBGROUPS = ([("age_band", v) for v in ("0-17", "18-39", "40-64", "65+")]
+SUBGROUPS = ([("age_band", v) for v in ("0-17", "18-39", "40-64", "65-79", "80+")]
              + [("manufacturer", s[1]) for s in SCANNERS[:6:2]]
              + [("scanner_model", s[2]) for s in SCANNERS[:7]]
              + [("site", s) for s in ("north", "south", "east")]
@@ -122,7 +122,8 @@ def _timestamps(start: datetime, seconds: np.ndarray, dialect: str) -> np.ndarra
 
 
 def _age_bands(ages: np.ndarray) -> np.ndarray:
-    return np.select([ages < 18, ages < 40, ages < 65], ["0-17", "18-39", "40-64"], "65+")
+    return np.select([ages < 18, ages < 40, ages < 65, ages < 80],
+                     ["0-17", "18-39", "40-64", "65-79"], "80+")
 
 
 def generate(n: int, days: int, seed: int, dialect: str, version_ids: dict[str, int]
@@ -266,7 +267,7 @@ def add_checks(engine: Engine, days: int, seed: int, version_ids: dict[str, int]
         for field, value in SUBGROUPS:
             for metric in ("sensitivity", "specificity", "override_rate"):
                 row = _result(run_id, "SubgroupBias", f"{field}={value}:{metric}", "bias", rng,
-                              late and value == "65+")
+                              late and value == "80+")
                 low = float(rng.uniform(0.6, 0.8))
                 row["details"] = {
                     "family": "bias", "status": "ok", "field": field, "value": value,
