@@ -1,8 +1,10 @@
-"""Per-study novelty: conformal p-values from nearest-neighbour distances to the reference, and
-a window alarm when more studies are novel than chance allows."""
+"""Per-study novelty: conformal p-values from nearest-neighbour distances to the reference, each
+reference study calibrating against the others (leave-one-out), and a window alarm when more
+studies are novel than chance allows."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 from scipy.stats import betabinom
 
 from monitor.detect._torch import (
+    Projection,
     as_embeddings,
     as_groups,
     check_alpha,
@@ -18,54 +21,96 @@ from monitor.detect._torch import (
     fit_projection,
     keys_or_none,
     require_fitted,
-    require_samples,
     resolve_device,
     squared_distances,
 )
 from monitor.detect.result import DetectionResult
-from monitor.errors import ConfigError, InsufficientDataError
+from monitor.errors import InsufficientDataError
 
 _ROWS_PER_CHUNK_ELEMENTS = 16_000_000
+# The per-study level never goes below this; smaller references raise it (see ``fit``).
+NOVELTY_ALPHA_FLOOR = 0.01
+# Fewest calibration units (studies, or patients with ``groups``) ``fit`` accepts.
+MIN_CALIBRATION = 20
+
+
+def default_novelty_alpha(n_calibration: int) -> float:
+    """``max(0.01, 2 / (n + 1))``: a conformal p-value over n calibration scores is at least
+    1 / (n + 1), so below 199 calibration units 0.01 could never be reached; at 2 / (n + 1) a
+    study beyond every calibration score (p = 1 / (n + 1)) is novel."""
+    return max(NOVELTY_ALPHA_FLOOR, 2.0 / (n_calibration + 1))
 
 
 class NoveltyDrift:
     """Flags studies unlike anything in the reference, and windows with too many of them.
 
-    ``fit`` splits the reference into a *fit* part (the neighbours) and a held-out
-    *calibration* part (a share ``calibration_fraction``). A study's score is its mean distance
-    to its ``k`` nearest fit-part studies (after PCA fitted on the fit part only); its conformal
-    p-value is (1 + #{calibration scores >= score}) / (1 + n_cal). A calibration study is scored
-    exactly like a new one (neither took part in the fit), so under no shift the p-value is
-    valid: P(p <= t) <= t. A study is novel when p < ``novelty_alpha``.
+    Score: a study's mean distance to its ``k`` nearest reference studies, after a PCA fitted
+    on the reference (``pca_components``). Calibration uses *every* reference study: each one's
+    calibration score is its leave-one-out score, the mean distance to its ``k`` nearest
+    *other* reference studies; with ``groups``, studies of its own patient are left out too (a
+    repeat study would otherwise find its twin and score artificially small), and one random
+    study per patient calibrates. A new study's conformal p-value is
+    (1 + #{calibration scores >= score}) / (1 + n_cal); with ``groups`` at ``test`` a study is
+    likewise scored against the other patients' reference studies. It is novel when
+    p < ``novelty_alpha``, whose default (None) is ``max(0.01, 2 / (n_cal + 1))``, fixed at
+    ``fit`` (``novelty_alpha_``): 0.01 from 199 calibration units up, 2 / (n_cal + 1) below,
+    so that the smallest possible p-value is novel. ``fit`` needs at least 20 calibration units
+    and ``k`` studies outside the largest patient.
 
-    Window verdict: the novelty events of one window share one calibration set, so the count
-    of novel studies is not Binomial(n, novelty_alpha): given the calibration set each study is
-    novel with the same probability q, the mass above the j-th largest calibration score, and
-    under exchangeability q ~ Beta(j, n_cal + 1 - j) whatever the score distribution (j - 1 is
-    the most calibration scores a study may lie below and still be novel). The count is then
-    Beta-Binomial(n, j, n_cal + 1 - j), an exact law, and the window p-value is its upper tail
-    at the observed count; drift when it is below ``alpha``. A plain Binomial(n, novelty_alpha)
-    test ignores the shared calibration set and over-alarms: with 300 calibration studies and
-    windows of 300 it alarms at 7 novel studies, which happens in 8.8 % of no-shift windows.
+    Why the per-study p-value stays valid (P(p <= t) <= t under no shift). Add the new study to
+    the reference and score every unit of the augmented set by the same rule (mean distance to
+    the ``k`` nearest studies of the other units): a symmetric rule on exchangeable units, so
+    the new unit's rank among the n + 1 augmented scores is uniform and the full-conformal
+    p-value p* = (1 + #{augmented reference scores >= new score}) / (n + 1) is exactly valid.
+    The new study's score is the same in both (its neighbours are the reference); a reference
+    study's leave-one-out score only lacks the new study among its candidate neighbours, so it
+    is at least its augmented score. Hence p >= p*: valid, conservative by at most the effect of
+    one neighbour among n. The PCA, fitted on the reference and not on the augmented set, is
+    the one asymmetry: principal axes capture more of the spread of the studies they were
+    fitted on than of a new one (PCA's in-sample optimism), which again makes reference scores
+    larger, the conservative side; the tests measure the whole.
 
-    Repeat studies: with ``groups`` at ``fit``, the fit/calibration split is by patient (a
-    calibration study must not find its own patient among the neighbours) and calibration keeps
-    one random study per patient. With ``groups`` at ``test``, the window count uses one random
-    study per patient, since a patient who looks unusual looks unusual in every study; every
-    novel study is still listed.
+    Window verdict: given the reference, window studies (or patients) are independent and each
+    is novel with the same probability q, the mass of new-study scores above the j-th largest
+    calibration score (j - 1 is the most calibration scores a study may lie below and still be
+    novel). The count of novel studies is Binomial(n, q) given q, and the window p-value is the
+    upper tail of Beta-Binomial(n, j, n_cal + 1 - j) at the observed count; drift when it is
+    below ``alpha``. With a held-out calibration split the calibration scores are i.i.d. given
+    the fit part and q ~ Beta(j, n_cal + 1 - j) exactly, whatever the score distribution. With
+    leave-one-out scores the law of q is that Beta to first order: its mean is at most
+    j / (n_cal + 1) (the validity above), and the extra dependence between calibration scores
+    that share neighbours is offset by the reference's own randomness entering the calibration
+    scores and the new scores alike (a sparse reference region raises both), which a split
+    cannot offer. It is not exact; the tests measure the false-alarm rate from 50 to 3,000
+    reference studies, with and without repeat studies. A plain Binomial(n, novelty_alpha)
+    test would ignore the shared calibration and over-alarm (with 300 calibration studies and
+    windows of 300 it alarms at 7 novel studies, which happens in 8.8 % of no-shift windows).
+
+    Repeat studies: with ``groups`` at ``test``, the window count uses one random study per
+    patient, since a patient who looks unusual looks unusual in every study; every novel study
+    is still listed.
+
+    ``calibration_fraction`` is deprecated and ignored (the reference is no longer split).
     """
 
     def __init__(
         self,
         *,
         alpha: float = 0.05,
-        novelty_alpha: float = 0.01,
+        novelty_alpha: float | None = None,
         k: int = 10,
-        calibration_fraction: float = 0.3,
+        calibration_fraction: float | None = None,
         pca_components: int | None = 32,
         seed: int = 0,
         device: str = "auto",
     ):
+        if calibration_fraction is not None:
+            warnings.warn(
+                "NoveltyDrift(calibration_fraction=...) is deprecated and ignored: every "
+                "reference study calibrates (leave-one-out)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.alpha = alpha
         self.novelty_alpha = novelty_alpha
         self.k = k
@@ -76,49 +121,63 @@ class NoveltyDrift:
 
     def fit(self, reference: np.ndarray, *, groups: np.ndarray | None = None) -> NoveltyDrift:
         check_alpha(self.alpha)
-        novelty_alpha = check_alpha(self.novelty_alpha, name="novelty_alpha")
         k = check_positive_int(self.k, name="k")
         check_optional_components(self.pca_components)
-        if not 0.0 < float(self.calibration_fraction) < 1.0:
-            raise ConfigError(
-                "calibration_fraction must lie strictly between 0 and 1, "
-                f"got {self.calibration_fraction!r}"
-            )
         reference = as_embeddings(reference, name="reference")
         groups_array = as_groups(groups, name="groups", n=reference.shape[0])
         rng = np.random.default_rng(self.seed)
-        fit_rows, calibration_rows = self._split(reference.shape[0], groups_array, rng)
-        require_samples(fit_rows.size, minimum=k + 1, name="reference fit part")
-        n_cal = calibration_rows.size
+        if groups_array is None:
+            patients, codes = None, np.arange(reference.shape[0])
+            calibration_rows = codes
+        else:
+            patients, codes = np.unique(groups_array, return_inverse=True)
+            calibration_rows = _one_per_group(codes, rng)
+        n_cal = int(calibration_rows.size)
+        unit = "studies" if groups_array is None else "patients"
+        if n_cal < MIN_CALIBRATION:
+            raise InsufficientDataError(
+                f"reference has {n_cal} {unit}; novelty calibration needs at least "
+                f"{MIN_CALIBRATION}"
+            )
+        outside_largest = reference.shape[0] - int(np.bincount(codes).max())
+        if outside_largest < k:
+            raise InsufficientDataError(
+                f"reference has {outside_largest} studies outside its largest patient; "
+                f"k={k} nearest neighbours of other patients are needed"
+            )
+        novelty_alpha = self._novelty_alpha(n_cal)
         most_above = _most_calibration_above(n_cal, novelty_alpha)
         if most_above < 0:
             need = int(np.ceil(1.0 / novelty_alpha))
             raise InsufficientDataError(
-                f"reference calibration part has {n_cal} studies (patients); a conformal p-value "
-                f"below novelty_alpha={novelty_alpha} needs at least {need}"
+                f"reference has {n_cal} calibration {unit}; a conformal p-value below "
+                f"novelty_alpha={novelty_alpha} needs at least {need} (or leave novelty_alpha "
+                "unset: it then follows the reference size)"
             )
 
         self.device_ = resolve_device(self.device)
-        fit_part = torch.from_numpy(reference[fit_rows]).to(self.device_)
-        self.projection_ = fit_projection(
-            fit_part, self.pca_components, generator=torch.Generator().manual_seed(int(self.seed))
-        )
-        self.neighbours_ = self.projection_.apply(fit_part)
-        self.calibration_scores_ = np.sort(self._scores(reference[calibration_rows]))
+        self.reference_ = torch.from_numpy(reference).to(self.device_)
+        self.patients_ = patients
+        self.neighbour_codes_ = torch.from_numpy(codes.astype(np.int64)).to(self.device_)
+        self.calibration_rows_ = calibration_rows
+        self.novelty_alpha_ = novelty_alpha
         self.n_features_in_ = reference.shape[1]
-        self.n_fit_ = int(fit_rows.size)
-        self.n_calibration_ = int(n_cal)
+        self.n_calibration_ = n_cal
         self.n_reference_ = int(reference.shape[0])
         self.grouped_ = groups_array is not None
         # Novel <=> at most `most_above` calibration scores are >= the study's score.
         self.null_beta_ = (most_above + 1, n_cal - most_above)
         return self
 
-    def study_p_values(self, current: np.ndarray) -> np.ndarray:
+    def study_p_values(
+        self, current: np.ndarray, *, groups: np.ndarray | None = None
+    ) -> np.ndarray:
         """Conformal p-value of every study: (1 + #{calibration >= score}) / (1 + n_cal)."""
-        require_fitted(self, "calibration_scores_")
+        require_fitted(self, "reference_")
         current = as_embeddings(current, name="current", n_features=self.n_features_in_)
-        return self._p_values(self._scores(current))
+        groups_array = as_groups(groups, name="groups", n=current.shape[0])
+        calibration, scores, _ = self._score(current, groups_array)
+        return _p_values(calibration, scores)
 
     def test(
         self,
@@ -127,16 +186,17 @@ class NoveltyDrift:
         groups: np.ndarray | None = None,
         keys: Sequence[str] | None = None,
     ) -> DetectionResult:
-        require_fitted(self, "calibration_scores_")
+        require_fitted(self, "reference_")
         current = as_embeddings(current, name="current", n_features=self.n_features_in_)
         n = current.shape[0]
-        require_samples(n, minimum=1, name="current")
+        if n < 1:
+            raise InsufficientDataError("current has 0 studies; this test needs at least 1")
         groups_array = as_groups(groups, name="groups", n=n)
         key_list = keys_or_none(keys, n=n)
 
-        scores = self._scores(current)
-        p_values = self._p_values(scores)
-        novel = p_values < self.novelty_alpha
+        calibration, scores, projection = self._score(current, groups_array)
+        p_values = _p_values(calibration, scores)
+        novel = p_values < self.novelty_alpha_
         if groups_array is None:
             counted = np.arange(n)
         else:
@@ -157,14 +217,17 @@ class NoveltyDrift:
             else "study",
             "expected": float(n_counted * a / (a + b)),
             "null": f"beta-binomial(n={n_counted}, a={a}, b={b})",
-            "novelty_alpha": float(self.novelty_alpha),
+            "novelty_alpha": float(self.novelty_alpha_),
             "k": int(self.k),
-            "score": f"mean distance to the {self.k} nearest reference studies",
-            "n_fit": self.n_fit_,
+            "score": f"mean distance to the {self.k} nearest reference studies"
+            + (" of other patients" if self.grouped_ and groups_array is not None else ""),
+            "calibration": "leave-one-out over the reference"
+            + (" (own patient left out, one study per patient)" if self.grouped_ else ""),
             "n_calibration": self.n_calibration_,
             "calibration_unit": "patient" if self.grouped_ else "study",
-            "pca_components": self.projection_.n_components,
-            "explained_variance_ratio": self.projection_.explained_variance_ratio,
+            "pca_components": projection.n_components,
+            "pca_fitted_on": "reference and window pooled",
+            "explained_variance_ratio": projection.explained_variance_ratio,
             "seed": int(self.seed),
             "device": str(self.device_),
         }
@@ -182,41 +245,66 @@ class NoveltyDrift:
             details=details,
         )
 
-    def _split(
-        self, n: int, groups: np.ndarray | None, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if groups is None:
-            order = rng.permutation(n)
-            n_cal = round(self.calibration_fraction * n)
-            return np.sort(order[n_cal:]), np.sort(order[:n_cal])
-        patients, patient_of_study = np.unique(groups, return_inverse=True)
-        shuffled = rng.permutation(patients.size)
-        n_cal_patients = round(self.calibration_fraction * patients.size)
-        is_calibration = np.zeros(patients.size, dtype=bool)
-        is_calibration[shuffled[:n_cal_patients]] = True
-        fit_rows = np.flatnonzero(~is_calibration[patient_of_study])
-        calibration_rows = np.flatnonzero(is_calibration[patient_of_study])
-        calibration_rows = calibration_rows[_one_per_group(groups[calibration_rows], rng)]
-        return fit_rows, np.sort(calibration_rows)
+    def _novelty_alpha(self, n_calibration: int) -> float:
+        if self.novelty_alpha is None:
+            return default_novelty_alpha(n_calibration)
+        return check_alpha(self.novelty_alpha, name="novelty_alpha")
 
-    def _scores(self, x: np.ndarray) -> np.ndarray:
-        z = self.projection_.apply(torch.from_numpy(x).to(self.device_))
-        k = min(int(self.k), self.neighbours_.shape[0])
-        rows = max(1, _ROWS_PER_CHUNK_ELEMENTS // self.neighbours_.shape[0])
+    def _score(
+        self, current: np.ndarray, groups: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, Projection]:
+        """Sorted leave-one-out calibration scores and the new studies' scores, in the PCA of
+        the reference and the window pooled (a rule symmetric in all studies: see the class
+        docstring). With patient keys on both sides, a new study's own patient's reference
+        studies are left out, as they are for the calibration studies."""
+        x = torch.from_numpy(current).to(self.device_)
+        projection = fit_projection(
+            torch.cat([self.reference_, x]),
+            self.pca_components,
+            generator=torch.Generator().manual_seed(int(self.seed)),
+        )
+        neighbours = projection.apply(self.reference_)
+        rows = self.calibration_rows_
+        calibration = self._knn_scores(
+            neighbours[torch.from_numpy(rows).to(self.device_)],
+            neighbours,
+            self.neighbour_codes_.cpu().numpy()[rows],
+        )
+        codes = None
+        if groups is not None and self.patients_ is not None:
+            where = np.searchsorted(self.patients_, groups)
+            clipped = np.minimum(where, self.patients_.size - 1)
+            codes = np.where(self.patients_[clipped] == groups, clipped, -1)
+        scores = self._knn_scores(projection.apply(x), neighbours, codes)
+        return np.sort(calibration), scores, projection
+
+    def _knn_scores(
+        self, z: torch.Tensor, neighbours: torch.Tensor, exclude: np.ndarray | None
+    ) -> np.ndarray:
+        """Mean distance of each row of ``z`` to its ``k`` nearest reference studies, leaving
+        out those whose patient code equals the row's entry of ``exclude`` (-1: none)."""
+        k = min(int(self.k), neighbours.shape[0])
+        rows = max(1, _ROWS_PER_CHUNK_ELEMENTS // neighbours.shape[0])
+        excluded = None
+        if exclude is not None:
+            excluded = torch.from_numpy(np.asarray(exclude, dtype=np.int64)).to(self.device_)
         out = []
         for start in range(0, z.shape[0], rows):
-            sq = squared_distances(z[start : start + rows], self.neighbours_)
+            sq = squared_distances(z[start : start + rows], neighbours)
+            if excluded is not None:
+                own = excluded[start : start + rows, None] == self.neighbour_codes_[None, :]
+                sq.masked_fill_(own, float("inf"))
             nearest = sq.topk(k, dim=1, largest=False).values
             out.append(nearest.sqrt().mean(dim=1).double())
         if not out:
             return np.zeros(0)
         return torch.cat(out).cpu().numpy()
 
-    def _p_values(self, scores: np.ndarray) -> np.ndarray:
-        above = self.calibration_scores_.size - np.searchsorted(
-            self.calibration_scores_, scores, side="left"
-        )
-        return (1.0 + above) / (1.0 + self.calibration_scores_.size)
+
+def _p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(1 + #{calibration >= score}) / (1 + n_cal), ``calibration`` sorted."""
+    above = calibration.size - np.searchsorted(calibration, scores, side="left")
+    return (1.0 + above) / (1.0 + calibration.size)
 
 
 def _most_calibration_above(n_cal: int, novelty_alpha: float) -> int:
