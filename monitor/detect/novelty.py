@@ -45,8 +45,9 @@ class NoveltyDrift:
     """Flags studies unlike anything in the reference, and windows with too many of them.
 
     Score: a study's mean distance to its ``k`` nearest reference studies, after a PCA fitted
-    on the reference (``pca_components``). Calibration uses *every* reference study: each one's
-    calibration score is its leave-one-out score, the mean distance to its ``k`` nearest
+    at ``test`` on the reference and the window pooled (``pca_components``). Calibration uses
+    *every* reference study: each one's calibration score is its leave-one-out score, the mean
+    distance to its ``k`` nearest
     *other* reference studies; with ``groups``, studies of its own patient are left out too (a
     repeat study would otherwise find its twin and score artificially small), and one random
     study per patient calibrates. A new study's conformal p-value is
@@ -65,10 +66,13 @@ class NoveltyDrift:
     The new study's score is the same in both (its neighbours are the reference); a reference
     study's leave-one-out score only lacks the new study among its candidate neighbours, so it
     is at least its augmented score. Hence p >= p*: valid, conservative by at most the effect of
-    one neighbour among n. The PCA, fitted on the reference and not on the augmented set, is
-    the one asymmetry: principal axes capture more of the spread of the studies they were
-    fitted on than of a new one (PCA's in-sample optimism), which again makes reference scores
-    larger, the conservative side; the tests measure the whole.
+    one neighbour among n. The PCA is fitted on the reference and the window pooled: a
+    function symmetric in the reference studies and the new one (given the window's other
+    studies, independent of them under no shift), so the argument holds with it. A PCA fitted
+    on the reference alone would not: principal axes capture more of the spread of the studies
+    they were fitted on than of a new one, so leave-one-out scores came out too large and the
+    test far too conservative (200 reference studies of 64 dimensions: 0.0001 of no-shift
+    studies at p <= 0.05).
 
     Window verdict: given the reference, window studies (or patients) are independent and each
     is novel with the same probability q, the mass of new-study scores above the j-th largest
