@@ -35,7 +35,12 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, *, api_open: bool, insecure_open: bool) -> None:
     """Refuse to serve an open API (no token in the database) beyond loopback, unless
     ``insecure_open`` says so, which is logged loudly."""
-    if not api_open or is_loopback(host):
+    if not api_open:
+        return
+    if is_loopback(host):
+        log.warning("no API token in the database: the API is open to every process on this "
+                    "machine (actor 'anonymous'); create one with `monitor token create --name "
+                    "NAME --role admin` to require tokens")
         return
     if not insecure_open:
         raise ConfigError(

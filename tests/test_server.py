@@ -41,6 +41,15 @@ def test_insecure_open_is_logged_loudly(caplog: pytest.LogCaptureFixture) -> Non
     assert record.levelname == "WARNING" and "NO AUTHENTICATION" in record.getMessage()
 
 
+def test_an_open_api_on_loopback_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    check_bind("127.0.0.1", api_open=True, insecure_open=False)
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "monitor token create" in record.getMessage()
+    caplog.clear()
+    check_bind("127.0.0.1", api_open=False, insecure_open=False)
+    assert not caplog.records
+
+
 def _environment(database_url: str, **extra: str) -> dict[str, str]:
     return {**os.environ, "DO_NOT_TRACK": "1", "MONITOR_DATABASE_URL": database_url,
             "MONITOR_SECRET_KEY": TEST_SECRET, "MONITOR_CHECK_INTERVAL_S": "0", **extra}
