@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     bootstrap_admin_token: SecretStr | None = None
     alert_rules_file: Path | None = None
     dashboard_port: int = Field(default=8501, ge=1, le=65535)
+    # Where people open the dashboard: alert notifications link to its Alerts page.
+    dashboard_url: str = Field(default="http://127.0.0.1:8501", pattern=r"^https?://[^\s]+$")
     # Serving a non-loopback address while the API is open (no token in the database) is
     # refused unless this is set (a lab; logged as a warning).
     insecure_open: bool = False

@@ -82,8 +82,9 @@ NO_STATISTIC = frozenset({"failed", "insufficient data"})
 UNKNOWN_VERSION = "unknown"  # an override event that names no model version
 _IN_CHUNK = 900
 
-VERSION_LABELS = ("model", "version")
-WINDOW_LABELS = ("model", "version", "window")
+# ``model_version``, as on the service's own alerts and in the Alertmanager configs.
+VERSION_LABELS = ("model", "model_version")
+WINDOW_LABELS = ("model", "model_version", "window")
 DRIFT_LABELS = (*WINDOW_LABELS, "family", "detector", "feature")
 PERFORMANCE_LABELS = (*WINDOW_LABELS, "metric")
 SUBGROUP_LABELS = (*WINDOW_LABELS, "field", "value", "metric")
@@ -126,7 +127,7 @@ FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("monitor_model_active_version", "info",
                "The live versions of each model: the production alias and every version with "
                "status active (what scheduled checks cover).",
-               ("model",)),  # the version is the info label
+               ("model",)),  # model_version is the info label
     FamilySpec("monitor_check_interval_seconds", "gauge",
                "Interval of the scheduled checks (0: scheduler off)."),
     FamilySpec("monitor_check_last_success_timestamp_seconds", "gauge",
@@ -385,7 +386,8 @@ class StoreCollector(Collector):
         live.update(version_id for version_id in production if version_id in versions)
         info = families["monitor_model_active_version"]
         for version_id in sorted(live, key=lambda i: (versions[i].model, versions[i].version)):
-            info.add_metric([versions[version_id].model], {"version": versions[version_id].version})
+            info.add_metric([versions[version_id].model],
+                            {"model_version": versions[version_id].version})
         return live
 
     def _latest_runs(self, session: Session, exported: set[int]) -> list[_Run]:

@@ -234,4 +234,4 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
                  "monitor_check_last_success_timestamp_seconds"):
         assert name in used, name
     variables = {v["name"] for v in dashboard["templating"]["list"]}
-    assert variables == {"datasource", "model", "version", "window"}
+    assert variables == {"datasource", "model", "model_version", "window"}

@@ -121,12 +121,12 @@ def test_ingestion_counters_count_rows_by_model_version(runtime: Runtime) -> Non
         + [override_event(uids[2])])
     registry, _ = collector(runtime)
     value = registry.get_sample_value
-    assert value("monitor_inferences_total", {"model": MODEL, "version": "1.4.0"}) == 7
-    assert value("monitor_inferences_total", {"model": MODEL, "version": "1.3.0"}) == 3
-    assert value("monitor_overrides_total", {"model": MODEL, "version": "1.3.0"}) == 2
-    assert value("monitor_overrides_total", {"model": MODEL, "version": "unknown"}) == 1
+    assert value("monitor_inferences_total", {"model": MODEL, "model_version": "1.4.0"}) == 7
+    assert value("monitor_inferences_total", {"model": MODEL, "model_version": "1.3.0"}) == 3
+    assert value("monitor_overrides_total", {"model": MODEL, "model_version": "1.3.0"}) == 2
+    assert value("monitor_overrides_total", {"model": MODEL, "model_version": "unknown"}) == 1
     newest = value("monitor_last_inference_timestamp_seconds",
-                   {"model": MODEL, "version": "1.4.0"})
+                   {"model": MODEL, "model_version": "1.4.0"})
     assert newest == datetime(2026, 11, 22, 10, 0, tzinfo=UTC).timestamp()
     assert value("monitor_store_up") == 1
 
@@ -138,7 +138,7 @@ def test_ingestion_counters_stay_exact_across_scrapes_while_rows_settle(
     whichever side of the settle frontier new rows land."""
     clock = {"now": datetime.now(UTC).timestamp()}
     registry, _ = collector(runtime, settle_seconds=60.0, clock=lambda: clock["now"])
-    labels = {"model": MODEL, "version": "1.4.0"}
+    labels = {"model": MODEL, "model_version": "1.4.0"}
     expected = 0
     for step in range(4):
         log(runtime, 5 + step)
@@ -186,7 +186,7 @@ def test_latest_check_results_become_drift_performance_and_subgroup_metrics(
     store_run(runtime, vid, latest, health=0.55, n_studies=321)
     registry, _ = collector(runtime)
     value = registry.get_sample_value
-    window = {"model": MODEL, "version": "1.4.0", "window": "1d"}
+    window = {"model": MODEL, "model_version": "1.4.0", "window": "1d"}
 
     def drift(family: str, detector: str, feature: str) -> dict[str, str]:
         return {**window, "family": family, "detector": detector, "feature": feature}
@@ -230,7 +230,7 @@ def test_latest_check_results_become_drift_performance_and_subgroup_metrics(
 
     finished = (NOW + timedelta(minutes=1)).timestamp()
     assert value("monitor_check_last_success_timestamp_seconds",
-                 {"model": MODEL, "version": "1.4.0"}) == finished
+                 {"model": MODEL, "model_version": "1.4.0"}) == finished
     text = generate_latest(registry).decode()
     assert "Attribution" not in text
 
@@ -255,7 +255,7 @@ def test_latest_run_is_per_window_and_failed_or_ended_versions_are_left_out(
 
     def p(window: str, version: str = "1.4.0") -> float | None:
         return registry.get_sample_value("monitor_drift_p_value", {
-            "model": MODEL, "version": version, "window": window, "family": "embedding",
+            "model": MODEL, "model_version": version, "window": window, "family": "embedding",
             "detector": "MMDDrift", "feature": "embedding"})
 
     assert p("1d") == 0.2  # the failed later run is not a result
@@ -284,7 +284,7 @@ def test_subgroup_values_are_capped_keeping_the_largest_groups(runtime: Runtime)
         for site, n in sizes.items()
     ])
     registry, _ = collector(runtime, max_subgroup_values=2)
-    window = {"model": MODEL, "version": "1.4.0", "window": "1d"}
+    window = {"model": MODEL, "model_version": "1.4.0", "window": "1d"}
     kept = {site for site in sizes if registry.get_sample_value(
         "monitor_subgroup_gap_ratio", {**window, "field": "site", "value": site,
                                        "metric": "sensitivity"}) is not None}
@@ -315,9 +315,9 @@ def test_alerts_firing_by_severity_and_the_active_version(runtime: Runtime) -> N
     assert value("monitor_alerts_firing", {"model": MODEL, "severity": "info"}) == 1
     assert value("monitor_alerts_firing", {"model": "ct-bleed", "severity": "critical"}) == 0
     info = "monitor_model_active_version_info"
-    assert value(info, {"model": MODEL, "version": "1.4.0"}) == 1
-    assert value(info, {"model": MODEL, "version": "1.3.0"}) is None
-    assert value(info, {"model": "ct-bleed", "version": "2.0.0"}) == 1
+    assert value(info, {"model": MODEL, "model_version": "1.4.0"}) == 1
+    assert value(info, {"model": MODEL, "model_version": "1.3.0"}) is None
+    assert value(info, {"model": "ct-bleed", "model_version": "2.0.0"}) == 1
 
 
 def test_an_unreadable_store_reports_store_up_zero(tmp_path: Path) -> None:
@@ -327,7 +327,7 @@ def test_an_unreadable_store_reports_store_up_zero(tmp_path: Path) -> None:
     assert registry.get_sample_value("monitor_store_up") == 0
     assert registry.get_sample_value("monitor_check_interval_seconds") == 3600
     assert registry.get_sample_value("monitor_inferences_total", {"model": MODEL,
-                                                                  "version": "1.4.0"}) is None
+                                                                  "model_version": "1.4.0"}) is None
     engine.dispose()
 
 
@@ -408,7 +408,7 @@ def test_metrics_route_serves_store_and_ingestion_metrics(client: TestClient) ->
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert _sample(text, "monitor_inferences_total",
-                   {"model": MODEL, "version": "1.4.0"}) == 4
+                   {"model": MODEL, "model_version": "1.4.0"}) == 4
     rejected = "monitor_ingest_rejected_batches_total"
     assert _sample(text, rejected, {"kind": "inference", "reason": "embedding_length"}) == 1
     assert _sample(text, rejected, {"kind": "inference", "reason": "malformed_json"}) == 1

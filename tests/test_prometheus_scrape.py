@@ -130,7 +130,7 @@ def dashboard_expressions() -> list[str]:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             expr = target["expr"].replace("$model", MODEL)
-            exprs.append(re.sub(r"\$(version|window)", ".*", expr))
+            exprs.append(re.sub(r"\$(model_version|window)", ".*", expr))
     return exprs
 
 
@@ -160,7 +160,7 @@ def test_prometheus_scrapes_the_checks_of_the_simulated_deployment(
     with running_app(app) as api_url, running_prometheus(
         prometheus_binary, tmp_path / "prometheus", api_url.removeprefix("http://")
     ) as prometheus:
-        prod = f'model="{MODEL}", version="{PRODUCTION}"'
+        prod = f'model="{MODEL}", model_version="{PRODUCTION}"'
         prometheus.wait_for('up{job="monitor"} == 1')
 
         # Drift metrics: the values the checks stored, by window.
@@ -208,7 +208,7 @@ def test_prometheus_scrapes_the_checks_of_the_simulated_deployment(
         production_studies = int(
             (simulated_template.deployment.truth.model_version == PRODUCTION).sum())
         assert inferences == production_studies
-        live = {labels["version"] for labels, _ in
+        live = {labels["model_version"] for labels, _ in
                 prometheus.vector("monitor_model_active_version_info")}
         assert live == {PRODUCTION, PREVIOUS}
 
@@ -230,7 +230,7 @@ def test_prometheus_scrapes_the_checks_of_the_simulated_deployment(
                             options=CheckOptions(report=False, n_permutations=200))
         assert outcome.health is not None
         prometheus.wait_for(
-            f'monitor_health_score{{model="{MODEL}", version="{PREVIOUS}", window="1d"}}',
+            f'monitor_health_score{{model="{MODEL}", model_version="{PREVIOUS}", window="1d"}}',
             lambda result: len(result) == 1
             and result[0][1] == pytest.approx(outcome.health.score))
 

@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 
 # Alertmanager keeps a firing alert active until endsAt; we re-send well before that.
 ENDS_AT_INTERVALS = 4
+# Each rule's runbook: docs/runbooks/<rule>.md in this repository (a site's own rules add
+# theirs there). Relative, like the Prometheus rules' runbook_url.
+RUNBOOKS_PATH = "docs/runbooks"
+# The dashboard page that lists the service's alerts (dashboards/app.py, url_path "alerts").
+DASHBOARD_ALERTS_PAGE = "alerts"
 _SEND_ERRORS = (httpx.HTTPError, OSError, smtplib.SMTPException, ValueError)
 
 
@@ -76,9 +81,13 @@ class AlertMessage:
     resolved_at: datetime | None
     acknowledged_by: str | None
     url: str
+    runbook_url: str
+    dashboard_url: str
 
     @classmethod
-    def of(cls, alert: Alert, *, event: str, external_url: str) -> AlertMessage:
+    def of(cls, alert: Alert, *, event: str, external_url: str,
+           dashboard_url: str) -> AlertMessage:
+        """``dashboard_url`` is the dashboard's base address (MONITOR_DASHBOARD_URL)."""
         return cls(
             alert_id=alert.id, event=event, rule=alert.rule, model=alert.model,
             model_version=alert.model_version, severity=alert.severity, state=alert.state,
@@ -87,7 +96,14 @@ class AlertMessage:
             fired_at=alert.fired_at, resolved_at=alert.resolved_at,
             acknowledged_by=alert.acknowledged_by,
             url=f"{external_url.rstrip('/')}/v1/alerts/{alert.id}",
+            runbook_url=runbook_url(alert.rule),
+            dashboard_url=f"{dashboard_url.rstrip('/')}/{DASHBOARD_ALERTS_PAGE}",
         )
+
+
+def runbook_url(rule: str) -> str:
+    """The runbook of a rule, by its name (rule names hold only letters, digits and _.:-)."""
+    return f"{RUNBOOKS_PATH}/{rule}.md"
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,8 @@ def alertmanager_payload(message: AlertMessage, *, now: datetime,
     return [{
         "labels": dict(message.labels),
         "annotations": {"summary": message.summary, "alert_id": str(message.alert_id),
+                        "runbook_url": message.runbook_url,
+                        "dashboard_url": message.dashboard_url,
                         **({"acknowledged_by": message.acknowledged_by}
                            if message.acknowledged_by else {})},
         "startsAt": _iso(message.fired_at or message.started_at),
@@ -138,6 +156,8 @@ def webhook_payload(message: AlertMessage, *, now: datetime) -> dict[str, Any]:
             "resolved_at": _iso(message.resolved_at) if message.resolved_at else None,
             "acknowledged_by": message.acknowledged_by,
             "url": message.url,
+            "runbook_url": message.runbook_url,
+            "dashboard_url": message.dashboard_url,
         },
         "sent_at": _iso(now),
     }
@@ -150,6 +170,7 @@ def _email_lines(message: AlertMessage) -> list[tuple[str, str]]:
             ("started", _iso(message.started_at))]
     if message.resolved_at:
         rows.append(("resolved", _iso(message.resolved_at)))
+    rows += [("runbook", message.runbook_url), ("dashboard", message.dashboard_url)]
     return rows
 
 
@@ -325,7 +346,8 @@ def _claim(runtime: Runtime, config: AlertingConfig, now: datetime, limit: int
                 notification_id=notification_id,
                 channel=config.notifications.channel(row.channel, row.target),
                 message=AlertMessage.of(alert, event=row.event,
-                                        external_url=config.notifications.external_url),
+                                        external_url=config.notifications.external_url,
+                                        dashboard_url=runtime.settings.dashboard_url),
                 silenced=is_silenced(alert, now),
             ))
     return claimed

@@ -4,6 +4,8 @@ loopback, and stored check runs with chosen results."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from aiosmtpd.controller import Controller
 
@@ -21,8 +24,10 @@ from monitor import registry
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from monitor.store.results import insert_baseline, store_check_run
-from tests.servers import free_port
+from tests.conftest import require_server
+from tests.servers import free_port, stop_process
 
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 MODEL = "cxr-triage"
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 WAIT_S = 20.0
@@ -185,3 +190,39 @@ def store_run(runtime: Runtime, version_id: int, *, day: float,
             "health_status": None,
         }, results=results)
         return run_id
+
+
+@contextmanager
+def running_alertmanager(config: dict[str, Any], tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager (Debian's ``prometheus-alertmanager``) on a free loopback port,
+    clustering off, with ``config``; yields its URL once ready."""
+    binary = shutil.which("prometheus-alertmanager") or ALERTMANAGER
+    require_server(Path(binary).exists(), f"Alertmanager ({ALERTMANAGER})")
+    port = free_port()
+    config_file = tmp_path / "alertmanager.yml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    log_file = tmp_path / "alertmanager.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [binary, f"--config.file={config_file}", f"--storage.path={tmp_path / 'am-data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+             "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    raise AssertionError("Alertmanager exited: " + log_file.read_text())
+                try:
+                    if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError("Alertmanager not ready after 30 s")
+                time.sleep(0.1)
+            yield url
+        finally:
+            stop_process(process, timeout_s=10)

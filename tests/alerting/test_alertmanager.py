@@ -4,29 +4,28 @@ a webhook receiver started by the test; the resolution follows the same way."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from monitor.alerting import engine
 from monitor.alerting.config import parse_config
 from monitor.runtime import Runtime
-from tests.alerting.support import HttpReceiver, http_receiver, result, store_run
-from tests.conftest import require_server
-from tests.servers import free_port, stop_process
+from tests.alerting.support import (
+    HttpReceiver,
+    http_receiver,
+    result,
+    running_alertmanager,
+    store_run,
+)
 from tests.simdb import (
     PRODUCTION,
     SimulatedTemplate,
 )
 
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 pytestmark = pytest.mark.server
 
 
@@ -38,43 +37,13 @@ class RunningAlertmanager:
 
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[RunningAlertmanager]:
-    binary = shutil.which("prometheus-alertmanager") or ALERTMANAGER
-    require_server(Path(binary).exists(), f"Alertmanager ({ALERTMANAGER})")
-    with http_receiver() as receiver:
-        port = free_port()
-        config = tmp_path / "alertmanager.yml"
-        config.write_text(yaml.safe_dump({
-            "route": {"receiver": "test", "group_by": ["alertname", "model"],
-                      "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
-            "receivers": [{"name": "test", "webhook_configs": [
-                {"url": f"{receiver.url}/alertmanager", "send_resolved": True}]}],
-        }))
-        log = (tmp_path / "alertmanager.log").open("wb")
-        process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-             "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None:
-                    raise AssertionError("Alertmanager exited: "
-                                         + (tmp_path / "alertmanager.log").read_text())
-                try:
-                    if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError("Alertmanager not ready after 30 s")
-                time.sleep(0.1)
-            yield RunningAlertmanager(url, receiver)
-        finally:
-            stop_process(process, timeout_s=10)
-            log.close()
+    with http_receiver() as receiver, running_alertmanager({
+        "route": {"receiver": "test", "group_by": ["alertname", "model"],
+                  "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "test", "webhook_configs": [
+            {"url": f"{receiver.url}/alertmanager", "send_resolved": True}]}],
+    }, tmp_path) as url:
+        yield RunningAlertmanager(url, receiver)
 
 
 def test_alertmanager_receives_the_software_update_alert(
@@ -104,6 +73,8 @@ def test_alertmanager_receives_the_software_update_alert(
     assert held["labels"]["team"] == "imaging-ai"
     assert held["status"]["state"] == "active"
     assert held["generatorURL"] == f"http://monitor:8000/v1/alerts/{alert_id}"
+    assert held["annotations"]["runbook_url"] == "docs/runbooks/ScannerSoftwareChanged.md"
+    assert held["annotations"]["dashboard_url"] == "http://127.0.0.1:8501/alerts"
 
     # and passes it on to its webhook receiver
     firing = alertmanager.receiver.wait_for(

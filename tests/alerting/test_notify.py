@@ -193,7 +193,9 @@ def test_resolved_alertmanager_payload_ends_at_resolution() -> None:
                            model_version="1", severity="critical", state="resolved",
                            labels={"alertname": "r"}, summary="s", started_at=NOW,
                            fired_at=NOW + timedelta(hours=1), resolved_at=resolved,
-                           acknowledged_by="alice", url="http://x/v1/alerts/1")
+                           acknowledged_by="alice", url="http://x/v1/alerts/1",
+                           runbook_url="docs/runbooks/r.md",
+                           dashboard_url="http://127.0.0.1:8501/alerts")
     (body,) = alertmanager_payload(message, now=resolved + timedelta(hours=1),
                                    resend_interval_s=300)
     assert body["endsAt"] == "2026-11-03T00:00:00Z"
@@ -238,7 +240,8 @@ def _hostile_message(url: str = "http://mon:8000/v1/alerts/7") -> AlertMessage:
         model_version="1.4.0", severity="warning", state="firing",
         labels={"alertname": "subgroup-gap", "feature": f"site={HOSTILE}"},
         summary=f"cxr-triage 1.4.0: subgroup gap site={HOSTILE}", started_at=NOW,
-        fired_at=NOW, resolved_at=None, acknowledged_by=None, url=url)
+        fired_at=NOW, resolved_at=None, acknowledged_by=None, url=url,
+        runbook_url="docs/runbooks/subgroup-gap.md", dashboard_url="http://127.0.0.1:8501/alerts")
 
 
 def test_email_escapes_every_value_and_links_only_http() -> None:
