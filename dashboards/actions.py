@@ -72,13 +72,21 @@ def silence_alert(runtime: Runtime, alert_id: int, *, credential: str, reason: s
     return actor
 
 
+def check_decision(runtime: Runtime, recommendation_id: int, *, approve: bool,
+                   credential: str, reason: str | None) -> tuple[str, str]:
+    """What ``decide_rollback`` requires (an operator token, a reason), checked without
+    acting: the first step of the page's two-step approval. Returns (operator, reason)."""
+    actor = authenticate_operator(runtime, credential)
+    what = "approve" if approve else "reject"
+    return actor, _reason(reason, f"{what} rollback recommendation {recommendation_id}")
+
+
 def decide_rollback(runtime: Runtime, recommendation_id: int, *, approve: bool,
                     credential: str, reason: str | None) -> RecommendationInfo:
     """Approve (execute: the alias moves, the deploy hook is called) or reject a pending
     rollback recommendation."""
-    actor = authenticate_operator(runtime, credential)
-    what = "approve" if approve else "reject"
-    reason = _reason(reason, f"{what} rollback recommendation {recommendation_id}")
+    actor, reason = check_decision(runtime, recommendation_id, approve=approve,
+                                   credential=credential, reason=reason)
     registry = Registry(runtime)
     if approve:
         return registry.approve(recommendation_id, actor=actor, reason=reason)

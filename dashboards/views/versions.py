@@ -1,6 +1,7 @@
 """Versions: the registry and its aliases, two versions' metrics side by side, pending
-rollback recommendations to approve or reject (operator token and reason), and the audit
-log."""
+rollback recommendations to approve or reject (operator token and reason; an approval takes
+a second, confirming click, and the page warns when the target version is itself amber or
+red), and the audit log."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dashboards.common import (
     Context,
     context,
     fmt_day,
+    fmt_p,
     fmt_rate,
     fmt_time,
     md,
@@ -24,6 +26,7 @@ from dashboards.common import (
 )
 from monitor.errors import MonitorError
 
+MAX_FINDINGS_SHOWN = 5
 COMPARED_RATES = ("override_rate", "sensitivity", "specificity", "ppv", "positive_rate")
 
 
@@ -69,38 +72,113 @@ def comparison(ctx: Context, versions: list[str]) -> None:
                  height=36 * (len(rows) + 1) + 4)
 
 
+def _confirm_key(rec_id: int) -> str:
+    return f"decide_confirming_{rec_id}"
+
+
+def _what_moves(rec: pd.Series) -> str:
+    return (f"move {md(rec['alias'])} of {md(rec['model'])} from {md(rec['from_version'])} "
+            f"to {md(rec['to_version'])}")
+
+
+def target_health(ctx: Context, rec: pd.Series) -> None:
+    """Warn when the rollback target is itself amber or red in its newest check, naming the
+    findings behind it; otherwise one line on its health."""
+    target = str(rec["to_version"])
+    health = query(ctx.settings, "version_health", str(rec["model"]), target)
+    if health is None:
+        st.caption(f"Target {md(target)} has no completed check: its health is unknown.")
+        return
+    score = "–" if health.health_score is None else f"{health.health_score:.2f}"
+    window = f"{fmt_time(health.window_start)} to {fmt_time(health.window_end)}"
+    if health.health_status not in ("amber", "red"):
+        st.caption(f"Target {md(target)}: health {md(health.health_status or 'no data')} "
+                   f"({score}) in its newest check, window {window}.")
+        return
+    shown = health.findings[:MAX_FINDINGS_SHOWN]
+    findings = "; ".join(f"{md(d)} · {md(f)}" + ("" if p is None else f" (p={fmt_p(p)})")
+                         for d, f, p in shown)
+    more = len(health.findings) - len(shown)
+    because = (f" Findings: {findings}" + (f" and {more} more" if more else "") + "."
+               if findings else "")
+    st.warning(f"The target version {md(target)} is itself **{md(health.health_status)}** "
+               f"(health {score}) in its newest check, window {window}.{because} Rolling "
+               "back puts production on a version with findings of its own.",
+               icon=":material/warning:")
+
+
+def _decide(ctx: Context, rec: pd.Series, *, approve: bool, credential: str,
+            reason: str) -> None:
+    rec_id = int(rec["recommendation_id"])
+    runtime = runtime_for(ctx.database_url, ctx.settings)
+    try:
+        info = actions.decide_rollback(runtime, rec_id, approve=approve,
+                                       credential=credential, reason=reason)
+    except MonitorError as exc:
+        show_error(exc)
+        return
+    st.session_state.pop(_confirm_key(rec_id), None)
+    refresh()
+    verdict = ("approved: " + f"{md(info.alias)} now points at {md(info.to_version)}"
+               if approve else "rejected")
+    hook = f" (deploy hook {md(info.hook_status)})" if info.hook_status else ""
+    st.session_state["versions_message"] = (
+        f"Recommendation #{rec_id} {verdict}{hook}, by {md(info.decided_by)}.")
+    st.rerun()
+
+
+def _ask_confirmation(ctx: Context, rec: pd.Series, *, credential: str, reason: str) -> None:
+    """The first step of an approval: token and reason checked, nothing changed yet."""
+    rec_id = int(rec["recommendation_id"])
+    runtime = runtime_for(ctx.database_url, ctx.settings)
+    try:
+        actions.check_decision(runtime, rec_id, approve=True, credential=credential,
+                               reason=reason)
+    except MonitorError as exc:
+        show_error(exc)
+        return
+    st.session_state[_confirm_key(rec_id)] = True
+    st.rerun()
+
+
+def confirmation(ctx: Context, rec: pd.Series, *, credential: str, reason: str) -> None:
+    """The second step: what will happen, in words, and Confirm or Cancel."""
+    rec_id = int(rec["recommendation_id"])
+    st.info(f"**Confirm:** {_what_moves(rec)}, with the reason \"{md(reason.strip())}\". "
+            "The audit log records it under your name.", icon=":material/help:")
+    cols = st.columns([1, 1, 4])
+    if cols[0].button("Confirm", type="primary", key=f"decide_confirm_{rec_id}"):
+        _decide(ctx, rec, approve=True, credential=credential, reason=reason)
+    if cols[1].button("Cancel", key=f"decide_cancel_{rec_id}"):
+        st.session_state.pop(_confirm_key(rec_id), None)
+        st.rerun()
+
+
 def recommendation_form(ctx: Context, rec: pd.Series) -> None:
+    """Token and reason, then "Approve rollback…" (which asks for a confirmation) or
+    "Reject". No st.form: Enter in a field submits nothing, only a button click acts."""
     rec_id = int(rec["recommendation_id"])
     with st.container(border=True):
         st.markdown(f"**#{rec_id}: roll {md(rec['model'])} {md(rec['alias'])} back from "
                     f"{md(rec['from_version'])} to {md(rec['to_version'])}**")
         st.caption(f"Policy {md(rec['policy'])}, alert #{rec['alert_id']}, recommended "
                    f"{fmt_time(rec['created_at'])}. {md(rec['reason'] or '')}")
-        with st.form(f"decide_{rec_id}"):
-            credential = st.text_input("Operator token", type="password",
-                                       key=f"decide_token_{rec_id}",
-                                       help="A token with the operator role; while the token "
-                                       "store is empty (the demo), your name.")
-            reason = st.text_area("Reason", key=f"decide_reason_{rec_id}", height=68,
-                                  help="Required; recorded in the audit log.")
-            cols = st.columns([1, 1, 4])
-            approve = cols[0].form_submit_button("Approve rollback", type="primary")
-            reject = cols[1].form_submit_button("Reject")
-        if approve or reject:
-            runtime = runtime_for(ctx.database_url, ctx.settings)
-            try:
-                info = actions.decide_rollback(runtime, rec_id, approve=bool(approve),
-                                               credential=credential, reason=reason)
-            except MonitorError as exc:
-                show_error(exc)
-                return
-            refresh()
-            verdict = ("approved: " + f"{md(info.alias)} now points at {md(info.to_version)}"
-                       if approve else "rejected")
-            hook = f" (deploy hook {md(info.hook_status)})" if info.hook_status else ""
-            st.session_state["versions_message"] = (
-                f"Recommendation #{rec_id} {verdict}{hook}, by {md(info.decided_by)}.")
-            st.rerun()
+        target_health(ctx, rec)
+        credential = st.text_input("Operator token", type="password",
+                                   key=f"decide_token_{rec_id}",
+                                   help="A token with the operator role; while the token "
+                                   "store is empty (the demo), your name.")
+        reason = st.text_area("Reason", key=f"decide_reason_{rec_id}", height=68,
+                              help="Required; recorded in the audit log.")
+        if st.session_state.get(_confirm_key(rec_id)):
+            confirmation(ctx, rec, credential=credential, reason=reason)
+            return
+        cols = st.columns([1, 1, 4])
+        if cols[0].button("Approve rollback…", type="primary", key=f"decide_approve_{rec_id}",
+                          help=f"Asks for a confirmation, then will {_what_moves(rec)}."):
+            _ask_confirmation(ctx, rec, credential=credential, reason=reason)
+        if cols[1].button("Reject", key=f"decide_reject_{rec_id}"):
+            _decide(ctx, rec, approve=False, credential=credential, reason=reason)
 
 
 def render(ctx: Context) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from monitor.store.models import (
     RollbackRecommendation,
 )
 
+if TYPE_CHECKING:
+    from monitor.alerting.rules import Rule
+
 ACTIVE_ALIAS = "production"
 BIAS_DETECTOR = "SubgroupBias"
 ATTRIBUTION_DETECTOR = "Attribution"
@@ -43,6 +46,9 @@ DONE_STATUSES = ("ok", "partial")
 FleetField = Literal["manufacturer", "scanner_model", "software_version", "site"]
 FLEET_FIELDS: tuple[FleetField, ...] = ("manufacturer", "scanner_model", "software_version", "site")
 RATE_METRICS = ("override_rate", "sensitivity", "specificity", "ppv", "positive_rate")
+# The p-value below which a finding pages when the alert rules say nothing else (the shipped
+# critical rules page on p_value < 0.01 held over two windows).
+DEFAULT_PAGING_P = 0.01
 # Delay histogram bucket edges in hours (the last bucket is open).
 DELAY_EDGES_H = (0, 1, 2, 4, 8, 12, 24, 48, 72, 168)
 
@@ -387,6 +393,27 @@ def drift_series(session: Session, filters: Filters, *,
         frame[name] = pd.to_datetime(frame[name], utc=True)
     frame["drift"] = frame["drift"].astype(bool)
     return frame.sort_values(["detector", "feature", "window_end"]).reset_index(drop=True)
+
+
+def paging_level(rules: Sequence[Rule]) -> float:
+    """The p-value below which a finding pages: the largest ``p_value <`` (or ``<=``) bound
+    among the critical rules (the ones that page), ``DEFAULT_PAGING_P`` when no critical rule
+    tests a p-value. An interim definition of a paging finding: the rules also ask for the
+    condition to hold over ``for`` consecutive windows."""
+    bounds = [float(c.value) for rule in rules if rule.severity == "critical"
+              for c in rule.comparisons
+              if c.field == "p_value" and c.op in ("<", "<=")
+              and isinstance(c.value, float) and not isinstance(c.value, bool)]
+    return max(bounds) if bounds else DEFAULT_PAGING_P
+
+
+def paging_windows(series: pd.DataFrame, level: float) -> set[int]:
+    """Run ids of the windows in a ``drift_series`` frame with at least one usable result
+    (status ok) whose p-value is below ``level``."""
+    if series.empty:
+        return set()
+    usable = series[(series["status"] == "ok") & series["p_value"].notna()]
+    return {int(run_id) for run_id in usable.loc[usable["p_value"] < level, "run_id"]}
 
 
 def baseline_periods(session: Session, filters: Filters) -> pd.DataFrame:
@@ -1031,6 +1058,38 @@ def version_metrics(session: Session, filters: Filters, versions: Sequence[str]
                          "value": np.nan if value is None else float(value),
                          "low": np.nan, "high": np.nan, "n": int(n or 0)})
     return pd.DataFrame(rows, columns=["version", "metric", "value", "low", "high", "n"])
+
+
+@dataclass(frozen=True)
+class VersionHealth:
+    """A version's newest completed check: its window, health and the findings behind it
+    (``findings``: detector, feature, p-value or None, most significant first)."""
+
+    version: str
+    run_id: int
+    window_start: datetime
+    window_end: datetime
+    health_score: float | None
+    health_status: str | None
+    findings: tuple[tuple[str, str, float | None], ...]
+
+
+def version_health(session: Session, model: str, version: str) -> VersionHealth | None:
+    """The newest completed check of ``model`` ``version`` and its flagged results (every
+    detector but attribution, subgroup results included: they count in the health score);
+    None when the version has no completed check."""
+    run = _latest_run(session, _version_ids(session, model, version))
+    if run is None:
+        return None
+    flagged = session.execute(
+        select(CheckResult.detector, CheckResult.feature, CheckResult.p_value)
+        .where(CheckResult.check_run_id == run.id, CheckResult.drift.is_(True),
+               CheckResult.detector != ATTRIBUTION_DETECTOR)).all()
+    findings = sorted(((d, f, p) for d, f, p in flagged),
+                      key=lambda item: (item[2] is None, item[2] or 0.0, item[0], item[1]))
+    return VersionHealth(version=version, run_id=run.id, window_start=run.window_start,
+                         window_end=run.window_end, health_score=run.health_score,
+                         health_status=run.health_status, findings=tuple(findings))
 
 
 ROLLBACK_COLUMNS = ["recommendation_id", "model", "alias", "from_version", "to_version",

@@ -233,3 +233,46 @@ def test_stored_results_read_back_for_the_drift_and_bias_pages(
     assert run(runtime, "check_run", run_id)["report_path"] == "cxr-triage/1.4.0/r.html"
     (status,) = run(runtime, "model_statuses")
     assert status.rag == "red" and status.health_score == 0.5
+
+
+def test_version_health_names_the_findings_of_the_newest_check(
+        loaded: tuple[Runtime, SimulatedDeployment]) -> None:
+    runtime, deployment = loaded
+    run_id = _store_run(runtime, deployment)
+    health = run(runtime, "version_health", MODEL, PRODUCTION)
+    assert (health.run_id, health.health_status, health.health_score) == (run_id, "red", 0.5)
+    # flagged results only, most significant first; attribution is not a finding
+    assert health.findings == (("SubgroupBias", "age_band=80+:specificity", 0.001),
+                               ("MMDDrift", "embedding", 0.002))
+    assert run(runtime, "version_health", MODEL, PREVIOUS) is None  # never checked
+    assert run(runtime, "version_health", MODEL, "9.9.9") is None
+
+
+def test_paging_windows_count_results_below_the_paging_level(
+        loaded: tuple[Runtime, SimulatedDeployment]) -> None:
+    runtime, deployment = loaded
+    run_id = _store_run(runtime, deployment)
+    series = run(runtime, "drift_series", q.Filters(model=MODEL, version=PRODUCTION))
+    assert q.paging_windows(series, 0.01) == {run_id}  # MMDDrift p = 0.002
+    assert q.paging_windows(series, 0.002) == set()  # strictly below
+    # a result without evidence does not count, whatever its p-value
+    quiet = series.assign(status="insufficient data")
+    assert q.paging_windows(quiet, 0.01) == set()
+    assert q.paging_windows(series.iloc[0:0], 0.01) == set()
+
+
+def test_paging_level_comes_from_the_critical_rules() -> None:
+    from monitor.alerting.config import AlertingConfig, parse_config
+
+    assert q.paging_level(AlertingConfig().rules) == 0.01  # the shipped rules
+    rules = parse_config({"rules": [
+        {"name": "strict", "family": "embedding", "condition": "p_value < 0.001",
+         "severity": "critical"},
+        {"name": "loose-warning", "family": "metadata", "condition": "p_value < 0.05",
+         "severity": "warning"},
+        {"name": "health", "metric": "health_score", "condition": "value < 0.6",
+         "severity": "critical"}]}).rules
+    assert q.paging_level(rules) == 0.001
+    warnings_only = parse_config({"rules": [
+        {"name": "w", "family": "metadata", "condition": "p_value < 0.05"}]}).rules
+    assert q.paging_level(warnings_only) == q.DEFAULT_PAGING_P
