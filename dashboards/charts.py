@@ -10,6 +10,8 @@ from monitor.detect.health import AMBER_AT, GREEN_AT
 
 P_FLOOR_DISPLAY = 1e-6  # p-values below this are drawn at it (log axis)
 HEIGHT = 260
+# Line colours of a chart's series (the threshold is always red).
+SERIES_COLOURS = ("#1565c0", "#6a1b9a", "#00838f", "#5d4037")
 
 
 def _empty(message: str) -> alt.Chart:
@@ -151,23 +153,43 @@ def detector_series(series: pd.DataFrame, *, baselines: pd.DataFrame, episodes: 
             x="started_at:T", tooltip=["rule", "severity", "state", "summary",
                                        alt.Tooltip("started_at:T", format="%Y-%m-%d %H:%M")]))
     threshold = float(data["threshold"].iloc[-1])
-    line = alt.Chart(data).mark_line(color="#1565c0").encode(
+    data["series"] = _series_labels(data, title)
+    threshold_label = (f"threshold (alpha {threshold:g})" if kind == "p-value"
+                       else f"threshold ({threshold:.3g})")
+    names = list(dict.fromkeys(data["series"]))
+    colours = alt.Scale(domain=[*names, threshold_label],
+                        range=[*(SERIES_COLOURS[i % len(SERIES_COLOURS)]
+                                 for i in range(len(names))), "#c62828"])
+    legend = alt.Legend(title=None, orient="top", labelLimit=360, symbolType="stroke")
+    line = alt.Chart(data).mark_line().encode(
         x=alt.X("window_end:T", title=None, scale=alt.Scale(domain=[x_min, x_max]),
-                axis=alt.Axis(format="%b %d")), y=y)
+                axis=alt.Axis(format="%b %d")), y=y,
+        color=alt.Color("series:N", scale=colours, legend=legend), detail="version:N")
     points = alt.Chart(data).mark_point(filled=True, size=70, opacity=1).encode(
         x="window_end:T", y=alt.Y("shown:Q"),
-        color=alt.Color("verdict:N", scale=alt.Scale(domain=["no drift", "drift"],
-                                                     range=["#1565c0", "#c62828"]),
+        color=alt.condition(alt.datum.drift, alt.value("#c62828"),
+                            alt.Color("series:N", scale=colours, legend=legend)),
+        shape=alt.Shape("verdict:N", scale=alt.Scale(domain=["no drift", "drift"],
+                                                     range=["circle", "diamond"]),
                         legend=alt.Legend(title=None, orient="top")),
         tooltip=["version", "window_label", alt.Tooltip("window_end:T", format="%Y-%m-%d %H:%M"),
                  alt.Tooltip("statistic:Q", format=".4g"), alt.Tooltip("p_value:Q", format=".3g"),
                  alt.Tooltip("threshold:Q", format=".3g"), "verdict", "status", "n_reference",
                  "n_current"],
     )
-    rule = alt.Chart(pd.DataFrame({"threshold": [max(threshold, P_FLOOR_DISPLAY)
-                                                 if kind == "p-value" else threshold]})
-                     ).mark_rule(color="#c62828", strokeDash=[6, 4]).encode(y="threshold:Q")
+    rule = alt.Chart(pd.DataFrame({
+        "threshold": [max(threshold, P_FLOOR_DISPLAY) if kind == "p-value" else threshold],
+        "series": [threshold_label]})).mark_rule(strokeDash=[6, 4]).encode(
+        y="threshold:Q", color=alt.Color("series:N", scale=colours, legend=legend))
     return alt.layer(*layers, line, points, rule).properties(title=title, height=height)
+
+
+def _series_labels(data: pd.DataFrame, title: str) -> pd.Series:
+    """The legend's name of each point's line: the detector and feature (``title``), with the
+    version when the chart holds more than one."""
+    if data["version"].nunique() > 1:
+        return title + " (" + data["version"].astype(str) + ")"
+    return pd.Series(title, index=data.index)
 
 
 def attribution_bars(frame: pd.DataFrame, *, top: int = 10) -> alt.Chart:

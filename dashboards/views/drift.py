@@ -9,6 +9,9 @@ import streamlit as st
 
 from dashboards import charts
 from dashboards.common import Context, context, fmt_p, fmt_time, md, query, scope_caption
+from monitor.alerting.config import load_config
+from monitor.errors import MonitorError
+from monitor.store.dashboard import DEFAULT_PAGING_P, paging_level, paging_windows
 
 MAX_DETAIL_CHARTS = 6
 
@@ -132,6 +135,16 @@ def attribution_section(ctx: Context, runs: pd.DataFrame, series: pd.DataFrame) 
             st.caption("No Evidently report was written for this window.")
 
 
+def paging_p(ctx: Context) -> tuple[float, str]:
+    """The paging level from the alert rules in force, and where it came from."""
+    try:
+        rules = load_config(ctx.settings).rules
+    except MonitorError as exc:
+        return DEFAULT_PAGING_P, f"the alert rules could not be read ({md(exc)}): the default"
+    source = "the alert rules file" if ctx.settings.alert_rules_file else "the built-in rules"
+    return paging_level(rules), f"the critical rules of {source}"
+
+
 def render(ctx: Context) -> None:
     st.title("Drift")
     scope_caption(ctx, per_site=False)
@@ -148,8 +161,13 @@ def render(ctx: Context) -> None:
         runs = runs[runs["window_label"] == chosen_label]
     cols = st.columns(4)
     cols[0].metric("Check windows", f"{runs['run_id'].nunique() if len(runs) else 0}")
-    cols[1].metric("Windows with drift",
-                   f"{series.loc[series['drift'], 'run_id'].nunique() if len(series) else 0}")
+    level, source = paging_p(ctx)
+    cols[1].metric(f"Windows with a paging-level finding (p < {level:g})",
+                   f"{len(paging_windows(series, level))}",
+                   help=f"Windows where at least one detector result has p < {level:g}, the "
+                   f"level at which {source} page (they also ask for it in consecutive "
+                   "windows). Results with too little data or a failed detector do not "
+                   "count; the heatmap's ✕ marks each detector's own verdict at its alpha.")
     cols[2].metric("Detector results", f"{len(series):,}")
     failed = int((series["status"] == "failed").sum()) if len(series) else 0
     cols[3].metric("Failed detector runs", f"{failed}")

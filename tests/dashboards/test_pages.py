@@ -27,6 +27,7 @@ from monitor.store.models import (
     ModelVersion,
     RollbackRecommendation,
 )
+from monitor.store.results import store_check_run
 from monitor.store.tokens import revoke_token
 from tests.conftest import open_runtime
 from tests.dashboards.conftest import (
@@ -140,6 +141,38 @@ def test_drift_page_attributes_the_software_update_to_its_scanner(
     ranking = at.dataframe[0].value
     assert ranking["basis"].iloc[0] == "embedding"
     assert {"VF12B", "XR-SOUTH-1", "Ysio Max"} <= set(ranking["value"].head(4))
+
+
+def _paging_windows(data: DashboardData, level: float) -> int:
+    """Windows with a usable detector result (not subgroup, not attribution) below ``level``,
+    counted from the store."""
+    found = rows(data, select(CheckResult.check_run_id, CheckResult.details).where(
+        CheckResult.p_value < level,
+        CheckResult.detector.not_in(("SubgroupBias", "Attribution"))))
+    return len({run_id for run_id, details in found
+                if (details or {}).get("status", "ok") == "ok"})
+
+
+def test_drift_page_counts_windows_with_a_paging_level_finding(
+        dashboard_env: DashboardData, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    at = open_page("drift")
+    label = "Windows with a paging-level finding (p < 0.01)"  # the shipped rules' level
+    expected = _paging_windows(dashboard_env, 0.01)
+    assert metric(at, label) == str(expected)
+    flagged = len({run_id for (run_id,) in rows(dashboard_env, select(
+        CheckResult.check_run_id).where(CheckResult.drift.is_(True),
+                                        CheckResult.detector.not_in(("SubgroupBias",
+                                                                     "Attribution"))))})
+    assert 0 < expected <= flagged
+    assert not [m for m in at.metric if m.label == "Windows with drift"]
+    # the level follows the critical rules of the rules file in force
+    rules = tmp_path / "rules.yml"
+    rules.write_text("rules:\n  - name: strict\n    family: embedding\n"
+                     "    condition: p_value < 1e-6\n    severity: critical\n")
+    monkeypatch.setenv("MONITOR_ALERT_RULES_FILE", str(rules))
+    at = open_page("drift")
+    assert metric(at, "Windows with a paging-level finding (p < 1e-06)") == str(
+        _paging_windows(dashboard_env, 1e-6))
 
 
 def test_drift_page_lists_a_windows_findings(dashboard_env: DashboardData) -> None:
@@ -285,11 +318,21 @@ def test_alerts_page_acknowledges_and_silences_for_operators_only(
                                ("silence_alert", "known cause")]
 
 
-def _decide(at: AppTest, rec_id: int, *, token: str, reason: str, approve: bool) -> AppTest:
+def _fill(at: AppTest, rec_id: int, *, token: str, reason: str) -> None:
     at.text_input(key=f"decide_token_{rec_id}").input(token)
     at.text_area(key=f"decide_reason_{rec_id}").input(reason)
-    button(at, "Approve rollback" if approve else "Reject").click()
-    return at.run()
+
+
+def _decide(at: AppTest, rec_id: int, *, token: str, reason: str, approve: bool) -> AppTest:
+    """Fill token and reason, then Reject, or "Approve rollback…" and (when the page asks
+    for it) Confirm."""
+    _fill(at, rec_id, token=token, reason=reason)
+    button(at, "Approve rollback…" if approve else "Reject").click()
+    at.run()
+    if approve and any(b.label == "Confirm" for b in at.button):
+        button(at, "Confirm").click()
+        at.run()
+    return at
 
 
 def _production(data: DashboardData) -> str:
@@ -319,6 +362,89 @@ def test_versions_page_approves_a_rollback_with_token_and_reason(
     top = audit.iloc[0]
     assert (top["actor"], top["action"], top["reason"]) == (OPERATOR, "rollback",
                                                             "sensitivity dropped")
+
+
+def test_versions_page_approval_waits_for_the_confirming_click(
+        dashboard_env: DashboardData) -> None:
+    rec_id = dashboard_env.recommendation_id
+    at = open_page("versions")
+    assert not at.get("form")  # no form: Enter in a field submits nothing
+    _fill(at, rec_id, token=OPERATOR_TOKEN, reason="sensitivity dropped")
+    at.run()  # what Enter in a field does: a rerun with the values, no button clicked
+    assert not at.exception and _production(dashboard_env) == PRODUCTION
+    assert not any(b.label == "Confirm" for b in at.button)
+
+    button(at, "Approve rollback…").click()
+    at.run()
+    assert not at.exception and not at.error
+    assert _production(dashboard_env) == PRODUCTION  # the first click moves nothing
+    assert scalar(dashboard_env, select(RollbackRecommendation.status).where(
+        RollbackRecommendation.id == rec_id)) == "pending"
+    assert (f"move production of {MODEL} from {PRODUCTION} to {PREVIOUS}"
+            in texts(at.info).replace("\\", ""))
+    assert {b.label for b in at.button} >= {"Confirm", "Cancel"}
+    assert not any(b.label in ("Approve rollback…", "Reject") for b in at.button)
+
+    button(at, "Cancel").click()
+    at.run()
+    assert _production(dashboard_env) == PRODUCTION
+    assert not any(b.label == "Confirm" for b in at.button)
+    assert any(b.label == "Approve rollback…" for b in at.button)
+
+    button(at, "Approve rollback…").click()
+    at.run()
+    button(at, "Confirm").click()
+    at.run()
+    assert not at.exception
+    assert _production(dashboard_env) == PREVIOUS
+    assert f"production now points at {PREVIOUS}" in texts(at.success)
+    assert scalar(dashboard_env, select(func.count()).select_from(AuditEntry).where(
+        AuditEntry.action == "rollback")) == 1
+
+
+def _store_previous_check(data: DashboardData, *, status: str, score: float) -> None:
+    """A check of the rollback target (1.3.0) with two findings and one quiet result."""
+    start = datetime(2026, 9, 1, tzinfo=UTC)
+    results = [
+        {"detector": "MMDDrift", "feature": "embedding", "statistic": 0.02, "p_value": 4e-4,
+         "threshold": 0.05, "drift": True, "n_reference": 300, "n_current": 80,
+         "details": {"family": "embedding"}},
+        {"detector": "CategoricalDrift", "feature": "view", "statistic": 9.0, "p_value": 0.004,
+         "threshold": 0.05, "drift": True, "n_reference": 300, "n_current": 80,
+         "details": {"family": "metadata"}},
+        {"detector": "NumericDrift", "feature": "kvp", "statistic": 0.1, "p_value": 0.6,
+         "threshold": 0.05, "drift": False, "n_reference": 300, "n_current": 80,
+         "details": {"family": "metadata"}},
+    ]
+    with session_scope(data.runtime.sessions) as session:
+        version_id = session.scalar(select(ModelVersion.id).where(
+            ModelVersion.model == MODEL, ModelVersion.version == PREVIOUS))
+        store_check_run(session, run={
+            "model_version_id": version_id, "window_kind": "time", "window_label": "1d",
+            "window_start": start, "window_end": start + timedelta(days=1),
+            "started_at": start, "finished_at": start, "status": "ok", "n_studies": 80,
+            "health_score": score, "health_status": status}, results=results)
+
+
+def test_versions_page_warns_when_the_target_version_is_amber_or_red(
+        dashboard_env: DashboardData) -> None:
+    at = open_page("versions")
+    # the simulated deployment never checked 1.3.0: no warning, its health is unknown
+    assert not at.warning
+    assert f"Target {PREVIOUS} has no completed check" in texts(at.caption)
+    _store_previous_check(dashboard_env, status="amber", score=0.71)
+    button(at, "Refresh now").click()  # past the query cache
+    at.run()
+    warning = texts(at.warning).replace("\\", "")
+    assert f"The target version {PREVIOUS} is itself **amber** (health 0.71)" in warning
+    assert "MMDDrift · embedding (p=4.0e-04); CategoricalDrift · view (p=0.004)" in warning
+    assert "kvp" not in warning
+    # the warning stands before the confirmation, and the confirmation still works
+    _fill(at, dashboard_env.recommendation_id, token=OPERATOR_TOKEN, reason="known risk")
+    button(at, "Approve rollback…").click()
+    at.run()
+    assert "is itself **amber**" in texts(at.warning)
+    assert _production(dashboard_env) == PRODUCTION
 
 
 def test_versions_page_rejects_and_compares(dashboard_env: DashboardData) -> None:
