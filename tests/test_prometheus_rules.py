@@ -108,3 +108,54 @@ def test_amtool_rejects_a_broken_config(tmp_path: Path) -> None:
     checked = run(tool("amtool", "prometheus-alertmanager"), "check-config", broken)
     assert checked.returncode != 0
     assert "nobody" in checked.stdout + checked.stderr
+
+
+# --- one vocabulary, runbooks and dashboard links -------------------------------------------
+
+RUNBOOKS = ROOT / "docs" / "runbooks"
+DASHBOARD_BASE = "http://127.0.0.1:8501/"
+# A `version` label (in a selector, by/on list or template) is the old name.
+BARE_VERSION = re.compile(r"(?<![\w])version\b")
+
+
+def dashboard_pages() -> set[str]:
+    text = (ROOT / "dashboards" / "app.py").read_text()
+    return set(re.findall(r'\("\w+\.py", "[^"]+", "[^"]+", "(\w+)"\)', text))
+
+
+def test_every_rule_links_its_runbook_and_a_dashboard_page() -> None:
+    pages = dashboard_pages()
+    assert {"overview", "drift", "bias", "alerts"} <= pages
+    for rule in rules():
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict)
+        assert annotations["runbook_url"] == f"docs/runbooks/{rule['alert']}.md"
+        assert (ROOT / annotations["runbook_url"]).is_file(), rule["alert"]
+        dashboard = str(annotations["dashboard_url"])
+        assert dashboard.startswith(DASHBOARD_BASE), rule["alert"]
+        assert dashboard.removeprefix(DASHBOARD_BASE) in pages, rule["alert"]
+
+
+def test_rules_and_their_tests_name_model_version_never_version() -> None:
+    for rule in rules():
+        assert not BARE_VERSION.findall(str(rule["expr"])), rule["alert"]
+        assert "$labels.version" not in " ".join(map(str, rule["annotations"].values()))
+        if "model" in str(rule["expr"]):
+            assert "model_version" in str(rule["expr"]), rule["alert"]
+    for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for series in test.get("input_series", []):
+            assert not re.search(r"[{,]\s*version=", series["series"]), series
+        for case in test.get("alert_rule_test", []):
+            for expected in case.get("exp_alerts") or []:
+                assert "version" not in expected["exp_labels"], case["alertname"]
+
+
+@pytest.mark.parametrize("config", ALERTMANAGER_CONFIGS, ids=lambda p: p.name)
+def test_alertmanager_groups_and_inhibits_per_model_version(config: Path) -> None:
+    document = yaml.safe_load(config.read_text())
+    assert document["route"]["group_by"] == ["alertname", "model", "model_version"]
+    for rule in document["inhibit_rules"]:
+        assert "version" not in rule.get("equal", [])
+    (per_version,) = [r for r in document["inhibit_rules"]
+                      if r["source_matchers"] == ['severity = "critical"']]
+    assert per_version["equal"] == ["model", "model_version"]

@@ -5,6 +5,7 @@ from a label or variable value."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,19 @@ def test_no_link_is_built_from_a_value() -> None:
     for panel in panels(board):
         for _, links in keyed(panel, LINK_KEYS):
             assert not links, (panel.get("title"), links)
+
+
+def test_queries_name_a_model_version_model_version() -> None:
+    """The label is ``model_version``, as on /metrics and in the alerts: no selector, grouping
+    or legend uses a bare ``version`` label, and the version variable has the same name."""
+    dashboard = json.loads(GRAFANA.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "model_version" in variables and "version" not in variables
+    assert variables["model_version"]["definition"].endswith(", model_version)")
+    filtered = 0
+    for panel in panels(dashboard):
+        for target in panel.get("targets", []):
+            text = target.get("expr", "") + " " + target.get("legendFormat", "")
+            assert not re.search(r"(?<![\w$])version\b", text), text
+            filtered += 'model_version=~"$model_version"' in text
+    assert filtered >= 10
