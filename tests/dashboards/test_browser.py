@@ -2,7 +2,8 @@
 uses) on a free loopback port over the simulated deployment, each page loaded in headless
 Chromium, signed in with a read token, until it has rendered, a screenshot of each, the
 visible content checked, and a rollback approved through the page (token and reason typed,
-the button clicked) moving the production alias in the database.
+Enter pressed in both fields without effect, "Approve rollback…" and then "Confirm" clicked)
+moving the production alias in the database.
 
 Needs Debian's ``chromium`` and ``chromium-driver``; skipped locally without them, a failure
 under CI=true. ``MONITOR_SAVE_SCREENSHOTS=1`` also writes a few screenshots to
@@ -25,6 +26,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -57,14 +59,15 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 # page path -> what a person must see on it
 PAGES = {
     "overview": ("", ("cxr-triage", "5,000", "Health score per check window")),
-    "drift": ("drift", ("Detectors over time", "Top driver", "XR-SOUTH-1", "VF12B")),
+    "drift": ("drift", ("Detectors over time", "Top driver", "XR-SOUTH-1", "VF12B",
+                        "Windows with a paging-level finding (p < 0.01)")),
     "scanners": ("scanners", ("software VF12B on SIEMENS Ysio Max",
                               "scanner FUJIFILM Corporation FDR Smart X")),
     "bias": ("bias", ("age_band = 80+", "Subgroup table")),
     "overrides": ("overrides", ("Override rate", "Most recent overridden studies")),
     "alerts": ("alerts", ("Critical firing", "Acknowledge or silence", "Recent alerts")),
     "versions": ("versions", (f"roll cxr-triage production back from {PRODUCTION} to "
-                              f"{PREVIOUS}", "Audit log")),
+                              f"{PREVIOUS}", "Approve rollback…", "Audit log")),
 }
 
 
@@ -224,30 +227,59 @@ def test_drift_page_links_to_the_windows_evidently_report(
     screenshot(browser, tmp_path / "report.png")
 
 
-def test_approving_a_rollback_in_the_page_moves_the_alias(
+def _production(data: DashboardData) -> str | None:
+    with session_scope(data.runtime.sessions) as session:
+        return session.scalar(
+            select(ModelVersion.version)
+            .join(ModelAlias, ModelAlias.model_version_id == ModelVersion.id)
+            .where(ModelAlias.model == MODEL, ModelAlias.alias == "production"))
+
+
+def _idle(browser: WebDriver) -> bool:
+    return not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+
+
+def _button(label: str) -> tuple[str, str]:
+    return (By.XPATH, f"//button[.//p[text()='{label}']]")
+
+
+def test_approving_a_rollback_in_the_page_takes_a_confirming_click(
         dashboard_url: str, browser: WebDriver, dashboard_env: DashboardData) -> None:
     rec_id = dashboard_env.recommendation_id
     open_signed_in(browser, f"{dashboard_url}/versions")
-    wait_rendered(browser, ("Approve rollback",))
+    wait_rendered(browser, ("Approve rollback…",))
     wait = WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.3)
+    reason_text = "sensitivity of 1.4.0 dropped; back to 1.3.0"
     token = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Operator token"]')
-    token.send_keys(OPERATOR_TOKEN)
+    token.send_keys(OPERATOR_TOKEN + Keys.ENTER)
     reason = browser.find_element(By.CSS_SELECTOR, 'textarea[aria-label="Reason"]')
-    reason.send_keys("sensitivity of 1.4.0 dropped; back to 1.3.0")
-    browser.find_element(By.XPATH, "//button[.//p[text()='Approve rollback']]").click()
+    reason.send_keys(reason_text + Keys.ENTER)  # a new line in the reason, no submission
+    reason.send_keys(Keys.CONTROL + Keys.ENTER)  # commits the text: a rerun, no submission
+    wait.until(_idle)
+    assert not browser.find_elements(*_button("Confirm"))
+    assert _production(dashboard_env) == PRODUCTION
+
+    browser.find_element(*_button("Approve rollback…")).click()
+    confirm = wait.until(ec.element_to_be_clickable(_button("Confirm")))
+    moving = f"move production of {MODEL} from {PRODUCTION} to {PREVIOUS}"
+    assert moving in page_text(browser).replace("\\", "")
+    # the first click (and every Enter before it, each handled in order) moved nothing
+    assert _production(dashboard_env) == PRODUCTION
+    reason = browser.find_element(By.CSS_SELECTOR, 'textarea[aria-label="Reason"]')
+    reason.send_keys(Keys.CONTROL + Keys.ENTER)
+    wait.until(_idle)
+    assert _production(dashboard_env) == PRODUCTION
+    confirm = wait.until(ec.element_to_be_clickable(_button("Confirm")))
+    confirm.click()
     try:
         wait.until(lambda b: f"production now points at {PREVIOUS}" in page_text(b))
     except TimeoutException:
         pytest.fail(f"no confirmation; the page says: {page_text(browser)[:1500]}")
     with session_scope(dashboard_env.runtime.sessions) as session:
-        production = session.scalar(
-            select(ModelVersion.version)
-            .join(ModelAlias, ModelAlias.model_version_id == ModelVersion.id)
-            .where(ModelAlias.model == MODEL, ModelAlias.alias == "production"))
         status = session.scalar(select(RollbackRecommendation.status)
                                 .where(RollbackRecommendation.id == rec_id))
         audit = [tuple(row) for row in session.execute(
             select(AuditEntry.actor, AuditEntry.reason).where(AuditEntry.action == "rollback"))]
-    assert production == PREVIOUS
+    assert _production(dashboard_env) == PREVIOUS
     assert status == "executed"
-    assert audit == [(OPERATOR, "sensitivity of 1.4.0 dropped; back to 1.3.0")]
+    assert audit == [(OPERATOR, reason_text)]
