@@ -129,8 +129,8 @@ def dashboard_expressions() -> list[str]:
     exprs = []
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
-            expr = target["expr"].replace("$model", MODEL)
-            exprs.append(re.sub(r"\$(model_version|window)", ".*", expr))
+            expr = re.sub(r"\$(model_version|window)\b", ".*", target["expr"])
+            exprs.append(re.sub(r"\$model\b", MODEL, expr))
     return exprs
 
 
@@ -217,6 +217,12 @@ def test_prometheus_scrapes_the_checks_of_the_simulated_deployment(
         prometheus.wait_for(
             f'ALERTS{{alertname="MonitorInputDrift", {prod}, window="1d", '
             f'family="metadata"}}')
+        pending = httpx.get(f"{prometheus.url}/api/v1/alerts", timeout=10).json()["data"]
+        drift = next(a for a in pending["alerts"]
+                     if a["labels"]["alertname"] == "MonitorInputDrift")
+        assert drift["labels"]["model_version"] == PRODUCTION
+        assert drift["annotations"]["runbook_url"] == "docs/runbooks/MonitorInputDrift.md"
+        assert drift["annotations"]["dashboard_url"] == "http://127.0.0.1:8501/drift"
         rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]
         names = {group["name"] for group in rules["groups"]}
         assert names == {"monitor-service", "monitor-model-quality"}
