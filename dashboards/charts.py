@@ -171,7 +171,7 @@ def detector_series(series: pd.DataFrame, *, baselines: pd.DataFrame, episodes: 
                             alt.Color("series:N", scale=colours, legend=legend)),
         shape=alt.Shape("verdict:N", scale=alt.Scale(domain=["no drift", "drift"],
                                                      range=["circle", "diamond"]),
-                        legend=alt.Legend(title=None, orient="top")),
+                        legend=None),  # red diamonds: named in the page's help
         tooltip=["version", "window_label", alt.Tooltip("window_end:T", format="%Y-%m-%d %H:%M"),
                  alt.Tooltip("statistic:Q", format=".4g"), alt.Tooltip("p_value:Q", format=".3g"),
                  alt.Tooltip("threshold:Q", format=".3g"), "verdict", "status", "n_reference",

@@ -43,7 +43,9 @@ def detector_section(ctx: Context, series: pd.DataFrame) -> None:
     rows = sorted(_row_label(series).unique())
     chosen = st.multiselect("Detectors to plot", rows, default=_default_details(series),
                             key="drift_detectors",
-                            help="Grey: the baseline period; orange: the detector's alert "
+                            help="Each chart's legend names its line(s) and the threshold; "
+                            "red diamonds: windows where the detector found drift. "
+                            "Grey: the baseline period; orange: the detector's alert "
                             "episodes (dotted: model-level alerts such as the health score); "
                             "dashed red: the threshold (alpha for p-values).")
     columns = st.columns(2)
@@ -159,7 +161,7 @@ def render(ctx: Context) -> None:
     series = query(ctx.settings, "drift_series", f, window_label=chosen_label)
     if chosen_label is not None:
         runs = runs[runs["window_label"] == chosen_label]
-    cols = st.columns(4)
+    cols = st.columns([1, 2, 1, 1])  # room for the paging count's label
     cols[0].metric("Check windows", f"{runs['run_id'].nunique() if len(runs) else 0}")
     level, source = paging_p(ctx)
     cols[1].metric(f"Windows with a paging-level finding (p < {level:g})",
