@@ -65,9 +65,9 @@ def _sign_out() -> None:
 def require_reader(runtime: Runtime) -> Principal:
     """The signed-in reader (``anonymous`` in open mode); otherwise draws the sign-in form
     and stops the run."""
-    if is_open(runtime):
-        return ANONYMOUS
     principal = principal_for(runtime, st.session_state.get(TOKEN_KEY))
+    if principal is None and is_open(runtime):  # a signed-in rerun needs one query, not two
+        return ANONYMOUS
     if principal is not None and principal.may("read"):
         st.sidebar.caption(f"Signed in as **{markdown_text(principal.name)}**")
         st.sidebar.button("Sign out", key="sign_out_button", on_click=_sign_out)

@@ -72,8 +72,8 @@ def _prepared(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence
         out[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
     for name in categorical:
         values = frame[name].astype(object)
-        out[name] = values.where(values.notna(), None).map(
-            lambda v: None if v is None else inert_value(v))
+        inert = {value: inert_value(value) for value in values.dropna().unique()}
+        out[name] = values.map(inert).where(values.notna(), None)  # each distinct value once
     return pd.DataFrame(out, index=frame.index)
 
 

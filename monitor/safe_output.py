@@ -18,10 +18,6 @@ import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
-# Bidirectional embeddings, overrides and isolates, and the implicit direction marks: they
-# make "exe.txt" read as "txt.exe" (CVE-2021-42574, "Trojan Source").
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                          "\u2066\u2067\u2068\u2069")
 SAFE_LINK_SCHEMES = frozenset({"http", "https"})
 # What can start markup inside a line of Markdown (links, images, emphasis, code, raw HTML,
 # entities, Streamlit's ``:colour[...]`` directives and ``:icon:`` shortcodes, LaTeX, tables,
@@ -36,13 +32,18 @@ def visible(text: object, *, keep_newlines: bool = False) -> str:
     """``text`` as a string without control (Cc) or format (Cf) characters, which include
     the bidirectional overrides and zero-width characters; tabs become spaces, and newlines
     become spaces unless ``keep_newlines``."""
+    text = str(text)
+    if text.isprintable():  # no Cc or Cf character is printable, nor tab, CR or LF
+        return text
     out = []
-    for char in str(text):
+    for char in text:
         if char == "\n" and keep_newlines:
             out.append(char)
         elif char in "\t\r\n":
             out.append(" ")
-        elif char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cf"):
+        # Cf holds the bidirectional overrides and isolates, which make "exe.txt" read as
+        # "txt.exe" (CVE-2021-42574, "Trojan Source"), and the zero-width characters.
+        elif unicodedata.category(char) in ("Cc", "Cf"):
             continue
         else:
             out.append(char)

@@ -162,9 +162,7 @@ class TimestampBounds:
         """The settings' defaults (MONITOR_TIMESTAMP_EARLIEST, MONITOR_TIMESTAMP_MAX_FUTURE_S)."""
         from monitor.config import Settings
 
-        fields = Settings.model_fields
-        return cls(_as_utc(fields["timestamp_earliest"].default),
-                   timedelta(seconds=fields["timestamp_max_future_s"].default))
+        return cls.from_settings(Settings.model_construct())
 
     def problem(self, moment: datetime, now: datetime) -> str | None:
         if moment < self.earliest:

@@ -16,8 +16,6 @@ from monitor.config import Settings
 from monitor.errors import ConfigError
 from monitor.runtime import Runtime
 from monitor.scheduler import CheckScheduler
-from monitor.store.db import session_scope
-from monitor.store.tokens import any_token
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +54,8 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     runtime = Runtime.open(settings, background_checkpoint=True)
     try:
         app = create_app(runtime)  # imports the bootstrap admin and legacy tokens
-        with session_scope(runtime.sessions) as session:
-            api_open = not any_token(session)
-        check_bind(host, api_open=api_open, insecure_open=settings.insecure_open)
+        check_bind(host, api_open=app.state.token_verifier.is_open(),
+                   insecure_open=settings.insecure_open)
     except BaseException:
         runtime.close()
         raise

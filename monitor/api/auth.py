@@ -27,26 +27,21 @@ def bearer_token(request: Request) -> str | None:
 
 
 def verifier(request: Request) -> TokenVerifier:
-    """The app's token verifier, made on first use from its runtime."""
-    state = request.app.state
-    found: TokenVerifier | None = getattr(state, "token_verifier", None)
-    if found is None:
-        found = TokenVerifier(state.runtime.sessions)
-        state.token_verifier = found
+    """The app's token verifier (``create_app`` makes it)."""
+    found: TokenVerifier = request.app.state.token_verifier
     return found
 
 
 def authenticate(request: Request) -> Principal:
     """The caller: the principal of a valid token, ``anonymous`` in open mode, else 401."""
     tokens = verifier(request)
-    token = bearer_token(request)
-    if token is not None:
-        principal = tokens.authenticate(token)
-        if principal is not None:
-            return principal
-    if tokens.is_open():
+    if tokens.is_open():  # no token can be valid: one query, not a token lookup as well
         return ANONYMOUS
-    raise Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)")
+    token = bearer_token(request)
+    principal = None if token is None else tokens.authenticate(token)
+    if principal is None:
+        raise Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)")
+    return principal
 
 
 class RoleRequirement:
@@ -63,7 +58,6 @@ class RoleRequirement:
         if not principal.may(self.role):
             raise Forbidden(f"token {principal.name!r} may not do this: it needs the "
                             f"{self.role!r} role")
-        request.state.principal = principal
         return principal.name
 
     def __repr__(self) -> str:

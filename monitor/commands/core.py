@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from sqlalchemy import Engine
 from tqdm import tqdm
 
 from monitor.collect.inprocess import InProcessCollector
+from monitor.commands.tokens import os_user
 from monitor.config import Settings, ensure_secret_key, load_settings
 from monitor.errors import BatchValidationError, MonitorError
 from monitor.store.db import make_engine, upgrade, verify_schema
@@ -56,16 +55,9 @@ def cmd_init(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
-        return f"uid:{os.getuid()}"
-
-
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     settings = load_settings()
-    actor = args.actor or _os_user()
+    actor = args.actor or os_user()
     engine = make_engine(settings.database_url)
     try:
         verify_schema(engine)

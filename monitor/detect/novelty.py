@@ -21,6 +21,7 @@ from monitor.detect._torch import (
     fit_projection,
     keys_or_none,
     require_fitted,
+    require_samples,
     resolve_device,
     squared_distances,
 )
@@ -193,8 +194,7 @@ class NoveltyDrift:
         require_fitted(self, "reference_")
         current = as_embeddings(current, name="current", n_features=self.n_features_in_)
         n = current.shape[0]
-        if n < 1:
-            raise InsufficientDataError("current has 0 studies; this test needs at least 1")
+        require_samples(n, minimum=1, name="current")
         groups_array = as_groups(groups, name="groups", n=n)
         key_list = keys_or_none(keys, n=n)
 

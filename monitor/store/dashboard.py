@@ -400,10 +400,9 @@ def paging_level(rules: Sequence[Rule]) -> float:
     among the critical rules (the ones that page), ``DEFAULT_PAGING_P`` when no critical rule
     tests a p-value. An interim definition of a paging finding: the rules also ask for the
     condition to hold over ``for`` consecutive windows."""
-    bounds = [float(c.value) for rule in rules if rule.severity == "critical"
+    bounds = [c.value for rule in rules if rule.severity == "critical"
               for c in rule.comparisons
-              if c.field == "p_value" and c.op in ("<", "<=")
-              and isinstance(c.value, float) and not isinstance(c.value, bool)]
+              if c.field == "p_value" and c.op in ("<", "<=") and isinstance(c.value, float)]
     return max(bounds) if bounds else DEFAULT_PAGING_P
 
 

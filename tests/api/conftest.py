@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from monitor.api import create_app
 from monitor.runtime import Runtime
-from monitor.store import tokens
+from monitor.store import repo, tokens
 from monitor.store.db import session_scope
 
 # name, role, token (fixed values: tests build headers from them at import)
@@ -32,6 +32,18 @@ def store_test_tokens(runtime: Runtime) -> None:
     with session_scope(runtime.sessions) as session:
         for role, (name, token) in TEST_TOKENS.items():
             tokens.add_token(session, name=name, role=role, token=token, actor="test-setup")
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    """The app on an open database (no token)."""
+    with TestClient(create_app(runtime)) as test_client:
+        yield test_client
+
+
+def stored(runtime: Runtime) -> dict[str, int]:
+    with session_scope(runtime.sessions) as session:
+        return repo.count_rows(session)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,21 +11,8 @@ from fastapi.testclient import TestClient
 
 from monitor.api import create_app
 from monitor.runtime import Runtime
-from monitor.store import repo
-from monitor.store.db import session_scope
-from tests.api.conftest import INGEST, store_test_tokens
+from tests.api.conftest import INGEST, store_test_tokens, stored
 from tests.factories import inference_event, override_event
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime)) as test_client:
-        yield test_client
-
-
-def stored(runtime: Runtime) -> dict[str, int]:
-    with session_scope(runtime.sessions) as session:
-        return repo.count_rows(session)
 
 
 def test_batch_is_stored_and_retry_is_idempotent(client: TestClient, runtime: Runtime) -> None:

@@ -15,15 +15,8 @@ from monitor.api import create_app
 from monitor.api.contract import content_type_problem
 from monitor.api.errors import request_problems
 from monitor.runtime import Runtime
-from monitor.store import repo
-from monitor.store.db import session_scope
+from tests.api.conftest import stored
 from tests.factories import inference_event, override_event
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime)) as test_client:
-        yield test_client
 
 
 @pytest.fixture
@@ -33,8 +26,7 @@ def sqlite_client(sqlite_runtime: Runtime) -> Iterator[TestClient]:
 
 
 def _stored(runtime: Runtime) -> tuple[int, int]:
-    with session_scope(runtime.sessions) as session:
-        counts = repo.count_rows(session)
+    counts = stored(runtime)
     return counts["inferences"], counts["overrides"]
 
 

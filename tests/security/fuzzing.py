@@ -1,8 +1,8 @@
 """Schemathesis against a real `monitor serve`: start the server on a fresh database, give it
 data, fuzz every operation of its OpenAPI schema, and read back what failed.
 
-The server runs as its own process (``monitor init``, ``monitor token create`` where that
-command exists, ``monitor serve``), so what is fuzzed is what ships: the CLI's settings, the
+The server runs as its own process (``monitor init``, ``monitor token create`` for an admin
+token, ``monitor serve``), so what is fuzzed is what ships: the CLI's settings, the
 error handlers, uvicorn. Schemathesis runs as its CLI (``st run``) with a wall-clock budget;
 its JSON report gives the counts, its console output the failing requests, and the server's
 log the tracebacks behind every 500.
@@ -65,10 +65,6 @@ def _monitor(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Completed
                           text=True, timeout=120, check=False)
 
 
-def has_token_command(env: dict[str, str], cwd: Path) -> bool:
-    return _monitor("token", "--help", env=env, cwd=cwd).returncode == 0
-
-
 def create_admin_token(env: dict[str, str], cwd: Path) -> str:
     """`monitor token create` prints the token alone on the last line of stdout."""
     done = _monitor("token", "create", "--name", "fuzz-admin", "--role", "admin",
@@ -112,9 +108,7 @@ def monitor_server(database_url: str, workdir: Path) -> Iterator[Served]:
     env = server_env(database_url, workdir)
     done = _monitor("init", env=env, cwd=workdir)
     assert done.returncode == 0, f"monitor init failed: {done.stderr}"
-    headers = {}
-    if has_token_command(env, workdir):
-        headers["Authorization"] = f"Bearer {create_admin_token(env, workdir)}"
+    headers = {"Authorization": f"Bearer {create_admin_token(env, workdir)}"}
     port = free_port()
     log = workdir / "serve.log"
     with log.open("wb") as sink:
