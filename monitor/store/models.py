@@ -6,12 +6,13 @@ revision this code expects, and the service refuses a database that is not at it
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -23,10 +24,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 # Named constraints, so migrations match on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -267,19 +269,73 @@ class Alert(Base):
     acknowledged_at: Mapped[datetime | None]
     silenced_until: Mapped[datetime | None]
     last_check_run_id: Mapped[int | None] = mapped_column(ForeignKey("check_run.id"))
+    # The incident this finding belongs to (its cause's); kept after the alert resolves.
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incident.id"))
+
+
+# An open incident is unique per (model, version, cause): a partial unique index, which
+# SQLite and PostgreSQL both enforce (``monitor.alerting.incidents`` also looks before it adds).
+OPEN_INCIDENT = "state = 'open'"
+
+
+class Incident(Base):
+    """Findings (alerts) of one model version that share a cause: what notifies, once when it
+    opens, again on escalation (warning -> critical) and when it resolves or is accepted."""
+
+    __tablename__ = "incident"
+    __table_args__ = (
+        Index("ix_incident_state", "state", "severity"),
+        Index("ix_incident_version", "model", "model_version", "state"),
+        Index("uq_incident_open_cause", "model", "model_version", "cause_field", "cause_value",
+              unique=True, sqlite_where=text(OPEN_INCIDENT),
+              postgresql_where=text(OPEN_INCIDENT)),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    # station | scanner_model | software_version | site | vendor | a subgroup's field
+    # (age_band, sex, view, ...) | version
+    cause_field: Mapped[str] = mapped_column(String(64))
+    cause_value: Mapped[str] = mapped_column(String(512))
+    cause_label: Mapped[str] = mapped_column(Text)  # in words: "XR-SOUTH-1 (SIEMENS Ysio Max)"
+    state: Mapped[str] = mapped_column(String(16))  # open | resolved | accepted
+    severity: Mapped[str] = mapped_column(String(16))  # warning | critical
+    opened_at: Mapped[datetime]
+    first_evidence_day: Mapped[date | None] = mapped_column(Date)  # earliest ``since``
+    paged_at: Mapped[datetime | None]
+    escalated_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    # cause gone | rolled back | no longer live | accepted
+    resolved_reason: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(Text)
+    # per finding: rule, detector, feature, family, level, statistic, since, effect, ...
+    evidence: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # grid windows in a row in which none of its alerts was pending or firing (hysteresis)
+    quiet_windows: Mapped[int] = mapped_column(Integer, default=0)
+    last_check_run_id: Mapped[int | None] = mapped_column(ForeignKey("check_run.id"))
+    last_window_end: Mapped[datetime | None]
+    accepted_by: Mapped[str | None] = mapped_column(String(128))
+    accepted_at: Mapped[datetime | None]
+    accept_reason: Mapped[str | None] = mapped_column(Text)
+    accepted_since: Mapped[date | None] = mapped_column(Date)
+    updated_at: Mapped[datetime]
 
 
 class Notification(Base):
-    """One delivery of an alert to one channel; failures are retried and recorded here."""
+    """One delivery of an incident's event (opened, escalated, resolved) to one channel;
+    failures are retried and recorded here. ``alert_id`` is set on rows written before
+    incidents (revision 0004), which notified per alert."""
 
     __tablename__ = "notification"
     __table_args__ = (Index("ix_notification_status", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    alert_id: Mapped[int] = mapped_column(ForeignKey("alert.id"))
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alert.id"))
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incident.id"))
     channel: Mapped[str] = mapped_column(String(32))  # alertmanager | webhook | email
     target: Mapped[str] = mapped_column(String(512))
-    event: Mapped[str] = mapped_column(String(16))  # firing | resolved
+    event: Mapped[str] = mapped_column(String(16))  # firing | escalated | resolved
     status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed | silenced
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

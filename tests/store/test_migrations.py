@@ -1,10 +1,13 @@
 """Migrations on databases that hold data, on SQLite and PostgreSQL: revision 0002 at 0001
-(rows kept, ``event_id`` unique per model afterwards, and the way back) and revision 0003 at
-0002 (studies, baseline summaries and open alerts re-banded by age, and the way back)."""
+(rows kept, ``event_id`` unique per model afterwards, and the way back), revision 0003 at
+0002 (studies, baseline summaries and open alerts re-banded by age, and the way back) and
+revision 0004 at 0003 (incidents: alerts, their notifications and the recommendations citing
+them kept; one open incident per cause; and the way back)."""
 
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +186,7 @@ def test_0003_rebands_stored_studies_and_baseline_summaries(database_url: str) -
     engine = _populated_at_0002(database_url)
     before = _rows(engine)
     command.upgrade(alembic_config(engine), "0003")
-    assert current_revision(engine) == "0003" == SCHEMA_REVISION
+    assert current_revision(engine) == "0003"
     assert _bands(engine) == BANDS_0003
     assert _rows(engine) == before
     summary = _baseline_summary(engine)
@@ -230,4 +233,111 @@ def test_0003_downgrades_to_0002_with_65_plus(database_url: str) -> None:
     assert _alert_states(engine)["k-80"] == "resolved"
     command.upgrade(config, "head")  # and up again
     assert _bands(engine) == BANDS_0003
+    engine.dispose()
+
+
+# --- 0004: incidents ------------------------------------------------------------------------
+
+
+def _insert_notification(engine: Engine, alert_id: int | None, incident_id: int | None = None
+                         ) -> None:
+    columns = "alert_id" + (", incident_id" if incident_id is not None else "")
+    values = ":alert_id" + (", :incident_id" if incident_id is not None else "")
+    with engine.begin() as connection:
+        connection.execute(text(
+            f"INSERT INTO notification ({columns}, channel, target, event, status, attempts, "
+            f"created_at) VALUES ({values}, 'webhook', 'hook', 'firing', 'sent', 1, :t)"),
+            {"alert_id": alert_id, "incident_id": incident_id, "t": T})
+
+
+def _insert_incident(engine: Engine, state: str, cause_value: str = "XR-SOUTH-1") -> int:
+    with engine.begin() as connection:
+        return int(connection.execute(text(
+            "INSERT INTO incident (model, model_version, cause_field, cause_value, cause_label, "
+            "state, severity, opened_at, first_evidence_day, quiet_windows, evidence, "
+            "updated_at) VALUES ('cxr-triage', '1.4.0', 'station', :value, :label, :state, "
+            "'critical', :t, :day, 0, :evidence, :t) RETURNING id"),
+            {"value": cause_value, "label": cause_value, "state": state, "t": T,
+             "day": date(2026, 10, 11),
+             "evidence": json.dumps([{"rule": "sequential-page", "level": "page"}])}).scalar())
+
+
+def _populated_at_0003(database_url: str) -> Engine:
+    """Alerts with notifications (sent per alert before incidents) and a rollback
+    recommendation citing one, at 0003."""
+    engine = _populated_at_0002(database_url)
+    command.upgrade(alembic_config(engine), "0003")
+    with engine.connect() as connection:
+        alert_ids = connection.execute(text("SELECT id FROM alert ORDER BY id")).scalars().all()
+    for alert_id in alert_ids[:2]:
+        _insert_notification(engine, alert_id)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO rollback_recommendation (model, from_version, to_version, policy, "
+            "alert_id, status, created_at, hook_attempts, alias) VALUES ('cxr-triage', "
+            "'1.4.0', '1.3.0', 'perf', :alert_id, 'pending', :t, 0, 'production')"),
+            {"alert_id": alert_ids[0], "t": T})
+    return engine
+
+
+def _notifications(engine: Engine) -> list[tuple[Any, ...]]:
+    """Notifications and the rollback recommendations, with the alerts they cite."""
+    with engine.connect() as connection:
+        return sorted(tuple(row) for row in connection.execute(text(
+            "SELECT alert_id, channel, event, status FROM notification UNION ALL "
+            "SELECT alert_id, policy, from_version, status FROM rollback_recommendation"
+        )).all())
+
+
+def test_0004_adds_incidents_and_keeps_alerts_and_their_notifications(
+        database_url: str) -> None:
+    engine = _populated_at_0003(database_url)
+    alerts, notifications = _alert_states(engine), _notifications(engine)
+    command.upgrade(alembic_config(engine), "0004")
+    assert current_revision(engine) == "0004" == SCHEMA_REVISION
+    assert _alert_states(engine) == alerts and _notifications(engine) == notifications
+    assert {"incident_id"} <= {c["name"] for c in inspect(engine).get_columns("alert")}
+    columns = {c["name"]: c for c in inspect(engine).get_columns("notification")}
+    assert columns["alert_id"]["nullable"] and "incident_id" in columns
+    with engine.connect() as connection:
+        assert connection.execute(text(
+            "SELECT count(*) FROM alert WHERE incident_id IS NOT NULL")).scalar() == 0
+
+    # one open incident per cause; a resolved one and another cause do not conflict
+    first = _insert_incident(engine, "open")
+    _refused(_insert_incident, engine, "open")
+    _insert_incident(engine, "resolved")
+    _insert_incident(engine, "accepted")
+    _insert_incident(engine, "open", cause_value="XR-NORTH-2")
+    _insert_notification(engine, None, incident_id=first)  # an incident's, no alert
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alert SET incident_id = :i"), {"i": first})
+    _refused(_insert_notification, engine, None, 10_000)  # an incident that does not exist
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE incident SET state = 'resolved' WHERE id = :i"),
+                           {"i": first})
+    _insert_incident(engine, "open")  # the cause may open again once its incident resolved
+    engine.dispose()
+
+
+def test_0004_downgrades_to_0003_with_the_alerts_notifications(database_url: str) -> None:
+    engine = _populated_at_0003(database_url)
+    alerts, notifications = _alert_states(engine), _notifications(engine)
+    config = alembic_config(engine)
+    command.upgrade(config, "0004")
+    incident = _insert_incident(engine, "open")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alert SET incident_id = :i"), {"i": incident})
+    _insert_notification(engine, None, incident_id=incident)
+    command.downgrade(config, "0003")
+    assert current_revision(engine) == "0003"
+    assert "incident" not in inspect(engine).get_table_names()
+    assert "incident_id" not in {c["name"] for c in inspect(engine).get_columns("alert")}
+    columns = {c["name"]: c for c in inspect(engine).get_columns("notification")}
+    assert not columns["alert_id"]["nullable"] and "incident_id" not in columns
+    assert _alert_states(engine) == alerts
+    assert _notifications(engine) == notifications  # the incident's own went with it
+    _refused(_insert_notification, engine, None)  # alert_id is required again
+    command.upgrade(config, "head")  # and up again
+    assert _alert_states(engine) == alerts
     engine.dispose()
