@@ -13,13 +13,18 @@ import pytest
 from monitor.collect.dicom import age_band
 from monitor.errors import ConfigError
 from monitor.simulate import (
+    ACCEPTED_CHANGE,
+    CATALOGUE,
     DEFAULT_EPISODES,
     EFFECT_SCALES,
+    INVERSION_SHIFT,
     SOFTWARE_UPDATE_SHIFT,
+    Cause,
     EpisodeSpec,
     SimulatedDeployment,
     decode_embedding,
     describe,
+    episode_spec,
     simulate_deployment,
 )
 
@@ -428,6 +433,9 @@ def test_short_runs_drop_episodes_never_reached_and_accept_naive_start():
         ({"embedding_dim": 8}, "embedding_dim"),
         ({"embedding_format": "hex"}, "embedding_format"),
         ({"read_share": 1.5}, "read_share"),
+        ({"episodes": (episode_spec("software-update", accepted_after_days=-1),)},
+         "accepted_after_days"),
+        ({"episodes": (episode_spec("gradual-drift", magnitude=-0.5),)}, "magnitude"),
     ],
 )
 def test_bad_arguments_name_the_field(kwargs, field):
@@ -435,3 +443,205 @@ def test_bad_arguments_name_the_field(kwargs, field):
         simulate_deployment(n_studies=kwargs.pop("n_studies", 100), **kwargs)
     with pytest.raises(ConfigError, match="batch_size"):
         next(simulate_deployment(n_studies=50, episodes=()).iter_batches(batch_size=0))
+
+
+# --- long deployments, magnitudes, the newer episodes and their ground truth ----------------
+
+
+def test_ninety_days_scale_the_studies_and_keep_every_day_and_the_catalogue():
+    d = simulate_deployment(seed=6, days=90, embedding_dim=32, episodes=tuple(CATALOGUE))
+    assert len(d.inferences) == 700 * 90
+    assert set(d.truth.day.tolist()) == set(range(90))
+    assert sorted(e.name for e in d.episodes) == sorted(CATALOGUE)
+    # the weekly rhythm holds over the whole period: weekends carry fewer studies
+    per_day = np.bincount(d.truth.day, minlength=90)
+    weekend = np.array([(d.start + timedelta(days=k)).weekday() >= 5 for k in range(90)])
+    assert per_day[weekend].mean() < 0.8 * per_day[~weekend].mean()
+    assert 0.55 <= len(d.overrides) / len(d.inferences) <= 0.65
+
+
+def test_each_seed_draws_its_own_baseline_week():
+    weeks = []
+    for seed in (10, 11, 10):
+        d = simulate_deployment(seed=seed, days=10, embedding_dim=32, episodes=())
+        week = d.truth.time_s < d.baseline_end.timestamp() - d.start.timestamp()
+        weeks.append((int(week.sum()), int(d.truth.positive[week].sum()),
+                      d.truth.embeddings[week].mean(axis=0)))
+    (n_a, pos_a, mean_a), (n_b, pos_b, mean_b), (n_c, pos_c, mean_c) = weeks
+    assert (n_a, pos_a) == (n_c, pos_c) and np.array_equal(mean_a, mean_c)
+    assert (n_a, pos_a) != (n_b, pos_b)
+    assert not np.allclose(mean_a, mean_b, atol=1e-3)
+
+
+def _positive_logit_by_day(d: SimulatedDeployment, version: str) -> np.ndarray:
+    """Mean logit of the score of truly positive studies of ``version``, per day."""
+    t = d.truth
+    rows = (t.model_version == version) & t.pneumothorax
+    score = np.clip(t.score[rows], 1e-6, 1 - 1e-6)
+    logit = np.log(score / (1 - score))
+    sums = np.bincount(t.day[rows], weights=logit, minlength=d.days)
+    counts = np.bincount(t.day[rows], minlength=d.days)
+    return sums / np.maximum(counts, 1)
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 0.5])
+def test_override_rise_ramps_at_a_fixed_rate_per_day_then_holds(magnitude):
+    """1.4.0's separation falls 0.25 x magnitude a day for 10 days and then stays, in a
+    60-day run as in the 30-day demo: not stretched to the end of the deployment."""
+    d = simulate_deployment(seed=7, days=60, n_studies=36_000, embedding_dim=32,
+                            episodes=(episode_spec("override-rise", magnitude=magnitude,
+                                                   start_day=10),))
+    clean = simulate_deployment(seed=7, days=60, n_studies=36_000, embedding_dim=32,
+                                episodes=())
+    drop = _positive_logit_by_day(clean, "1.4.0") - _positive_logit_by_day(d, "1.4.0")
+    days = np.arange(60)
+    ramp = (days >= 10) & (days < 20)
+    # each day's mean elapsed time is k + 0.5 days after the start
+    slope = np.polyfit(days[ramp] + 0.5, drop[ramp], 1)[0]
+    assert abs(slope - 0.25 * magnitude) < 0.06 * magnitude + 0.02
+    assert abs(drop[:10].mean()) < 1e-9  # the same studies, untouched before the start
+    held_early, held_late = drop[21:35].mean(), drop[45:].mean()
+    assert abs(held_early - 2.5 * magnitude) < 0.25
+    assert abs(held_late - held_early) < 0.25
+    assert np.allclose(_positive_logit_by_day(d, "1.3.0"), _positive_logit_by_day(clean, "1.3.0"))
+
+
+def test_photometric_inversion_moves_only_a_share_of_one_scanner_and_no_header():
+    spec = episode_spec("photometric-inversion", start_day=6)
+    d = simulate_deployment(seed=8, days=20, embedding_dim=64, episodes=(spec,))
+    clean = simulate_deployment(seed=8, days=20, embedding_dim=64, episodes=())
+    (episode,) = d.episodes
+    t = d.truth
+    hit = t.affected["photometric-inversion"]
+    unit_after = (t.station == "XR-NORTH-1") & (t.time_s >= 6 * DAY)
+    assert not (hit & ~unit_after).any()
+    n, k = int(unit_after.sum()), int(hit.sum())
+    assert abs(k / n - 0.05) < 4 * math.sqrt(0.05 * 0.95 / n)
+    # the header and every other field are what they would have been; only the embedding moves
+    for i in range(len(d.inferences)):
+        a, b = dict(d.inferences[i]), dict(clean.inferences[i])
+        assert a.pop("embedding") == b.pop("embedding") or hit[i]
+        assert a == b
+        assert a["scanner"]["photometric"] == "MONOCHROME2"
+    direction = d.latent.direction("inverted")
+    moved = t.embeddings[hit] - clean.truth.embeddings[hit]
+    assert np.allclose(moved, INVERSION_SHIFT * direction, atol=1e-3)
+    assert np.array_equal(t.embeddings[~hit], clean.truth.embeddings[~hit])
+    others = np.stack([v for key, v in d.latent.directions.items() if key != "inverted"])
+    assert np.abs(others @ direction).max() < 1e-5
+    assert episode.cause == Cause("station", "XR-NORTH-1")
+    assert Cause("scanner_model", "Discovery XR656") in episode.same_studies
+
+    half = simulate_deployment(seed=8, days=20, embedding_dim=64,
+                               episodes=(episode_spec("photometric-inversion", start_day=6,
+                                                      magnitude=0.5),))
+    k_half = int(half.truth.affected["photometric-inversion"].sum())
+    assert abs(k_half / n - 0.025) < 4 * math.sqrt(0.025 * 0.975 / n)
+    assert not (half.truth.affected["photometric-inversion"] & ~hit).any()  # nested draws
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 0.5])
+def test_gradual_drift_moves_one_sites_protocol_at_a_fixed_rate_for_30_days(magnitude):
+    spec = episode_spec("gradual-drift", start_day=5, magnitude=magnitude)
+    d = simulate_deployment(seed=9, days=45, n_studies=9_000, embedding_dim=32,
+                            episodes=(spec,))
+    clean = simulate_deployment(seed=9, days=45, n_studies=9_000, embedding_dim=32,
+                                episodes=())
+    (episode,) = d.episodes
+    t = d.truth
+    south = t.site == "south"
+    drifting = t.affected["gradual-drift"]
+    assert np.array_equal(drifting, south & (t.time_s >= 5 * DAY))
+    elapsed = np.clip((t.time_s - 5 * DAY) / DAY, 0.0, 30.0) * magnitude
+    kvp = np.array([e["scanner"]["kvp"] for e in d.inferences])
+    kvp_clean = np.array([e["scanner"]["kvp"] for e in clean.inferences])
+    expected_kvp = np.where(drifting, np.round(-0.5 * elapsed), 0.0)
+    assert np.array_equal(kvp - kvp_clean, expected_kvp)
+    assert (kvp - kvp_clean)[drifting & (t.time_s >= 36 * DAY)].max() == np.round(-15 * magnitude)
+    site = d.latent.direction("site:south")
+    moved = t.embeddings - clean.truth.embeddings
+    expected = np.where(drifting, 0.1 * elapsed, 0.0)[:, None] * site[None, :]
+    assert np.allclose(moved, expected, atol=1e-4)
+    assert not moved[~drifting].any()
+    for i in np.flatnonzero(~drifting)[::50]:
+        assert d.inferences[i] == clean.inferences[i]
+    assert episode.cause == Cause("site", "south") and episode.same_studies == ()
+
+
+def test_accepted_change_records_when_the_operator_accepts():
+    assert ACCEPTED_CHANGE.name == "software-update"
+    d = simulate_deployment(seed=1, n_studies=3_000, embedding_dim=32,
+                            episodes=(ACCEPTED_CHANGE,))
+    (episode,) = d.episodes
+    assert episode.accepted_at == episode.start + timedelta(days=3)
+    assert episode.accepted_at < d.end
+    plain = simulate_deployment(seed=1, n_studies=3_000, embedding_dim=32,
+                                episodes=("software-update",))
+    assert plain.episodes[0].accepted_at is None
+    assert plain.inferences == d.inferences  # accepting changes what the team does, not data
+
+
+_TRUTH_FIELDS = {"station": "station", "scanner_model": "scanner_model",
+                 "software_version": "software_version", "vendor": "manufacturer",
+                 "site": "site", "version": "model_version"}
+
+
+def _studies_named(d: SimulatedDeployment, cause: Cause) -> np.ndarray:
+    t = d.truth
+    if cause.field == "subgroup":
+        field, value = cause.value.split("=", 1)
+        assert field == "age_band"
+        return np.array([age_band(int(a)) for a in t.age_years]) == value
+    return getattr(t, _TRUTH_FIELDS[cause.field]) == cause.value
+
+
+def test_every_episode_knows_the_cause_an_incident_should_name():
+    d = simulate_deployment(seed=2, days=40, n_studies=12_000, embedding_dim=32,
+                            episodes=tuple(CATALOGUE))
+    expected = {
+        "software-update": ("station", "XR-SOUTH-1"),
+        "new-vendor": ("station", "XR-EAST-3"),
+        "subgroup-drop": ("subgroup", "age_band=80+"),
+        "override-rise": ("version", "1.4.0"),
+        "prevalence-change": ("site", "north"),
+        "photometric-inversion": ("station", "XR-NORTH-1"),
+        "gradual-drift": ("site", "south"),
+    }
+    for episode in d.episodes:
+        assert episode.cause == Cause(*expected[episode.name])
+        affected = d.truth.affected[episode.name]
+        assert affected.any(), episode.name
+        after = d.truth.time_s >= (episode.start - d.start).total_seconds()
+        # every affected study is one the cause and each of its other names pick out ...
+        for cause in episode.causes:
+            named = _studies_named(d, cause)
+            assert named[affected].all(), (episode.name, cause)
+            assert episode.names_cause(cause.field, cause.value)
+            # ... and the other names pick out the same studies while the episode runs
+            if cause != episode.cause and episode.cause.field != "subgroup":
+                assert np.array_equal(named & after, _studies_named(d, episode.cause) & after)
+        assert set(episode.versions) == set(d.truth.model_version[affected].tolist())
+    update = next(e for e in d.episodes if e.name == "software-update")
+    assert {str(c) for c in update.same_studies} == {
+        "scanner_model=Ysio Max", "software_version=VF12B", "vendor=SIEMENS"}
+    assert not update.names_cause("site", "south")
+    rise = next(e for e in d.episodes if e.name == "override-rise")
+    assert rise.names_cause("version", "1.4.0", version="1.4.0")
+    assert not rise.names_cause("version", "1.4.0", version="1.3.0")
+    prevalence = next(e for e in d.episodes if e.name == "prevalence-change")
+    assert prevalence.same_studies == (Cause("vendor", "GE Healthcare"),)
+
+
+def test_episode_spec_takes_a_catalogue_episode_at_a_chosen_magnitude():
+    for name, spec in CATALOGUE.items():
+        half = episode_spec(name, magnitude=0.5)
+        assert (half.name, half.start_day, half.magnitude) == (name, spec.start_day, 0.5)
+    assert episode_spec("new-vendor", start_day=3).start_day == 3
+    with pytest.raises(ConfigError, match="episodes"):
+        episode_spec("firmware-glitch")
+    d = simulate_deployment(seed=3, days=20, n_studies=6_000, embedding_dim=32,
+                            episodes=(episode_spec("new-vendor", magnitude=0.5, start_day=8),))
+    t = d.truth
+    east_after = (t.site == "east") & (t.time_s >= 8 * DAY)
+    share = (t.station[east_after] == "XR-EAST-3").mean()
+    assert abs(share - 0.2) < 4 * math.sqrt(0.2 * 0.8 / east_after.sum())

@@ -1,8 +1,10 @@
-"""A seeded, simulated deployment of a chest X-ray triage model, for the demo and the tests."""
+"""A seeded, simulated deployment of a chest X-ray triage model, for the demo, the tests and the
+surveillance benchmark."""
 
 from monitor.schema import decode_embedding, encode_embedding
 from monitor.simulate.deployment import (
     DEFAULT_START,
+    STUDIES_PER_DAY,
     EventBatch,
     SimulatedDeployment,
     StudyTruth,
@@ -10,21 +12,33 @@ from monitor.simulate.deployment import (
     simulate_deployment,
 )
 from monitor.simulate.episodes import (
+    ACCEPTED_CHANGE,
     BASELINE_DAYS,
     CATALOGUE,
     DEFAULT_EPISODES,
+    Cause,
     Episode,
     EpisodeSpec,
+    episode_spec,
 )
-from monitor.simulate.latent import EFFECT_SCALES, SOFTWARE_UPDATE_SHIFT, LatentModel
+from monitor.simulate.latent import (
+    EFFECT_SCALES,
+    INVERSION_SHIFT,
+    SOFTWARE_UPDATE_SHIFT,
+    LatentModel,
+)
 
 __all__ = [
+    "ACCEPTED_CHANGE",
     "BASELINE_DAYS",
     "CATALOGUE",
     "DEFAULT_EPISODES",
     "DEFAULT_START",
     "EFFECT_SCALES",
+    "INVERSION_SHIFT",
     "SOFTWARE_UPDATE_SHIFT",
+    "STUDIES_PER_DAY",
+    "Cause",
     "Episode",
     "EpisodeSpec",
     "EventBatch",
@@ -34,5 +48,6 @@ __all__ = [
     "decode_embedding",
     "describe",
     "encode_embedding",
+    "episode_spec",
     "simulate_deployment",
 ]

@@ -1,11 +1,14 @@
 """A seeded, simulated deployment of the chest X-ray triage model ``cxr-triage``.
 
-Defaults: 21,000 studies over 30 days from 2026-10-01T00:00:00Z at three sites (``north``,
+Defaults: 21,000 studies over 30 days (700 a day: ``n_studies`` scales with ``days`` unless
+given) from 2026-10-01T00:00:00Z at three sites (``north``,
 ``south``, ``east``) on six scanners of four vendors (``monitor.simulate.fleet``). Two model
 versions are live side by side for the whole period with a fixed traffic split: ``1.4.0``
 (production, 75% of studies) and ``1.3.0`` (the previous version, 25%), so each version has
 its own clean baseline and ``1.3.0`` is there to roll back to. Days 0-6 (2026-10-01 to
 2026-10-07) are clean in every run; the episodes (``monitor.simulate.episodes``) start later.
+``episodes=()`` gives a deployment with no shift at all. Each seed draws its own studies, so
+its own baseline week: two seeds give two different samples of the same clean process.
 
 Where each part is modelled:
 
@@ -15,6 +18,8 @@ Where each part is modelled:
   software version + view + patient effect + noise``, each effect a scale times a fixed,
   seeded unit direction (``deployment.latent.direction("scanner:XR-SOUTH-1")``).
 * ``signals``: the model's scores and the radiologists' reads (about 60% of studies, delayed).
+  Draws that only the newer episodes use (which studies arrive inverted, the inverted images'
+  direction) come from a fourth seed stream, so every earlier draw is the same with them.
 * ``events``: identifiers and the JSON contract's dicts.
 """
 
@@ -47,11 +52,12 @@ from monitor.simulate.fleet import (
     VIEWS,
     Scanner,
 )
-from monitor.simulate.latent import LatentModel, build_latent_model
+from monitor.simulate.latent import INVERSION_KEY, LatentModel, build_latent_model, with_direction
 from monitor.simulate.studies import SECONDS_PER_DAY, StudyTable, sample_studies
 from monitor.simulate.summary import describe
 
 DEFAULT_START = datetime(2026, 10, 1, tzinfo=UTC)
+STUDIES_PER_DAY = 700
 logger = logging.getLogger(__name__)
 _TABLE_COLUMNS = ("time_s", "patient", "repeat_patient", "site", "scanner", "view", "female",
                   "age_years", "pneumothorax", "effusion", "new_vendor", "prevalence_raised")
@@ -194,10 +200,9 @@ def _check(
         raise ConfigError(f"n_studies has value {n_studies}; must be >= 1")
     if days < 1:
         raise ConfigError(f"days has value {days}; must be >= 1")
-    if embedding_dim < len(signals.direction_keys()):
-        raise ConfigError(
-            f"embedding_dim has value {embedding_dim}; must be >= {len(signals.direction_keys())}"
-        )
+    needed = len(signals.direction_keys()) + 1  # and the inverted images' direction
+    if embedding_dim < needed:
+        raise ConfigError(f"embedding_dim has value {embedding_dim}; must be >= {needed}")
     if embedding_format not in ("base64", "list"):
         raise ConfigError(f"embedding_format has value {embedding_format!r}; use base64 or list")
     if not 0.0 <= read_share <= 1.0:
@@ -211,7 +216,7 @@ def _check(
 def simulate_deployment(
     *,
     seed: int = 0,
-    n_studies: int = 21_000,
+    n_studies: int | None = None,
     days: int = 30,
     start: datetime = DEFAULT_START,
     episodes: Iterable[str | EpisodeSpec] = DEFAULT_EPISODES,
@@ -222,10 +227,13 @@ def simulate_deployment(
 ) -> SimulatedDeployment:
     """Generate one deployment; the same arguments always give the same events.
 
-    ``episodes`` takes names from ``monitor.simulate.episodes.CATALOGUE`` or ``EpisodeSpec``
-    objects (own start day, end day, magnitude); ``()`` gives a deployment with no shift at all.
-    A naive ``start`` is read as UTC.
+    ``n_studies`` defaults to ``STUDIES_PER_DAY`` (700) per day. ``episodes`` takes names from
+    ``monitor.simulate.episodes.CATALOGUE`` or ``EpisodeSpec`` objects (``episode_spec``: own
+    start day, end day, magnitude, acceptance); ``()`` gives a deployment with no shift at
+    all. A naive ``start`` is read as UTC.
     """
+    if n_studies is None:
+        n_studies = STUDIES_PER_DAY * max(days, 1)
     _check(n_studies=n_studies, days=days, embedding_dim=embedding_dim,
            embedding_format=embedding_format, read_share=read_share,
            repeat_patient_share=repeat_patient_share)
@@ -233,9 +241,12 @@ def simulate_deployment(
     resolved = resolve_episodes(episodes, start=start, days=days)
     by_name = {e.name: e for e in resolved}
 
-    structure_seq, study_seq, id_seq = np.random.SeedSequence(seed).spawn(3)
+    # spawn(4)'s first three streams are spawn(3)'s: the fourth feeds only the newer episodes.
+    structure_seq, study_seq, id_seq, episode_seq = np.random.SeedSequence(seed).spawn(4)
     latent = build_latent_model(np.random.default_rng(structure_seq), dim=embedding_dim,
                                 direction_keys=signals.direction_keys())
+    episode_rng = np.random.default_rng(episode_seq)
+    latent = with_direction(latent, INVERSION_KEY, episode_rng)
     rng = np.random.default_rng(study_seq)
     table = sample_studies(rng, n_studies=n_studies, days=days, start=start, episodes=by_name,
                            repeat_patient_share=repeat_patient_share)
@@ -243,9 +254,11 @@ def simulate_deployment(
     for name in _TABLE_COLUMNS:
         setattr(table, name, getattr(table, name)[order])
     table.time_s = np.floor(table.time_s)
+    inversion_draw = episode_rng.random(n_studies)
     return _assemble(rng, np.random.default_rng(id_seq), table=table, latent=latent,
                      episodes=by_name, seed=seed, start=start, days=days,
-                     embedding_format=embedding_format, read_share=read_share)
+                     embedding_format=embedding_format, read_share=read_share,
+                     inversion_draw=inversion_draw)
 
 
 def _assemble(
@@ -260,6 +273,7 @@ def _assemble(
     days: int,
     embedding_format: ev.EmbeddingFormat,
     read_share: float,
+    inversion_draw: np.ndarray,
 ) -> SimulatedDeployment:
     n = table.time_s.size
     t = table.time_s
@@ -270,12 +284,17 @@ def _assemble(
     )
     updated = signals.software_updated(table, episodes, start)
     update_magnitude = episodes["software-update"].magnitude if updated.any() else 0.0
+    inverted = signals.inverted(table, episodes, start, inversion_draw[:n])
+    drift_days = signals.drift_days(table, episodes, start)
     embeddings = signals.embed(rng, table=table, latent=latent, version=version,
-                               updated=updated, update_magnitude=update_magnitude)
+                               updated=updated, update_magnitude=update_magnitude,
+                               drift_days=drift_days)
     output = signals.model_output(rng, table=table, latent=latent, embeddings=embeddings,
                                   version=version, episodes=episodes, start=start)
+    signals.invert(embeddings, inverted, latent)
     reads = signals.radiologist_reads(rng, table=table, read_share=read_share, days=days)
-    kvp, mas, spacing, software = signals.acquisition(rng, table=table, updated=updated)
+    kvp, mas, spacing, software = signals.acquisition(rng, table=table, updated=updated,
+                                                      drift_days=drift_days)
 
     inference_ids = ev.event_ids(id_rng, n)
     override_ids = ev.event_ids(id_rng, n)
@@ -319,7 +338,8 @@ def _assemble(
 
     masks = {"software-update": updated, "new-vendor": table.new_vendor,
              "subgroup-drop": output.subgroup_dropped, "override-rise": output.degraded,
-             "prevalence-change": table.prevalence_raised}
+             "prevalence-change": table.prevalence_raised, "photometric-inversion": inverted,
+             "gradual-drift": signals.drifting(table, episodes, start)}
     truth = StudyTruth(
         study_uid=np.array(uids), patient=table.patient, patient_id=np.array(patient_ids),
         repeat_patient=table.repeat_patient, time_s=t,

@@ -13,6 +13,12 @@ One study's embedding (length D, float32) is a sum of fixed, seeded effects plus
   offset, so a baseline must never mix versions).
 * The ``software-update`` episode adds ``SOFTWARE_UPDATE_SHIFT * magnitude`` (4.0) along the
   updated scanner's own direction, on top of the new version's own software effect.
+* An image whose pixels were inverted upstream (``photometric-inversion``) lies
+  ``INVERSION_SHIFT`` (16.0, more than the noise norm) along a direction of its own,
+  ``directions["inverted"]``, orthogonal to every effect: inverted images sit together, far
+  from every upright one, whatever unit took them. It is drawn from a stream of its own
+  (``with_direction``), so adding it moves none of the other directions.
+* ``gradual-drift`` grows the drifting site's effect at a fixed rate per day.
 * ``mean`` is a seeded N(0, 0.5²) vector (not orthogonal to the directions).
 * Noise is Gaussian with covariance ``Σ = V diag(λ) Vᵀ + 0.5² I``: ``V`` a seeded orthonormal
   basis of 32 factors with ``λ_j = 9 / j``, so the embeddings have a few dominant directions
@@ -26,7 +32,7 @@ One study's embedding (length D, float32) is a sum of fixed, seeded effects plus
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +46,8 @@ EFFECT_SCALES: dict[str, float] = {
     "version": 2.0,
 }
 SOFTWARE_UPDATE_SHIFT = 4.0
+INVERSION_SHIFT = 16.0
+INVERSION_KEY = "inverted"
 MEAN_SD = 0.5
 NOISE_FACTORS = 32
 NOISE_FACTOR_VARIANCE = 9.0
@@ -107,3 +115,15 @@ def build_latent_model(
         isotropic_sd=ISOTROPIC_SD,
         patient_share=PATIENT_SHARE,
     )
+
+
+def with_direction(latent: LatentModel, key: str, rng: np.random.Generator) -> LatentModel:
+    """The model with one more unit direction ``key``, orthogonal to every other direction
+    (a seeded Gaussian vector with its projections on them removed)."""
+    others = np.stack(list(latent.directions.values())).astype(float)
+    vector = rng.standard_normal(latent.dim)
+    vector -= others.T @ (others @ vector)
+    vector -= others.T @ (others @ vector)  # a second pass against rounding
+    vector /= np.linalg.norm(vector)
+    directions = {**latent.directions, key: vector.astype(np.float32)}
+    return replace(latent, directions=directions)

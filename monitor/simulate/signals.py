@@ -13,8 +13,9 @@ The score is rounded to 6 decimals and ``positive`` is ``score >= 0.5``; an effu
 studies are positive and radiologists disagree with the model on about 7.5% of those they read.
 
 Episodes (times their magnitude): ``subgroup-drop`` adds 1.0 to the intercept and takes 1.2
-from the separation for patients aged 80+; ``override-rise`` takes ``2.5 * ramp`` from 1.4.0's
-separation, the ramp growing linearly from 0 at the episode's start to 1 at its end.
+from the separation for patients aged 80+; ``override-rise`` takes 0.25 a day from 1.4.0's
+separation for 10 days (2.5 in all), then holds. ``photometric-inversion`` and
+``gradual-drift`` move embeddings (and ``gradual-drift`` the kVp), not the model's formula.
 
 Radiologist reads: ``read_share`` of studies (60%) are read by one of their site's readers after
 a lognormal delay (median 3 hours, log-sd 1.5, clipped to 2 minutes .. 14 days); reads falling
@@ -31,10 +32,18 @@ from datetime import datetime
 import numpy as np
 
 from monitor.simulate.episodes import (
+    GRADUAL_DRIFT_DAYS,
+    GRADUAL_DRIFT_KVP_PER_DAY,
+    GRADUAL_DRIFT_LATENT_PER_DAY,
+    GRADUAL_DRIFT_SITE,
+    INVERSION_SHARE,
+    INVERSION_STATION,
+    OVERRIDE_RISE_RAMP_DAYS,
     OVERRIDE_RISE_VERSION,
     SUBGROUP_MIN_AGE,
     Episode,
     active,
+    days_in,
 )
 from monitor.simulate.fleet import (
     ALL_SCANNERS,
@@ -44,8 +53,15 @@ from monitor.simulate.fleet import (
     THRESHOLD,
     VIEWS,
     scanner_index,
+    site_index,
 )
-from monitor.simulate.latent import EFFECT_SCALES, SOFTWARE_UPDATE_SHIFT, LatentModel
+from monitor.simulate.latent import (
+    EFFECT_SCALES,
+    INVERSION_KEY,
+    INVERSION_SHIFT,
+    SOFTWARE_UPDATE_SHIFT,
+    LatentModel,
+)
 from monitor.simulate.studies import SECONDS_PER_DAY, StudyTable
 
 SCORE_EMBEDDING_WEIGHT = 0.1
@@ -83,6 +99,36 @@ def software_updated(table: StudyTable, episodes: dict[str, Episode],
     return on_unit & active(episodes, "software-update", table.time_s, start)
 
 
+def inverted(table: StudyTable, episodes: dict[str, Episode], start: datetime,
+             uniform: np.ndarray) -> np.ndarray:
+    """The studies whose pixels arrive inverted: ``INVERSION_SHARE * magnitude`` of the
+    station's studies while ``photometric-inversion`` runs (``uniform``: one U(0, 1) draw per
+    study from a stream of its own, so the other draws do not depend on it)."""
+    episode = episodes.get("photometric-inversion")
+    if episode is None:
+        return np.zeros(table.time_s.size, dtype=bool)
+    on_unit = table.scanner == scanner_index(INVERSION_STATION)
+    share = min(INVERSION_SHARE * episode.magnitude, 1.0)
+    return on_unit & active(episodes, episode.name, table.time_s, start) & (uniform < share)
+
+
+def drifting(table: StudyTable, episodes: dict[str, Episode], start: datetime) -> np.ndarray:
+    """The studies of ``gradual-drift``'s site while it runs."""
+    return (active(episodes, "gradual-drift", table.time_s, start)
+            & (table.site == site_index(GRADUAL_DRIFT_SITE)))
+
+
+def drift_days(table: StudyTable, episodes: dict[str, Episode], start: datetime) -> np.ndarray:
+    """Per study, days of ``gradual-drift`` at its site so far (at most its 30 days) times
+    the magnitude: what the per-day rates multiply. Zero elsewhere."""
+    episode = episodes.get("gradual-drift")
+    if episode is None:
+        return np.zeros(table.time_s.size)
+    elapsed = np.minimum(days_in(episodes, episode.name, table.time_s, start), GRADUAL_DRIFT_DAYS)
+    return np.where(table.site == site_index(GRADUAL_DRIFT_SITE),
+                    elapsed * episode.magnitude, 0.0)
+
+
 def embed(
     rng: np.random.Generator,
     *,
@@ -91,8 +137,11 @@ def embed(
     version: np.ndarray,
     updated: np.ndarray,
     update_magnitude: float,
+    drift_days: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Mean + sum of scaled directions + (patient-correlated) noise; float32 (n, D)."""
+    """Mean + sum of scaled directions + (patient-correlated) noise; float32 (n, D).
+    ``drift_days`` (per study) grow the site's effect by ``GRADUAL_DRIFT_LATENT_PER_DAY``
+    each."""
     n = table.time_s.size
     keys = direction_keys()
     col = {key: i for i, key in enumerate(keys)}
@@ -104,7 +153,9 @@ def embed(
     coef[:, col["finding:effusion"]] = EFFECT_SCALES["finding"] * table.effusion
     coef[:, col["paediatric"]] = EFFECT_SCALES["paediatric"] * (table.age_years < 18)
     site_cols = np.array([col[f"site:{s.name}"] for s in SITES])
-    coef[rows, site_cols[table.site]] = EFFECT_SCALES["site"]
+    site_effect = EFFECT_SCALES["site"] + (0.0 if drift_days is None
+                                           else GRADUAL_DRIFT_LATENT_PER_DAY * drift_days)
+    coef[rows, site_cols[table.site]] = site_effect
     scanner_cols = np.array([col[f"scanner:{s.station}"] for s in ALL_SCANNERS])
     shift = np.where(updated, SOFTWARE_UPDATE_SHIFT * update_magnitude, 0.0)
     coef[rows, scanner_cols[table.scanner]] = EFFECT_SCALES["scanner"] + shift
@@ -125,6 +176,14 @@ def embed(
     embeddings += coef @ directions
     embeddings += latent.mean
     return embeddings
+
+
+def invert(embeddings: np.ndarray, inverted: np.ndarray, latent: LatentModel) -> None:
+    """Move the ``inverted`` studies' embeddings ``INVERSION_SHIFT`` along
+    ``directions["inverted"]``, in place. Called after ``model_output``: the scores, like the
+    header, are what an upright image gives, so only the embeddings can tell."""
+    if inverted.any():
+        embeddings[inverted] += np.float32(INVERSION_SHIFT) * latent.direction(INVERSION_KEY)
 
 
 @dataclass
@@ -165,8 +224,7 @@ def model_output(
     if degraded.any():
         episode = episodes["override-rise"]
         lo = (episode.start - start).total_seconds()
-        hi = (episode.end - start).total_seconds()
-        ramp = np.clip((t - lo) / (hi - lo), 0.0, 1.0)
+        ramp = np.clip((t - lo) / (OVERRIDE_RISE_RAMP_DAYS * SECONDS_PER_DAY), 0.0, 1.0)
         drop = OVERRIDE_RISE_SEPARATION_DROP * episode.magnitude
         separation = separation - degraded * ramp * drop
     score_bias = np.array([s.score_bias for s in ALL_SCANNERS])[table.scanner]
@@ -216,12 +274,14 @@ def radiologist_reads(
 
 
 def acquisition(
-    rng: np.random.Generator, *, table: StudyTable, updated: np.ndarray
+    rng: np.random.Generator, *, table: StudyTable, updated: np.ndarray,
+    drift_days: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Per-study kVp, mAs, pixel spacing and software version from the unit's protocol.
 
     kVp is the protocol's plus 10 for a lateral, minus 20 for a child, plus a rounded
-    N(0, 1.5²) kV; mAs the protocol's times lognormal(0, 0.2), x1.6 lateral, x0.4 child.
+    N(0, 1.5²) kV, plus the rounded ``gradual-drift`` offset (``GRADUAL_DRIFT_KVP_PER_DAY``
+    per ``drift_days``); mAs the protocol's times lognormal(0, 0.2), x1.6 lateral, x0.4 child.
     """
     n = table.time_s.size
     nominal_kvp = np.array([s.kvp for s in ALL_SCANNERS])[table.scanner]
@@ -234,6 +294,8 @@ def acquisition(
     child = table.age_years < 18
     kvp = (nominal_kvp + LATERAL_KVP_STEP * lateral + PAEDIATRIC_KVP_STEP * child
            + np.round(rng.normal(0.0, 1.5, n)))
+    if drift_days is not None:
+        kvp = kvp + np.round(GRADUAL_DRIFT_KVP_PER_DAY * drift_days)
     mas = nominal_mas * np.exp(rng.normal(0.0, 0.2, n))
     mas *= np.where(lateral, LATERAL_MAS_FACTOR, 1.0) * np.where(child, PAEDIATRIC_MAS_FACTOR, 1.0)
     base_software = [s.software_version for s in ALL_SCANNERS]
