@@ -12,6 +12,13 @@ P_FLOOR_DISPLAY = 1e-6  # p-values below this are drawn at it (log axis)
 HEIGHT = 260
 # Line colours of a chart's series (the threshold is always red).
 SERIES_COLOURS = ("#1565c0", "#6a1b9a", "#00838f", "#5d4037")
+# One colour per detector family on the sequential evidence chart (red and orange are the
+# page and warning levels').
+FAMILY_COLOURS = {"embedding": "#1565c0", "metadata": "#00838f", "prediction": "#6a1b9a",
+                  "performance": "#5d4037", "bias": "#ad1457"}
+WARNING_LEVEL, PAGE_LEVEL = "warning level", "page level"
+# Drawn as SVG, so the legend is text: readable by a screen reader and a browser test.
+SVG = {"embedOptions": {"renderer": "svg"}}
 
 
 def _empty(message: str) -> alt.Chart:
@@ -190,6 +197,47 @@ def _series_labels(data: pd.DataFrame, title: str) -> pd.Series:
     if data["version"].nunique() > 1:
         return title + " (" + data["version"].astype(str) + ")"
     return pd.Series(title, index=data.index)
+
+
+def sequential_evidence(frame: pd.DataFrame, *, title: str,
+                        height: int = HEIGHT) -> alt.LayerChart | alt.Chart:
+    """The sequential statistic per family and day of one version (a ``family_evidence``
+    frame): one line per family, the largest statistic of its streams over its page threshold,
+    so the page level is 1 for every family; the page level dashed red, the warning level of
+    each family (warning / page threshold, 0.87 to 0.93 by its number of streams) dashed
+    orange. Below 0 (evidence against a shift) is drawn at 0."""
+    if frame.empty:
+        return _empty("no sequential evidence: no daily grid checks yet")
+    data = frame.copy()
+    data["shown"] = data["ratio"].clip(lower=0.0)
+    families = [f for f in FAMILY_COLOURS if f in set(data["family"])]
+    families += sorted(set(data["family"]) - set(families))
+    domain = [*families, WARNING_LEVEL, PAGE_LEVEL]
+    colours = alt.Scale(domain=domain, range=[
+        *(FAMILY_COLOURS.get(f, SERIES_COLOURS[i % len(SERIES_COLOURS)])
+          for i, f in enumerate(families)), "#ef8f00", "#c62828"])
+    legend = alt.Legend(title=None, orient="top", labelLimit=360, symbolType="stroke")
+    colour = alt.Color("series:N", scale=colours, legend=legend)
+    x = alt.X("window_start:T", title="day checked", axis=alt.Axis(format="%b %d"))
+    tooltip = ["family", alt.Tooltip("window_start:T", title="day", format="%Y-%m-%d"),
+               "level", "stream", alt.Tooltip("statistic:Q", format=".2f"),
+               alt.Tooltip("warning_at:Q", format=".2f"), alt.Tooltip("page_at:Q", format=".2f"),
+               alt.Tooltip("ratio:Q", title="statistic / page", format=".2f"), "since",
+               "n_streams"]
+    lines = alt.Chart(data.assign(series=data["family"])).mark_line(
+        point=alt.OverlayMarkDef(size=50, filled=True)).encode(
+        x=x, y=alt.Y("shown:Q", title="statistic / page threshold",
+                     scale=alt.Scale(domainMin=0)),
+        color=colour, tooltip=tooltip)
+    warning = alt.Chart(data.assign(series=WARNING_LEVEL)).mark_line(
+        strokeDash=[4, 4], strokeWidth=1.2, interpolate="step-after").encode(
+        x=x, y="warning_ratio:Q", detail="family:N", color=colour,
+        tooltip=["family", alt.Tooltip("warning_ratio:Q", title="warning / page",
+                                       format=".2f")])
+    page = alt.Chart(pd.DataFrame({"level": [1.0], "series": [PAGE_LEVEL]})).mark_rule(
+        strokeDash=[6, 4], strokeWidth=1.5).encode(y="level:Q", color=colour)
+    return alt.layer(warning, page, lines).properties(title=title, height=height,
+                                                      usermeta=SVG)
 
 
 def attribution_bars(frame: pd.DataFrame, *, top: int = 10) -> alt.Chart:

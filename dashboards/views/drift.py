@@ -1,6 +1,7 @@
-"""Drift: every detector's p-value or statistic per check window with its threshold, the
-baseline period and alert episodes marked; what drives the drift of a chosen window; and the
-window's Evidently report."""
+"""Drift: the sequential evidence per family over days against its warning and page levels
+(what pages people); every detector's p-value or statistic per check window with its
+threshold, the baseline period and alert episodes marked; what drives the drift of a chosen
+window; and the window's Evidently report."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import streamlit as st
 
 from dashboards import charts
 from dashboards.common import Context, context, fmt_p, fmt_time, md, query, scope_caption
-from monitor.alerting.config import load_config
-from monitor.errors import MonitorError
-from monitor.store.dashboard import DEFAULT_PAGING_P, paging_level, paging_windows
+from monitor.store.dashboard import family_evidence, paging_windows
 
 MAX_DETAIL_CHARTS = 6
 
@@ -137,14 +136,44 @@ def attribution_section(ctx: Context, runs: pd.DataFrame, series: pd.DataFrame) 
             st.caption("No Evidently report was written for this window.")
 
 
-def paging_p(ctx: Context) -> tuple[float, str]:
-    """The paging level from the alert rules in force, and where it came from."""
-    try:
-        rules = load_config(ctx.settings).rules
-    except MonitorError as exc:
-        return DEFAULT_PAGING_P, f"the alert rules could not be read ({md(exc)}): the default"
-    source = "the alert rules file" if ctx.settings.alert_rules_file else "the built-in rules"
-    return paging_level(rules), f"the critical rules of {source}"
+def sequential_section(sequential: pd.DataFrame) -> None:
+    st.subheader("Sequential evidence per family")
+    if sequential.empty:
+        st.info("No daily grid checks yet in this range: sequential evidence accumulates "
+                "over the daily checks (window 1d, midnight to midnight in the site's time "
+                "zone). Checks of other windows show below, each on its own.")
+        return
+    st.caption("Each day's p-value of every test (a stream) adds to a cumulative statistic "
+               "over up to 28 days; a family's line is its strongest stream, divided by the "
+               "page threshold, so 1 (dashed red) pages. Dashed orange: each family's "
+               "warning level. The thresholds give one false page per version per year and "
+               "one false warning per 90 days when nothing has changed.")
+    families = family_evidence(sequential)
+    versions = sorted(families["version"].dropna().unique())
+    columns = st.columns(min(2, len(versions)) or 1)
+    for i, version in enumerate(versions):
+        with columns[i % len(columns)]:
+            st.altair_chart(charts.sequential_evidence(
+                families[families["version"] == version], title=f"version {version}"),
+                width="stretch")
+    newest = sequential[sequential["window_start"] ==
+                        sequential.groupby("version")["window_start"].transform("max")]
+    raised = newest[newest["level"] != "quiet"].sort_values(
+        ["version", "statistic"], ascending=[True, False])
+    if raised.empty:
+        st.caption("Newest day: every stream below its warning level.")
+        return
+    st.markdown("**Streams at warning or page on the newest day**")
+    st.dataframe(
+        pd.DataFrame({"version": raised["version"], "day": raised["window_start"],
+                      "stream": raised["stream"], "family": raised["family"],
+                      "level": raised["level"], "statistic": raised["statistic"],
+                      "page at": raised["page_at"], "since": raised["since"],
+                      "days": raised["days"], "today's p": raised["daily_p"].map(fmt_p)}),
+        hide_index=True, width="stretch",
+        column_config={"day": st.column_config.DateColumn(format="YYYY-MM-DD"),
+                       "statistic": st.column_config.NumberColumn(format="%.2f"),
+                       "page at": st.column_config.NumberColumn(format="%.2f")})
 
 
 def render(ctx: Context) -> None:
@@ -161,22 +190,23 @@ def render(ctx: Context) -> None:
     series = query(ctx.settings, "drift_series", f, window_label=chosen_label)
     if chosen_label is not None:
         runs = runs[runs["window_label"] == chosen_label]
+    sequential = query(ctx.settings, "sequential_series", f, window_label=chosen_label)
     cols = st.columns([1, 2, 1, 1])  # room for the paging count's label
     cols[0].metric("Check windows", f"{runs['run_id'].nunique() if len(runs) else 0}")
-    level, source = paging_p(ctx)
-    cols[1].metric(f"Windows with a paging-level finding (p < {level:g})",
-                   f"{len(paging_windows(series, level))}",
-                   help=f"Windows where at least one detector result has p < {level:g}, the "
-                   f"level at which {source} page (they also ask for it in consecutive "
-                   "windows). Results with too little data or a failed detector do not "
-                   "count; the heatmap's ✕ marks each detector's own verdict at its alpha.")
+    cols[1].metric("Windows with a paging finding", f"{len(paging_windows(sequential))}",
+                   help="Daily windows where at least one stream's sequential statistic "
+                   "reached its page threshold (the condition of the sequential-page rule). "
+                   "A single small p-value does not page; evidence that persists does. "
+                   "Checks off the daily grid store no sequential evidence and never count "
+                   "here; the heatmap's ✕ marks each detector's own verdict at its alpha.")
     cols[2].metric("Detector results", f"{len(series):,}")
     failed = int((series["status"] == "failed").sum()) if len(series) else 0
     cols[3].metric("Failed detector runs", f"{failed}")
-    if series.empty:
+    if series.empty and sequential.empty:
         st.info("No check results in this range: run `monitor check` (or wait for the "
                 "scheduled checks).")
         return
+    sequential_section(sequential)
     detector_section(ctx, series)
     attribution_section(ctx, runs, series)
 

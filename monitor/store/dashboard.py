@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Float, Integer, and_, case, cast, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
+from monitor.detect.sequential import STREAM_DETECTOR
 from monitor.detect.stats import wilson_interval
 from monitor.errors import ValidationError
 from monitor.store.models import (
@@ -35,9 +36,6 @@ from monitor.store.models import (
     RollbackRecommendation,
 )
 
-if TYPE_CHECKING:
-    from monitor.alerting.rules import Rule
-
 ACTIVE_ALIAS = "production"
 BIAS_DETECTOR = "SubgroupBias"
 ATTRIBUTION_DETECTOR = "Attribution"
@@ -46,9 +44,6 @@ DONE_STATUSES = ("ok", "partial")
 FleetField = Literal["manufacturer", "scanner_model", "software_version", "site"]
 FLEET_FIELDS: tuple[FleetField, ...] = ("manufacturer", "scanner_model", "software_version", "site")
 RATE_METRICS = ("override_rate", "sensitivity", "specificity", "ppv", "positive_rate")
-# The p-value below which a finding pages when the alert rules say nothing else (the shipped
-# critical rules page on p_value < 0.01 held over two windows).
-DEFAULT_PAGING_P = 0.01
 # Delay histogram bucket edges in hours (the last bucket is open).
 DELAY_EDGES_H = (0, 1, 2, 4, 8, 12, 24, 48, 72, 168)
 
@@ -361,7 +356,8 @@ def health_trend(session: Session, filters: Filters) -> pd.DataFrame:
 
 def drift_series(session: Session, filters: Filters, *,
                  window_label: str | None = None) -> pd.DataFrame:
-    """Every window-level detector result over time (subgroup results are on the bias page):
+    """Every window-level detector result over time (subgroup results are on the bias page,
+    the sequential evidence in ``sequential_series``):
     run_id, version, window_label, window_start, window_end, detector, feature, family,
     statistic, p_value, threshold, drift, n_reference, n_current, status, value, kind
     (``value`` is the p-value where the detector has one, else the statistic; ``kind`` says
@@ -374,7 +370,8 @@ def drift_series(session: Session, filters: Filters, *,
                CheckResult.n_current, CheckResult.details)
         .join(CheckResult, CheckResult.check_run_id == CheckRun.id)
         .where(CheckRun.status.in_(DONE_STATUSES),
-               CheckResult.detector.not_in((BIAS_DETECTOR, ATTRIBUTION_DETECTOR))),
+               CheckResult.detector.not_in((BIAS_DETECTOR, ATTRIBUTION_DETECTOR,
+                                            STREAM_DETECTOR))),
         session, filters)
     if window_label is not None:
         query = query.where(CheckRun.window_label == window_label)
@@ -395,24 +392,83 @@ def drift_series(session: Session, filters: Filters, *,
     return frame.sort_values(["detector", "feature", "window_end"]).reset_index(drop=True)
 
 
-def paging_level(rules: Sequence[Rule]) -> float:
-    """The p-value below which a finding pages: the largest ``p_value <`` (or ``<=``) bound
-    among the critical rules (the ones that page), ``DEFAULT_PAGING_P`` when no critical rule
-    tests a p-value. An interim definition of a paging finding: the rules also ask for the
-    condition to hold over ``for`` consecutive windows."""
-    bounds = [c.value for rule in rules if rule.severity == "critical"
-              for c in rule.comparisons
-              if c.field == "p_value" and c.op in ("<", "<=") and isinstance(c.value, float)]
-    return max(bounds) if bounds else DEFAULT_PAGING_P
+SEQUENTIAL_COLUMNS = ["run_id", "version", "window_label", "window_start", "window_end",
+                      "stream", "family", "statistic", "warning_at", "page_at", "level",
+                      "since", "days", "daily_p"]
+LEVEL_ORDER = {"quiet": 0, "warning": 1, "page": 2}
 
 
-def paging_windows(series: pd.DataFrame, level: float) -> set[int]:
-    """Run ids of the windows in a ``drift_series`` frame with at least one usable result
-    (status ok) whose p-value is below ``level``."""
-    if series.empty:
+def sequential_series(session: Session, filters: Filters, *,
+                      window_label: str | None = None) -> pd.DataFrame:
+    """The stored sequential evidence (``SequentialEvidence`` rows, one per stream and daily
+    grid window with evidence that day): ``SEQUENTIAL_COLUMNS``, ``family`` being the stream's
+    own family (embedding, metadata, ...), ``level`` quiet, warning or page, ``since`` the
+    first day of the run behind the statistic. Empty for checks off the daily grid, which
+    store no such rows."""
+    query = _where_runs(
+        select(CheckRun.id, CheckRun.model_version_id, CheckRun.window_label,
+               CheckRun.window_start, CheckRun.window_end, CheckResult.feature,
+               CheckResult.statistic, CheckResult.threshold, CheckResult.details)
+        .join(CheckResult, CheckResult.check_run_id == CheckRun.id)
+        .where(CheckRun.status.in_(DONE_STATUSES), CheckResult.detector == STREAM_DETECTOR),
+        session, filters)
+    if window_label is not None:
+        query = query.where(CheckRun.window_label == window_label)
+    rows = []
+    for run_id, version_id, label, start, end, stream, statistic, page_at, details in (
+            session.execute(query)):
+        details = details or {}
+        rows.append((run_id, version_id, label, start, end, stream,
+                     str(details.get("of_family") or ""), float(statistic),
+                     float(details.get("warning_at", page_at)),
+                     float(details.get("page_at", page_at)),
+                     str(details.get("level") or "quiet"), details.get("since"),
+                     details.get("days"), details.get("daily_p")))
+    frame = pd.DataFrame(rows, columns=["run_id", "version_id", *SEQUENTIAL_COLUMNS[2:]])
+    frame.insert(1, "version", frame.pop("version_id").map(_version_names(session,
+                                                                          filters.model)))
+    for name in ("window_start", "window_end"):
+        frame[name] = pd.to_datetime(frame[name], utc=True)
+    for name in ("statistic", "warning_at", "page_at", "daily_p"):
+        frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    return frame.sort_values(["window_start", "version", "family", "stream"]
+                             ).reset_index(drop=True)
+
+
+def paging_windows(sequential: pd.DataFrame) -> set[int]:
+    """Run ids of the windows in a ``sequential_series`` frame where at least one stream is at
+    its page threshold (what the ``sequential-page`` rule fires on)."""
+    if sequential.empty:
         return set()
-    usable = series[(series["status"] == "ok") & series["p_value"].notna()]
-    return {int(run_id) for run_id in usable.loc[usable["p_value"] < level, "run_id"]}
+    return {int(run_id) for run_id in sequential.loc[sequential["level"] == "page", "run_id"]}
+
+
+FAMILY_EVIDENCE_COLUMNS = ["version", "run_id", "window_start", "family", "ratio",
+                           "warning_ratio", "stream", "statistic", "warning_at", "page_at",
+                           "level", "since", "n_streams"]
+
+
+def family_evidence(sequential: pd.DataFrame) -> pd.DataFrame:
+    """Per version, window and family: the stream with the largest statistic relative to its
+    page threshold (``ratio`` = statistic / page_at, 1 at the page level), the warning level on
+    the same scale (``warning_ratio`` = warning_at / page_at: the thresholds of one family's
+    streams on one day are equal, they depend on the family's number of streams), the
+    family's worst level and its number of streams. ``FAMILY_EVIDENCE_COLUMNS``."""
+    if sequential.empty:
+        return pd.DataFrame(columns=FAMILY_EVIDENCE_COLUMNS)
+    data = sequential.copy()
+    data["ratio"] = data["statistic"] / data["page_at"]
+    data["warning_ratio"] = data["warning_at"] / data["page_at"]
+    data["level_rank"] = data["level"].map(LEVEL_ORDER).fillna(0)
+    keys = ["version", "run_id", "window_start", "family"]
+    worst = data.groupby(keys)["level_rank"].max().rename("worst")
+    counts = data.groupby(keys)["stream"].nunique().rename("n_streams")
+    top = data.sort_values("ratio", ascending=False).drop_duplicates(keys)
+    top = top.join(worst, on=keys).join(counts, on=keys)
+    names = {rank: level for level, rank in LEVEL_ORDER.items()}
+    top["level"] = top["worst"].map(names)
+    return (top[FAMILY_EVIDENCE_COLUMNS].sort_values(["version", "window_start", "family"])
+            .reset_index(drop=True))
 
 
 def baseline_periods(session: Session, filters: Filters) -> pd.DataFrame:
