@@ -1,12 +1,14 @@
 """A dashboard over the small simulated deployment (``tests.simdb``): its checks, the alerts
 they raise (evaluated at each window's end, as a live service would), one pending rollback
 recommendation and three tokens in the token store (an operator, a reader, an ingester); and
-the ``MONITOR_*`` environment the dashboard reads its settings from."""
+the ``MONITOR_*`` environment the dashboard reads its settings from. ``evidence_env`` adds
+eight daily grid checks with sequential evidence (``tests.dashboards.seed``) before the
+alerts are evaluated."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from monitor.store.db import session_scope
 from monitor.store.models import CheckRun, RollbackRecommendation
 from monitor.store.tokens import add_token
 from tests.conftest import TEST_SECRET
+from tests.dashboards.seed import FIRST_DAY, seed_daily_evidence
 from tests.simdb import SimulatedTemplate
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
@@ -34,6 +37,7 @@ class DashboardData:
     runtime: Runtime
     template: SimulatedTemplate
     recommendation_id: int
+    daily_run_ids: list[int] = field(default_factory=list)  # seeded grid days, in day order
 
     @property
     def database_url(self) -> str:
@@ -71,6 +75,15 @@ def dashboard_data(simulated_runtime: Runtime,
     return DashboardData(simulated_runtime, simulated_template, recommendation_id)
 
 
+@pytest.fixture
+def evidence_data(simulated_runtime: Runtime,
+                  simulated_template: SimulatedTemplate) -> DashboardData:
+    daily = seed_daily_evidence(simulated_runtime, simulated_template.day(FIRST_DAY))
+    recommendation_id = raise_alerts(simulated_runtime)
+    add_tokens(simulated_runtime)
+    return DashboardData(simulated_runtime, simulated_template, recommendation_id, daily)
+
+
 def dashboard_environment(data: DashboardData) -> dict[str, str]:
     settings = data.runtime.settings
     return {
@@ -90,3 +103,12 @@ def dashboard_env(dashboard_data: DashboardData, monkeypatch: pytest.MonkeyPatch
     for name, value in dashboard_environment(dashboard_data).items():
         monkeypatch.setenv(name, value)
     yield dashboard_data
+
+
+@pytest.fixture
+def evidence_env(evidence_data: DashboardData, monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[DashboardData]:
+    """``dashboard_env`` with the seeded daily grid checks."""
+    for name, value in dashboard_environment(evidence_data).items():
+        monkeypatch.setenv(name, value)
+    yield evidence_data

@@ -28,6 +28,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
@@ -59,8 +60,8 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 # page path -> what a person must see on it
 PAGES = {
     "overview": ("", ("cxr-triage", "5,000", "Health score per check window")),
-    "drift": ("drift", ("Detectors over time", "Top driver", "XR-SOUTH-1", "VF12B",
-                        "Windows with a paging-level finding (p < 0.01)")),
+    "drift": ("drift", ("Sequential evidence per family", "Detectors over time", "Top driver",
+                        "XR-SOUTH-1", "VF12B", "Windows with a paging finding")),
     "scanners": ("scanners", ("software VF12B on SIEMENS Ysio Max",
                               "scanner FUJIFILM Corporation FDR Smart X")),
     "bias": ("bias", ("age_band = 80+", "Subgroup table")),
@@ -94,7 +95,7 @@ def wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path) -> No
 
 
 @pytest.fixture
-def dashboard_url(dashboard_env: DashboardData, tmp_path: Path) -> Iterator[str]:
+def dashboard_url(evidence_env: DashboardData, tmp_path: Path) -> Iterator[str]:
     binary, driver = chromium_paths()
     require_server(binary is not None and driver is not None, "Chromium and chromedriver")
     port = free_port()
@@ -198,6 +199,36 @@ def test_every_page_renders_with_its_content(dashboard_url: str, browser: WebDri
             shutil.copyfile(shots / f"{name}.png", DOCS_SCREENSHOTS / f"{name}.png")
 
 
+def svg_texts(browser: WebDriver, chart: WebElement) -> list[str]:
+    """The text drawn in a chart's SVG (titles, axes, legend labels)."""
+    return [t for t in browser.execute_script(
+        "return Array.from(arguments[0].querySelectorAll('svg text'))"
+        ".map(e => e.textContent)", chart) if t]
+
+
+def test_drift_page_sequential_chart_has_its_legend(dashboard_url: str,
+                                                   browser: WebDriver) -> None:
+    open_signed_in(browser, f"{dashboard_url}/drift")
+    wait_rendered(browser, ("Sequential evidence per family",))
+    wait = WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.3)
+    title = f"version {PRODUCTION}"
+
+    def sequential_chart(b: WebDriver) -> WebElement | bool:
+        for chart in b.find_elements(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"]'):
+            if title in svg_texts(b, chart):
+                return chart
+        return False
+
+    chart = wait.until(sequential_chart)
+    texts = svg_texts(browser, chart)
+    for name in ("embedding", "metadata", "prediction", "bias", "warning level", "page level",
+                 "statistic / page threshold"):
+        assert name in texts, (name, texts)
+    legend = browser.execute_script(
+        "return arguments[0].querySelectorAll('svg g.role-legend').length", chart)
+    assert legend == 1
+
+
 def test_nothing_shows_before_sign_in(dashboard_url: str, browser: WebDriver) -> None:
     browser.get(f"{dashboard_url}/drift")
     wait = WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.3)
@@ -244,8 +275,8 @@ def _button(label: str) -> tuple[str, str]:
 
 
 def test_approving_a_rollback_in_the_page_takes_a_confirming_click(
-        dashboard_url: str, browser: WebDriver, dashboard_env: DashboardData) -> None:
-    rec_id = dashboard_env.recommendation_id
+        dashboard_url: str, browser: WebDriver, evidence_env: DashboardData) -> None:
+    rec_id = evidence_env.recommendation_id
     open_signed_in(browser, f"{dashboard_url}/versions")
     wait_rendered(browser, ("Approve rollback…",))
     wait = WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.3)
@@ -257,29 +288,29 @@ def test_approving_a_rollback_in_the_page_takes_a_confirming_click(
     reason.send_keys(Keys.CONTROL + Keys.ENTER)  # commits the text: a rerun, no submission
     wait.until(_idle)
     assert not browser.find_elements(*_button("Confirm"))
-    assert _production(dashboard_env) == PRODUCTION
+    assert _production(evidence_env) == PRODUCTION
 
     browser.find_element(*_button("Approve rollback…")).click()
     confirm = wait.until(ec.element_to_be_clickable(_button("Confirm")))
     moving = f"move production of {MODEL} from {PRODUCTION} to {PREVIOUS}"
     assert moving in page_text(browser).replace("\\", "")
     # the first click (and every Enter before it, each handled in order) moved nothing
-    assert _production(dashboard_env) == PRODUCTION
+    assert _production(evidence_env) == PRODUCTION
     reason = browser.find_element(By.CSS_SELECTOR, 'textarea[aria-label="Reason"]')
     reason.send_keys(Keys.CONTROL + Keys.ENTER)
     wait.until(_idle)
-    assert _production(dashboard_env) == PRODUCTION
+    assert _production(evidence_env) == PRODUCTION
     confirm = wait.until(ec.element_to_be_clickable(_button("Confirm")))
     confirm.click()
     try:
         wait.until(lambda b: f"production now points at {PREVIOUS}" in page_text(b))
     except TimeoutException:
         pytest.fail(f"no confirmation; the page says: {page_text(browser)[:1500]}")
-    with session_scope(dashboard_env.runtime.sessions) as session:
+    with session_scope(evidence_env.runtime.sessions) as session:
         status = session.scalar(select(RollbackRecommendation.status)
                                 .where(RollbackRecommendation.id == rec_id))
         audit = [tuple(row) for row in session.execute(
             select(AuditEntry.actor, AuditEntry.reason).where(AuditEntry.action == "rollback"))]
-    assert _production(dashboard_env) == PREVIOUS
+    assert _production(evidence_env) == PREVIOUS
     assert status == "executed"
     assert audit == [(OPERATOR, reason_text)]

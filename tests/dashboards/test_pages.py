@@ -6,9 +6,11 @@ token first."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
@@ -71,6 +73,13 @@ def texts(elements: object) -> str:
     return "\n".join(str(e.value) for e in elements)  # type: ignore[attr-defined]
 
 
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first table on the page with ``column``."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert found, f"no table with a {column!r} column"
+    return found[0]
+
+
 def button(at: AppTest, label: str, index: int = 0):  # type: ignore[no-untyped-def]
     found = [b for b in at.button if b.label == label]
     assert len(found) > index, f"no button {label!r}"
@@ -121,7 +130,7 @@ def test_drift_page_attributes_the_software_update_to_its_scanner(
     template = dashboard_env.template
     assert metric(at, "Check windows") == str(len(template.check_run_ids))
     n_results = scalar(dashboard_env, select(func.count()).select_from(CheckResult).where(
-        CheckResult.detector.not_in(("SubgroupBias", "Attribution"))))
+        CheckResult.detector.not_in(("SubgroupBias", "Attribution", "SequentialEvidence"))))
     assert metric(at, "Detector results") == f"{n_results:,}"
     at.selectbox(key="drift_window").set_value(template.check_run_ids["software-update"])
     at.run()
@@ -129,7 +138,7 @@ def test_drift_page_attributes_the_software_update_to_its_scanner(
     # the software update of XR-SOUTH-1 (SIEMENS Ysio Max, VF10E -> VF12B) drives the drift
     assert ("Top driver: **software\\_version = VF12B** on SIEMENS Ysio Max XR-SOUTH-1"
             in texts(at.markdown))
-    ranking = at.dataframe[0].value
+    ranking = frame_with(at, "contribution")
     assert ranking["value"].iloc[0] == "VF12B"
     links = [link.proto for link in at.get("page_link")]
     assert [(link.label, link.query_string) for link in links] == [
@@ -138,41 +147,81 @@ def test_drift_page_attributes_the_software_update_to_its_scanner(
     # a week later the embeddings have moved: the same scanner leads the embedding ranking
     at.selectbox(key="drift_window").set_value(template.check_run_ids["late"])
     at.run()
-    ranking = at.dataframe[0].value
+    ranking = frame_with(at, "contribution")
     assert ranking["basis"].iloc[0] == "embedding"
     assert {"VF12B", "XR-SOUTH-1", "Ysio Max"} <= set(ranking["value"].head(4))
 
 
-def _paging_windows(data: DashboardData, level: float) -> int:
-    """Windows with a usable detector result (not subgroup, not attribution) below ``level``,
-    counted from the store."""
+def _paging_windows(data: DashboardData) -> set[int]:
+    """Windows with a sequential evidence row at the page level, read from the store."""
+    found = rows(data, select(CheckResult.check_run_id, CheckResult.details).where(
+        CheckResult.detector == "SequentialEvidence"))
+    return {run_id for run_id, details in found if (details or {}).get("level") == "page"}
+
+
+def _windows_below(data: DashboardData, level: float) -> set[int]:
+    """Windows with a usable per-window detector result below ``level``."""
     found = rows(data, select(CheckResult.check_run_id, CheckResult.details).where(
         CheckResult.p_value < level,
-        CheckResult.detector.not_in(("SubgroupBias", "Attribution"))))
-    return len({run_id for run_id, details in found
-                if (details or {}).get("status", "ok") == "ok"})
+        CheckResult.detector.not_in(("SubgroupBias", "Attribution", "SequentialEvidence"))))
+    return {run_id for run_id, details in found
+            if (details or {}).get("status", "ok") == "ok"}
 
 
-def test_drift_page_counts_windows_with_a_paging_level_finding(
-        dashboard_env: DashboardData, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def vega_specs(at: AppTest) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+
+
+def legend_names(spec: dict) -> list[str]:  # type: ignore[type-arg]
+    """The names a chart's colour legend shows (its colour scale's domain)."""
+    names: list[str] = []
+    for layer in spec.get("layer", [spec]):
+        scale = layer.get("encoding", {}).get("color", {}).get("scale", {})
+        names += [n for n in scale.get("domain", []) if n not in names]
+    return names
+
+
+def test_drift_page_counts_windows_with_a_paging_finding(evidence_env: DashboardData) -> None:
     at = open_page("drift")
-    label = "Windows with a paging-level finding (p < 0.01)"  # the shipped rules' level
-    expected = _paging_windows(dashboard_env, 0.01)
-    assert metric(at, label) == str(expected)
-    flagged = len({run_id for (run_id,) in rows(dashboard_env, select(
-        CheckResult.check_run_id).where(CheckResult.drift.is_(True),
-                                        CheckResult.detector.not_in(("SubgroupBias",
-                                                                     "Attribution"))))})
-    assert 0 < expected <= flagged
-    assert not [m for m in at.metric if m.label == "Windows with drift"]
-    # the level follows the critical rules of the rules file in force
-    rules = tmp_path / "rules.yml"
-    rules.write_text("rules:\n  - name: strict\n    family: embedding\n"
-                     "    condition: p_value < 1e-6\n    severity: critical\n")
-    monkeypatch.setenv("MONITOR_ALERT_RULES_FILE", str(rules))
+    expected = _paging_windows(evidence_env)
+    daily = evidence_env.daily_run_ids
+    assert metric(at, "Windows with a paging finding") == str(len(expected))
+    # the seeded embedding family pages from its third day on
+    assert set(daily[2:]) <= expected and daily[0] not in expected
+    # the second day has a small p-value (MMD z = 2.6, p = 0.005) but does not page: one
+    # small p-value is not a paging finding, evidence that persists is
+    assert daily[1] in _windows_below(evidence_env, 0.01) and daily[1] not in expected
+    assert not [m for m in at.metric if m.label.startswith("Windows with a paging-level")]
+
+
+def test_drift_page_draws_the_sequential_evidence_with_its_legend(
+        evidence_env: DashboardData) -> None:
     at = open_page("drift")
-    assert metric(at, "Windows with a paging-level finding (p < 1e-06)") == str(
-        _paging_windows(dashboard_env, 1e-6))
+    assert "Sequential evidence per family" in texts(at.subheader)
+    specs = [spec for spec in vega_specs(at)
+             if spec.get("title") == f"version {PRODUCTION}"]
+    assert len(specs) == 1, [spec.get("title") for spec in vega_specs(at)]
+    names = legend_names(specs[0])
+    assert names[-2:] == ["warning level", "page level"]
+    assert {"embedding", "metadata", "prediction", "bias"} <= set(names)
+    # the newest day's raised streams, strongest first
+    table = frame_with(at, "stream")
+    assert table["stream"].iloc[0] == "MMDDrift/embedding"
+    assert set(table["level"]) <= {"warning", "page"}
+
+
+def test_drift_page_without_daily_grid_checks_says_so(evidence_env: DashboardData) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
+    at.session_state[TOKEN_KEY] = VIEWER_TOKEN
+    at.session_state["drift_window_label"] = "7d"  # the late window: no grid day
+    at.run()
+    at.switch_page("views/drift.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "No daily grid checks yet" in texts(at.info)
+    assert metric(at, "Windows with a paging finding") == "0"
+    assert metric(at, "Check windows") == "1"
+    assert "Detectors over time" in texts(at.subheader)
 
 
 def test_drift_page_lists_a_windows_findings(dashboard_env: DashboardData) -> None:

@@ -17,6 +17,7 @@ from monitor.simulate import SimulatedDeployment
 from monitor.store import dashboard as q
 from monitor.store.db import session_scope
 from monitor.store.results import store_check_run
+from tests.dashboards.seed import DAILY_Z, seed_daily_evidence
 from tests.factories import override_event
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION, populate, simulate
 
@@ -248,31 +249,40 @@ def test_version_health_names_the_findings_of_the_newest_check(
     assert run(runtime, "version_health", MODEL, "9.9.9") is None
 
 
-def test_paging_windows_count_results_below_the_paging_level(
+def test_sequential_evidence_reads_back_per_stream_and_per_family(
         loaded: tuple[Runtime, SimulatedDeployment]) -> None:
     runtime, deployment = loaded
-    run_id = _store_run(runtime, deployment)
-    series = run(runtime, "drift_series", q.Filters(model=MODEL, version=PRODUCTION))
-    assert q.paging_windows(series, 0.01) == {run_id}  # MMDDrift p = 0.002
-    assert q.paging_windows(series, 0.002) == set()  # strictly below
-    # a result without evidence does not count, whatever its p-value
-    quiet = series.assign(status="insufficient data")
-    assert q.paging_windows(quiet, 0.01) == set()
-    assert q.paging_windows(series.iloc[0:0], 0.01) == set()
+    window_run = _store_run(runtime, deployment)  # a day without sequential rows
+    daily = seed_daily_evidence(runtime, deployment.start + timedelta(days=12))
+    production = q.Filters(model=MODEL, version=PRODUCTION)
+    sequential = run(runtime, "sequential_series", production)
+    assert len(sequential) == len(daily) * len(DAILY_Z)
+    assert set(sequential["stream"]) == set(DAILY_Z)
+    assert {s: f for s, f in zip(sequential["stream"], sequential["family"], strict=True)} == {
+        s: f for s, (f, _) in DAILY_Z.items()}
+    assert window_run not in set(sequential["run_id"])
+    # the per-window detector series holds no sequential rows
+    assert "SequentialEvidence" not in set(run(runtime, "drift_series", production)["detector"])
+    pages = q.paging_windows(sequential)
+    assert pages == {run_id for run_id, level in zip(sequential["run_id"], sequential["level"],
+                                                     strict=True) if level == "page"}
+    assert daily[0] not in pages and set(daily[2:]) <= pages
+    assert q.paging_windows(sequential.iloc[0:0]) == set()
 
-
-def test_paging_level_comes_from_the_critical_rules() -> None:
-    from monitor.alerting.config import AlertingConfig, parse_config
-
-    assert q.paging_level(AlertingConfig().rules) == 0.01  # the shipped rules
-    rules = parse_config({"rules": [
-        {"name": "strict", "family": "embedding", "condition": "p_value < 0.001",
-         "severity": "critical"},
-        {"name": "loose-warning", "family": "metadata", "condition": "p_value < 0.05",
-         "severity": "warning"},
-        {"name": "health", "metric": "health_score", "condition": "value < 0.6",
-         "severity": "critical"}]}).rules
-    assert q.paging_level(rules) == 0.001
-    warnings_only = parse_config({"rules": [
-        {"name": "w", "family": "metadata", "condition": "p_value < 0.05"}]}).rules
-    assert q.paging_level(warnings_only) == q.DEFAULT_PAGING_P
+    families = q.family_evidence(sequential)
+    assert len(families) == len(daily) * 4  # embedding, metadata, prediction, bias
+    for (_, family), group in sequential.groupby(["run_id", "family"]):
+        row = families[(families["run_id"] == group["run_id"].iloc[0])
+                       & (families["family"] == family)].iloc[0]
+        ratios = group["statistic"] / group["page_at"]
+        assert row["ratio"] == pytest.approx(ratios.max())
+        assert row["stream"] == group.loc[ratios.idxmax(), "stream"]
+        assert row["n_streams"] == len(group)
+        worst = max(group["level"], key=q.LEVEL_ORDER.get)
+        assert row["level"] == worst
+        assert 0.8 < row["warning_ratio"] < 1.0
+    last = families[families["run_id"] == daily[-1]].set_index("family")
+    assert last.loc["embedding", "level"] == "page" and last.loc["prediction", "level"] == "quiet"
+    assert last.loc["embedding", "ratio"] > 1 > last.loc["prediction", "ratio"]
+    assert run(runtime, "sequential_series", production, window_label="7d").empty
+    assert q.family_evidence(sequential.iloc[0:0]).empty
