@@ -16,6 +16,7 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -29,6 +30,8 @@ from pydantic_settings import (
 from monitor.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///monitor.db"
+GRID_SCHEDULE = "grid"
+SECONDS_PER_DAY = 86_400
 MIN_API_TOKEN_LENGTH = 32
 # Settings that may be read from the file named by MONITOR_<NAME>_FILE.
 FILE_SETTINGS = ("database_url", "api_tokens", "bootstrap_admin_token")
@@ -92,11 +95,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_embedding_dim: int = Field(default=8_192, ge=1)
     reports_dir: Path = Path(".monitor/reports")
-    # Scheduled checks run by `monitor serve`; 0 switches the scheduler off.
+    # How often `monitor serve` wakes up to look for work; 0 switches the scheduler off.
     check_interval_s: int = Field(default=3_600, ge=0)
-    # The window scheduled checks cover (1d, 7d, last:500, ...). 7 days by default: a 1-day
-    # window against a baseline of whole weeks flags the weekday/weekend case mix as drift.
-    check_window: str = "7d"
+    # What scheduled checks cover. "grid" (the default): every complete local day
+    # [midnight, next midnight) in ``timezone`` after the baseline, each checked once, with
+    # the sequential layer deciding health. A window label (1d, 7d, last:500, ...) instead
+    # checks a rolling window ending at the newest inference on every wake-up.
+    check_window: str = GRID_SCHEDULE
+    # The site's time zone (an IANA name such as Europe/Berlin): where the daily grid's
+    # midnights fall and which days are weekend days.
+    timezone: str = "UTC"
     baseline_max_studies: int = Field(default=5_000, ge=100)
     # Deprecated: API tokens, name -> token, as JSON, imported into the token store at start-up
     # (names in ``operators`` as operators, the others as "ingest,read"). Use `monitor token`.
@@ -159,6 +167,35 @@ class Settings(BaseSettings):
             raise ValueError(f"the token needs at least {MIN_API_TOKEN_LENGTH} characters")
         return token
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA time zone name (such as UTC, Europe/Berlin or "
+                             "America/New_York)") from None
+        return name.strip()
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The site's time zone."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def grid_schedule(self) -> bool:
+        return self.check_window.strip().lower() == GRID_SCHEDULE
+
+    @property
+    def check_period_s(self) -> int:
+        """The expected time between two successful checks of one version: a day on the
+        grid (each day is checked once, after it ends), else the wake-up interval. 0 when the
+        scheduler is off."""
+        if self.check_interval_s == 0:
+            return 0
+        return max(SECONDS_PER_DAY, self.check_interval_s) if self.grid_schedule else (
+            self.check_interval_s)
+
     @field_validator("database_url")
     @classmethod
     def _known_driver(cls, url: str) -> str:
@@ -180,12 +217,13 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors(include_input=True, include_url=False)[0]
         field = str(first["loc"][0]) if first["loc"] else ""
         name = f"MONITOR_{field.upper()}" if field else "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
         if field in SECRET_SETTINGS:
-            raise ConfigError(f"{name}: {first['msg']}") from None
+            raise ConfigError(f"{name}: {message}") from None
         shown = first.get("input")
         if field == "database_url":
             shown = mask_url(str(shown))
-        raise ConfigError(f"{name} has value {shown!r}: {first['msg']}") from None
+        raise ConfigError(f"{name} has value {shown!r}: {message}") from None
     except SettingsError as exc:  # a variable that should hold JSON does not
         raise ConfigError(f"{_variable_of(str(exc))}: not valid JSON") from None
 

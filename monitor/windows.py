@@ -7,13 +7,19 @@ a check over simulated or back-filled data, whose timestamps are not the wall cl
 the newest data there is, and re-running it without new data gives the same window (and so
 replaces its results). A count window holds the newest N studies before ``now`` (or the
 newest N) and spans their first timestamp to just after their last.
+
+The daily grid (``grid_windows``) is what scheduled checks cover by default: one window per
+local day [midnight, next midnight) in the site's time zone, labelled ``1d``. A day is 23 or
+25 hours long where daylight saving time changes. A window is a grid window when it covers
+exactly one local day (``grid_day``), however it was asked for (the scheduler, ``monitor
+check --day``, or ``--window 1d`` ending at a local midnight).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Literal
 
 import numpy as np
@@ -26,6 +32,7 @@ from monitor.store import repo
 from monitor.store.models import Inference
 
 TICK = timedelta(microseconds=1)
+GRID_LABEL = "1d"
 _IN_CHUNK = 900  # bound parameters per IN list (SQLite's default limit is 999)
 _TIME = re.compile(r"^(\d+)([mhdw])$")
 _COUNT = re.compile(r"^last:(\d+)$")
@@ -133,3 +140,64 @@ def load_window(
     first = as_utc(pd.Timestamp(frame["ts"].iloc[0]).to_pydatetime())
     last = as_utc(pd.Timestamp(frame["ts"].iloc[-1]).to_pydatetime())
     return Window("count", spec.label, first, last + TICK), frame, embeddings
+
+
+# --- the daily grid --------------------------------------------------------------------------
+
+
+def local_midnight(day: date, zone: tzinfo) -> datetime:
+    """The instant (UTC) a local day begins. Where a zone skips midnight (a DST change at
+    00:00), the day begins at the change: the skipped wall time is read with the offset
+    before it, which is the same instant."""
+    return datetime.combine(day, time(), zone).astimezone(UTC)
+
+
+def local_day(instant: datetime, zone: tzinfo) -> date:
+    """The local date of an instant."""
+    return as_utc(instant).astimezone(zone).date()
+
+
+def day_window(day: date, zone: tzinfo) -> Window:
+    """The grid window of one local day: [its midnight, the next midnight), label ``1d``."""
+    return Window("time", GRID_LABEL, local_midnight(day, zone),
+                  local_midnight(day + timedelta(days=1), zone))
+
+
+def grid_day(start: datetime, end: datetime, zone: tzinfo) -> date | None:
+    """The local day that [start, end) covers exactly, or None when it is not a grid window."""
+    day = local_day(start, zone)
+    window = day_window(day, zone)
+    return day if (window.start, window.end) == (as_utc(start), as_utc(end)) else None
+
+
+def is_weekend(day: date) -> bool:
+    return day.weekday() >= 5
+
+
+def first_grid_day(after: datetime, zone: tzinfo) -> date:
+    """The first local day that starts at or after ``after`` (a baseline's end): a day the
+    baseline covers, even in part, is not checked."""
+    day = local_day(after, zone)
+    return day if local_midnight(day, zone) >= as_utc(after) else day + timedelta(days=1)
+
+
+def last_complete_day(until: datetime, zone: tzinfo) -> date:
+    """The last local day that has ended by ``until``: the day before ``until``'s own day."""
+    return local_day(until, zone) - timedelta(days=1)
+
+
+def grid_until(now: datetime, newest: datetime) -> datetime:
+    """How far a version's grid reaches: the earlier of the wall clock and just after its
+    newest inference. A day is complete once the clock has passed its end and an inference
+    stamped after it has arrived, so a day whose data is still coming in (or, for back-filled
+    data, the newest day there is) waits for the next round, and simulated data stamped in
+    the future is checked no further than the clock."""
+    return min(as_utc(now), as_utc(newest) + TICK)
+
+
+def grid_windows(*, after: datetime, until: datetime, zone: tzinfo) -> list[Window]:
+    """The grid windows of every complete local day from the first that starts at or after
+    ``after`` to the last that ends by ``until``, oldest first."""
+    first, last = first_grid_day(after, zone), last_complete_day(until, zone)
+    return [day_window(first + timedelta(days=i), zone)
+            for i in range((last - first).days + 1)]
