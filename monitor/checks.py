@@ -17,10 +17,23 @@ baseline members are left out of the window so the two samples are disjoint):
   reads (one-sided: worse than the baseline).
 * ``bias``: ``SubgroupBias`` (per vendor, scanner, site, sex, age band, view; BH-corrected).
 
-Then the health score (``monitor.detect.health``), attribution when embedding or metadata
-drift is found (a result row ``Attribution`` / ``embedding`` or ``metadata`` holding the
-ranking, and the top of it in the drifting MMD or metadata result's details), and the
-Evidently report (``monitor.reports``).
+Grid windows (one local day [midnight, next midnight) in ``Settings.timezone``, label ``1d``;
+``monitor.windows.grid_day``) are tested against the baseline members of the same day type
+(weekday Mon-Fri or weekend Sat-Sun, local time), or all members when that subset has fewer
+than ``CheckOptions.min_day_type_reference`` studies; every result's ``details["reference"]``
+says which (``weekday``, ``weekend``, ``all``). Each p-valued result of the five families is
+then one day of evidence for its stream (``monitor.detect.sequential``): with the evidence of
+the earlier grid days of the same version and baseline (``store.sequential_history``), each
+stream gets its window-limited cumulative statistic and level, stored as one
+``SequentialEvidence`` row per stream, and the run's health is ``sequential_health`` of those
+levels (red at a page, amber at a warning). Any other window (``7d``, ``last:N``, a custom
+span) is tested against every member and scored per window (``monitor.detect.health``,
+health-v1); it stores no sequential rows.
+
+Then attribution, when embedding or metadata drift is found in the window or an embedding or
+metadata stream is at warning or page today (a result row ``Attribution`` / ``embedding`` or
+``metadata`` holding the ranking, and the top of it in the drifting MMD or metadata result's
+details), and the Evidently report (``monitor.reports``).
 
 Small windows give results with ``details["status"] == "insufficient data"``; a family that
 raises is recorded as one result with ``details["status"] == "failed"`` and the error, and
@@ -36,7 +49,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +74,28 @@ from monitor.detect.novelty import NoveltyDrift
 from monitor.detect.performance import METRICS, PerformanceDrift
 from monitor.detect.prediction import PositiveRateDrift, ScoreDrift
 from monitor.detect.result import DetectionResult
-from monitor.errors import InsufficientDataError
+from monitor.detect.sequential import (
+    STREAM_DETECTOR,
+    DailyEvidence,
+    SequentialPolicy,
+    StreamState,
+    daily_evidence,
+    evaluate,
+    evidence_from_row,
+    sequential_health,
+)
+from monitor.errors import InsufficientDataError, ValidationError
 from monitor.runtime import Runtime
 from monitor.store import results as store
 from monitor.store.db import session_scope
-from monitor.windows import Window, load_window
+from monitor.windows import (
+    GRID_LABEL,
+    Window,
+    day_window,
+    grid_day,
+    is_weekend,
+    load_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +104,8 @@ CATEGORICAL_FIELDS = ("vendor", "scanner_model", "site", "view", "photometric",
 NUMERIC_FIELDS = ("kvp", "exposure_mas", "pixel_spacing_mm", "age_years")
 ATTRIBUTION_FIELDS = ("station", "scanner_model", "software_version", "site", "vendor")
 ATTRIBUTION_DETECTOR = "Attribution"
+# Families whose streams at warning or page call for attribution (a cause to name).
+ATTRIBUTED_FAMILIES = ("embedding", "metadata")
 
 CheckHook = Callable[[Runtime, "CheckOutcome"], None]
 # Called after every stored check (scheduled, CLI or API), in order, unless run_check is given
@@ -99,6 +131,11 @@ class CheckOptions:
     report: bool = True
     attribution_top: int = 10
     max_listed_novel: int = 200
+    # Grid windows: the day-type reference needs this many members, else all are used.
+    min_day_type_reference: int = 50
+    sequential: SequentialPolicy = field(default_factory=SequentialPolicy)
+    # Per-metric clinical tolerances for SubgroupBias (passed on only when given).
+    bias_tolerances: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +159,11 @@ class CheckOutcome:
     failures: Mapping[str, str] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
     replaced: bool = False
+    # Grid windows only: the local day checked, the reference subset ("weekday", "weekend"
+    # or "all") and the state of every stream with evidence that day.
+    day: date | None = None
+    reference: str = "all"
+    streams: tuple[StreamState, ...] = ()
 
     @property
     def health_status(self) -> str:
@@ -130,6 +172,12 @@ class CheckOutcome:
     @property
     def findings(self) -> list[DetectionResult]:
         return [r for r in self.results if r.drift]
+
+    @property
+    def escalated(self) -> list[StreamState]:
+        """Streams at warning or page today, the highest statistic first."""
+        return sorted((s for s in self.streams if s.level != "quiet"),
+                      key=lambda s: -s.statistic)
 
 
 @dataclass
@@ -345,7 +393,9 @@ def _bias_family(ctx: _Context) -> list[DetectionResult]:
                             agrees=reads["agrees"].to_numpy())
 
     def bias() -> list[DetectionResult]:
-        detector = SubgroupBias(min_group_size=o.min_group_size, fdr=o.fdr)
+        tolerances: dict[str, Any] = ({} if o.bias_tolerances is None
+                                      else {"tolerances": dict(o.bias_tolerances)})
+        detector = SubgroupBias(min_group_size=o.min_group_size, fdr=o.fdr, **tolerances)
         detector.fit(with_reads(ref), groups=g_ref)
         return detector.test(with_reads(cur), groups=g_cur)
 
@@ -365,13 +415,16 @@ def _status(result: DetectionResult) -> str | None:
     return result.details.get("status") if result.details else None
 
 
-def _attribution(ctx: _Context, results: list[DetectionResult]
+def _attribution(ctx: _Context, results: list[DetectionResult],
+                 escalated: frozenset[str] = frozenset()
                  ) -> tuple[list[DetectionResult], tuple[Attribution, ...]]:
-    """Attribution rows for the drift found (embedding basis first, then composition)."""
+    """Attribution rows for the drift found in the window or for the families with a stream
+    at warning or page (``escalated``): embedding basis first, then composition."""
     o = ctx.options
-    embedding_drift = any(r.drift and family_of(r) == "embedding" and _status(r) != "failed"
-                          for r in results)
-    metadata_drift = any(r.drift and family_of(r) == "metadata" for r in results)
+    embedding_drift = "embedding" in escalated or any(
+        r.drift and family_of(r) == "embedding" and _status(r) != "failed" for r in results)
+    metadata_drift = "metadata" in escalated or any(
+        r.drift and family_of(r) == "metadata" for r in results)
     rows: list[DetectionResult] = []
     ranking: tuple[Attribution, ...] = ()
     bases: list[tuple[str, pd.DataFrame, pd.DataFrame, dict[str, Any]]] = []
@@ -460,6 +513,55 @@ def _result_rows(results: list[DetectionResult]) -> list[dict[str, Any]]:
     return rows
 
 
+def day_type(day: date) -> str:
+    """``weekend`` for Saturday and Sunday, else ``weekday``."""
+    return "weekend" if is_weekend(day) else "weekday"
+
+
+def day_type_reference(reference: Reference, day: date, zone: tzinfo, *, minimum: int
+                       ) -> tuple[pd.DataFrame, np.ndarray | None, str]:
+    """The baseline members of ``day``'s day type (local time), their embeddings and the
+    subset's key; all members (key ``all``) when the subset has fewer than ``minimum``.
+
+    A weekend's case mix (more emergency and ICU studies, fewer outpatients) differs from a
+    weekday's, and a daily window holds only one of them, so a day tested against a whole
+    baseline week finds the week's mix rather than drift."""
+    frame = reference.frame
+    if frame.empty:
+        return frame, reference.embeddings, "all"
+    local = pd.to_datetime(frame["ts"], utc=True).dt.tz_convert(zone)
+    wanted = local.dt.dayofweek.to_numpy() >= 5 if is_weekend(day) else (
+        local.dt.dayofweek.to_numpy() < 5)
+    if int(wanted.sum()) < minimum:
+        return frame, reference.embeddings, "all"
+    embeddings = None if reference.embeddings is None else reference.embeddings[wanted]
+    return frame[wanted].reset_index(drop=True), embeddings, day_type(day)
+
+
+def _history(runtime: Runtime, *, version_id: int, baseline_id: int, day: date, zone: tzinfo,
+             policy: SequentialPolicy) -> list[DailyEvidence]:
+    """The evidence of the version's earlier grid days against the same baseline, from the
+    ``SequentialEvidence`` rows stored with them: twice ``policy.max_run_days`` days back, so
+    a stream with gaps still has its ``max_run_days`` most recent observed days."""
+    today = day_window(day, zone)
+    first = day - timedelta(days=2 * policy.max_run_days)
+    with session_scope(runtime.sessions) as session:
+        rows = store.sequential_history(
+            session, model_version_id=version_id, baseline_id=baseline_id,
+            detector=STREAM_DETECTOR, label=GRID_LABEL,
+            start=day_window(first, zone).start, end=today.start)
+    history = []
+    for row in rows:
+        # A run that is not a grid day in this zone (the zone was changed) is not history.
+        earlier = grid_day(row.window_start, row.window_end, zone)
+        details = row.details or {}
+        if earlier is None or details.get("daily_p") is None or "of_family" not in details:
+            continue
+        history.append(evidence_from_row(row.feature, details, row.n_current,
+                                         row.n_reference, earlier))
+    return history
+
+
 def report_file(model: str, version: str, window: Window) -> Path:
     """Where a window's Evidently report goes, relative to ``Settings.reports_dir`` (stable
     per window, so a re-run overwrites it). ``CheckRun.report_path`` stores this relative
@@ -487,6 +589,7 @@ def run_check(
     start: datetime | None = None,
     end: datetime | None = None,
     now: datetime | None = None,
+    day: date | None = None,
     options: CheckOptions | None = None,
     hooks: Sequence[CheckHook] | None = None,
 ) -> CheckOutcome:
@@ -495,10 +598,20 @@ def run_check(
     ``version`` defaults to the version the ``production`` alias points at, else the newest
     active one. ``window`` is a label (``1d``, ``7d``, ``last:500``; ``monitor.windows``)
     ending at ``now`` (default: just after the version's newest inference), or give ``start``
-    and ``end``. Re-running a window replaces its stored results. After storing, calls
-    ``hooks`` (default: the module's ``on_check_complete`` list) with the outcome.
+    and ``end``, or ``day`` (a local date: that day's grid window in ``Settings.timezone``).
+    A window that covers exactly one local day is a grid window, however it was given: it is
+    labelled ``1d`` and scored by the sequential layer (module docstring). Re-running a window
+    replaces its stored results. After storing, calls ``hooks`` (default: the module's
+    ``on_check_complete`` list) with the outcome.
     """
     options = options or CheckOptions()
+    zone = runtime.settings.zone
+    if day is not None:
+        if start is not None or end is not None or now is not None:
+            raise ValidationError("give a day, or a window (start and end, or now), not both",
+                                  field="day")
+        grid = day_window(day, zone)
+        start, end, window = grid.start, grid.end, None
     timings: dict[str, float] = {}
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
@@ -509,14 +622,22 @@ def run_check(
                                                   end=end, now=now)
         reference: Reference = load_reference(session, baseline)
     timings["load"] = time.perf_counter() - clock
+    checked_day = (grid_day(resolved.start, resolved.end, zone) if resolved.kind == "time"
+                   else None)
+    reference_key = "all"
+    reference_frame, reference_embeddings = reference.frame, reference.embeddings
+    if checked_day is not None:
+        resolved = replace(resolved, label=GRID_LABEL)
+        reference_frame, reference_embeddings, reference_key = day_type_reference(
+            reference, checked_day, zone, minimum=options.min_day_type_reference)
     n_studies = len(frame)
     members = set(reference.frame["id"].astype(int).tolist())
     outside = ~frame["id"].astype(int).isin(members).to_numpy()
     current = frame[outside].reset_index(drop=True)
     embeddings_cur = None if embeddings is None else embeddings[outside]
-    ctx = _Context(reference=reference.frame, current=current,
-                   embeddings_ref=reference.embeddings, embeddings_cur=embeddings_cur,
-                   groups_ref=patient_groups(reference.frame), groups_cur=patient_groups(current),
+    ctx = _Context(reference=reference_frame, current=current,
+                   embeddings_ref=reference_embeddings, embeddings_cur=embeddings_cur,
+                   groups_ref=patient_groups(reference_frame), groups_cur=patient_groups(current),
                    options=options)
 
     found: list[DetectionResult] = []
@@ -533,10 +654,23 @@ def run_check(
                                        for r in failed)
         found.extend(produced)
         timings[name] = time.perf_counter() - clock
+    if checked_day is not None:
+        found = [replace(r, details={**(r.details or {}), "reference": reference_key})
+                 for r in found]
+
+    streams: list[StreamState] = []
+    if checked_day is not None and len(current):
+        clock = time.perf_counter()
+        today = daily_evidence(found, day=checked_day, reference=reference_key)
+        history = _history(runtime, version_id=info.id, baseline_id=baseline.id,
+                           day=checked_day, zone=zone, policy=options.sequential)
+        streams = evaluate([*history, *today], day=checked_day, policy=options.sequential)
+        timings["sequential"] = time.perf_counter() - clock
+    escalated = frozenset(s.family for s in streams if s.level != "quiet")
 
     clock = time.perf_counter()
     try:
-        attribution_rows, ranking = _attribution(ctx, found)
+        attribution_rows, ranking = _attribution(ctx, found, escalated & set(ATTRIBUTED_FAMILIES))
     except Exception as exc:
         log.exception("attribution failed")
         failures["attribution"] = f"{type(exc).__name__}: {exc}"
@@ -544,8 +678,13 @@ def run_check(
     found = _with_attribution_summary(found, attribution_rows)
     timings["attribution"] = time.perf_counter() - clock
 
-    scored = [r for r in found if _status(r) != "failed"]
-    health = health_score(scored) if len(current) else None
+    health: HealthScore | None
+    if not len(current):
+        health = None
+    elif checked_day is not None:
+        health = sequential_health(streams)
+    else:
+        health = health_score([r for r in found if _status(r) != "failed"])
 
     report_path: Path | None = None
     stored_report: Path | None = None
@@ -556,7 +695,7 @@ def run_check(
 
             stored_report = report_file(info.model, info.version, resolved)
             report_path = write_drift_report(
-                reference.frame, current,
+                reference_frame, current,
                 path=Path(runtime.settings.reports_dir) / stored_report,
                 title=f"{info.model} {info.version}: window {resolved.label} "
                 f"[{resolved.start.isoformat()}, {resolved.end.isoformat()})",
@@ -566,7 +705,7 @@ def run_check(
             failures["report"] = f"{type(exc).__name__}: {exc}"
         timings["report"] = time.perf_counter() - clock
 
-    all_results = found + attribution_rows
+    all_results = found + attribution_rows + [state.to_result() for state in streams]
     if not failures:
         status = "ok"
     elif fully_failed == set(FAMILIES):
@@ -596,17 +735,22 @@ def run_check(
             run_id, replaced = store.store_check_run(session, run=run, results=rows)
     timings["store"] = time.perf_counter() - clock
     timings.update(ctx.timings)
-    log.info("check %s %s window %s [%s, %s): %d studies, health %s (%s), %d findings%s",
+    escalated_streams = sorted((s for s in streams if s.level != "quiet"),
+                               key=lambda s: -s.statistic)
+    log.info("check %s %s window %s [%s, %s): %d studies, health %s (%s), %d findings%s%s",
              info.model, info.version, resolved.label, resolved.start.isoformat(),
              resolved.end.isoformat(), n_studies,
              "n/a" if health is None else f"{health.score:.2f}", run["health_status"],
-             sum(1 for r in found if r.drift), " (replaced)" if replaced else "")
+             sum(1 for r in found if r.drift),
+             "".join(f"; {s.stream} {s.level} (Z {s.statistic:.2f} over {s.days} days)"
+                     for s in escalated_streams[:3]),
+             " (replaced)" if replaced else "")
     outcome = CheckOutcome(
         check_run_id=run_id, model=info.model, version=info.version,
         model_version_id=info.id, baseline_id=baseline.id, window=resolved,
         n_studies=n_studies, status=status, health=health, results=tuple(all_results),
         attribution=ranking, report_path=report_path, failures=failures, timings=timings,
-        replaced=replaced,
+        replaced=replaced, day=checked_day, reference=reference_key, streams=tuple(streams),
     )
     for hook in list(on_check_complete if hooks is None else hooks):
         try:

@@ -6,19 +6,24 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
 from monitor import checks
-from monitor.baselines import create_baseline
-from monitor.checks import CheckOptions, CheckOutcome, run_check
+from monitor.baselines import Reference, create_baseline
+from monitor.checks import CheckOptions, CheckOutcome, day_type_reference, run_check
 from monitor.collect.inprocess import InProcessCollector
 from monitor.commands.checks import add_commands
+from monitor.detect import sequential
+from monitor.detect.sequential import StreamState
 from monitor.errors import NotFoundError, ValidationError
 from monitor.runtime import Runtime
 from monitor.simulate import simulate_deployment
@@ -58,12 +63,16 @@ def identifies_updated_scanner(field: str, value: str) -> bool:
 def test_every_family_runs_and_a_clean_window_is_green(
     simulated_runtime: Runtime, simulated_template: SimulatedTemplate
 ) -> None:
+    """The clean day is a grid window (one UTC day): every p-valued result is one day of
+    evidence for its stream, every stream is quiet, so health is green."""
     run = stored_run(simulated_runtime, simulated_template.check_run_ids["clean"])
     assert run.status == "ok" and run.error is None
-    assert run.health_status == "green" and run.health_score == pytest.approx(1.0)
+    assert run.window_label == "1d"
+    assert run.health_status == "green" and run.health_score is not None
+    assert 0.8 <= run.health_score <= 1.0
     assert run.n_studies > 80
     families = {(r.details or {}).get("family") for r in run.results}
-    assert families >= FAMILIES
+    assert families >= FAMILIES | {"sequential"}
     found = by_key(run)
     for key in [("MMDDrift", "embedding"), ("ClassifierDrift", "embedding"),
                 ("NoveltyDrift", "embedding"),
@@ -71,6 +80,12 @@ def test_every_family_runs_and_a_clean_window_is_green(
                 ("NumericDrift", "kvp"), ("CategoricalDrift", "vendor"),
                 ("PerformanceDrift", "override_rate")]:
         assert key in found, key
+        assert ("SequentialEvidence", f"{key[0]}/{key[1]}") in found, key
+    streams = [r for r in run.results if r.detector == "SequentialEvidence"]
+    tested = [r for r in run.results if r.p_value is not None
+              and (r.details or {}).get("family") in FAMILIES]
+    assert len(streams) == len(tested)
+    assert {s.details["level"] for s in streams} == {"quiet"}
     assert not [r for r in run.results if r.drift]
     assert run.report_path is not None
 
@@ -345,3 +360,165 @@ def test_check_on_each_database(runtime: Runtime) -> None:
     assert len(listed) == 1 and listed[0].drift
     assert [r.id for r in runs] == [first.check_run_id]
     assert create_baseline(runtime, model=MODEL, version="1.3.0", last=100).n_studies == 100
+
+
+# --- grid windows: day-type reference, sequential evidence, history -------------------------
+
+
+def reference_of(timestamps: list[datetime]) -> Reference:
+    frame = pd.DataFrame({"id": range(len(timestamps)),
+                          "ts": pd.to_datetime(timestamps, utc=True)})
+    return Reference(baseline=None, frame=frame,  # type: ignore[arg-type]
+                     embeddings=np.arange(len(timestamps), dtype=np.float32)[:, None])
+
+
+def test_a_grid_day_is_tested_against_baseline_days_of_its_type() -> None:
+    week = datetime(2026, 10, 5, 12, tzinfo=UTC)  # Monday noon
+    stamps = [week + timedelta(days=d, minutes=i) for d in range(7) for i in range(20)]
+    late_friday = datetime(2026, 10, 9, 23, 30, tzinfo=UTC)  # Saturday 01:30 in Berlin
+    reference = reference_of([*stamps, late_friday])
+    utc, berlin = ZoneInfo("UTC"), ZoneInfo("Europe/Berlin")
+
+    frame, embeddings, key = day_type_reference(reference, date(2026, 10, 17), utc,
+                                                minimum=30)
+    assert key == "weekend" and len(frame) == 40
+    assert embeddings is not None and embeddings[:, 0].tolist() == frame["id"].tolist()
+    frame, _, key = day_type_reference(reference, date(2026, 10, 17), berlin, minimum=30)
+    assert key == "weekend" and len(frame) == 41  # the late Friday study is Saturday there
+    frame, _, key = day_type_reference(reference, date(2026, 10, 14), utc, minimum=30)
+    assert key == "weekday" and len(frame) == 101
+    # Too few weekend members: every member is the reference.
+    frame, _, key = day_type_reference(reference, date(2026, 10, 18), utc, minimum=50)
+    assert key == "all" and len(frame) == 141
+
+
+def test_a_grid_check_records_its_reference_and_stores_one_row_per_stream(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    saturday = simulated_template.day(9).date()
+    assert saturday.weekday() == 5
+    outcome = run_check(simulated_runtime, model=MODEL, day=saturday, options=QUICK)
+    assert outcome.day == saturday and outcome.window.label == "1d"
+    assert outcome.reference == "weekend"
+    assert outcome.health is not None and outcome.health.formula_version == "sequential-v1"
+    tested = [r for r in outcome.results if (r.details or {}).get("family") in FAMILIES]
+    assert {r.details["reference"] for r in tested} == {"weekend"}
+    with session_scope(simulated_runtime.sessions) as session:
+        members = results.get_baseline(session, outcome.baseline_id).n_studies
+    mmd = next(r for r in tested if r.detector == "MMDDrift")
+    assert 50 <= mmd.n_reference < members  # the weekend members only
+    streams = {r.feature: r for r in outcome.results if r.detector == "SequentialEvidence"}
+    assert len(streams) == len(outcome.streams) == sum(1 for r in tested
+                                                      if r.p_value is not None)
+    row = streams["MMDDrift/embedding"]
+    assert row.p_value is None and row.threshold == row.details["page_at"]
+    assert row.details["reference"] == "weekend" and row.details["daily_p"] == mmd.p_value
+    assert {"family", "of_family", "level", "warning_at", "page_at", "days", "since", "z",
+            "rho", "detector", "feature"} <= set(row.details)
+
+    everyone = run_check(simulated_runtime, model=MODEL, day=saturday,
+                         options=replace(QUICK, min_day_type_reference=100_000))
+    assert everyone.replaced and everyone.reference == "all"
+    assert next(r for r in everyone.results if r.detector == "MMDDrift").n_reference == members
+
+
+def test_other_windows_keep_the_per_window_health_and_store_no_streams(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate
+) -> None:
+    late = stored_run(simulated_runtime, simulated_template.check_run_ids["late"])
+    assert late.window_label == "7d"
+    assert not [r for r in late.results if r.detector == "SequentialEvidence"]
+    noon = run_check(simulated_runtime, model=MODEL, window="1d",
+                     now=simulated_template.day(12.5), options=QUICK)
+    assert noon.day is None and noon.streams == ()
+    assert noon.health is not None and noon.health.formula_version == "health-v1"
+    assert "reference" not in next(r for r in noon.results if r.detector == "MMDDrift").details
+    # A window given by start and end that is exactly one day is that day's grid window.
+    start, end = simulated_template.window("clean")
+    again = run_check(simulated_runtime, model=MODEL, start=start, end=end, options=QUICK)
+    assert again.replaced and again.check_run_id == simulated_template.check_run_ids["clean"]
+    assert again.window.label == "1d" and again.day == start.date()
+    with pytest.raises(ValidationError, match="day"):
+        run_check(simulated_runtime, model=MODEL, day=start.date(), now=end, options=QUICK)
+
+
+def test_an_escalated_metadata_stream_gets_attribution_without_window_drift(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    day = simulated_template.day(9).date()
+    quiet = run_check(simulated_runtime, model=MODEL, day=day, options=QUICK)
+    assert not [r for r in quiet.results if r.drift]
+    assert not [r for r in quiet.results if r.detector == "Attribution"]
+
+    def kvp_at_warning(*args: Any, **kwargs: Any) -> list[StreamState]:
+        states = sequential.evaluate(*args, **kwargs)
+        return [replace(s, statistic=s.warning_at + 0.01) if s.stream == "NumericDrift/kvp"
+                else s for s in states]
+
+    monkeypatch.setattr(checks, "evaluate", kvp_at_warning)
+    warned = run_check(simulated_runtime, model=MODEL, day=day, options=QUICK)
+    assert [s.stream for s in warned.escalated] == ["NumericDrift/kvp"]
+    assert warned.health is not None and warned.health.status == "amber"
+    rows = [r for r in warned.results if r.detector == "Attribution"]
+    assert [r.feature for r in rows] == ["metadata"] and rows[0].details["ranking"]
+
+
+def test_bias_tolerances_reach_the_subgroup_detector_only_when_given(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[dict[str, Any]] = []
+    real = checks.SubgroupBias
+
+    def recording(**kwargs: Any) -> Any:
+        seen.append(dict(kwargs))
+        kwargs.pop("tolerances", None)
+        return real(**kwargs)
+
+    monkeypatch.setattr(checks, "SubgroupBias", recording)
+    now = simulated_template.day(12)
+    run_check(simulated_runtime, model=MODEL, window="last:300", now=now, options=QUICK)
+    run_check(simulated_runtime, model=MODEL, window="last:300", now=now,
+              options=replace(QUICK, bias_tolerances={"sensitivity": 0.1}))
+    assert "tolerances" not in seen[0]
+    assert seen[1]["tolerances"] == {"sensitivity": 0.1}
+
+
+def test_grid_checks_build_on_the_evidence_of_earlier_days(runtime: Runtime) -> None:
+    """On SQLite and PostgreSQL: each day's statistic is the sequential layer's over the
+    evidence stored with the earlier days of the same baseline; another baseline starts
+    afresh and a non-grid window is not history."""
+    deployment = simulate_deployment(seed=5, n_studies=1_200, days=11, episodes=(),
+                                     embedding_dim=32)
+    populate(runtime, deployment)
+    days = [deployment.start.date() + timedelta(days=d) for d in (7, 8, 10)]  # 9 unchecked
+    run_check(runtime, model=MODEL, window="7d", now=deployment.start + timedelta(days=10),
+              options=QUICK)
+    outcomes = [run_check(runtime, model=MODEL, day=day, options=QUICK) for day in days]
+    assert [o.day for o in outcomes] == days
+    with session_scope(runtime.sessions) as session:
+        version_id = outcomes[0].model_version_id
+        history = results.sequential_history(
+            session, model_version_id=version_id, baseline_id=outcomes[0].baseline_id,
+            detector="SequentialEvidence", label="1d", start=deployment.start,
+            end=outcomes[-1].window.start)
+        stored = [results.get_check_run(session, o.check_run_id) for o in outcomes]
+    assert sorted({h.window_start.date() for h in history}) == days[:2]
+    evidence = [sequential.evidence_from_row(r.feature, r.details or {}, r.n_current,
+                                             r.n_reference, r.window_start.date())
+                for run in stored for r in run.results if r.detector == "SequentialEvidence"]
+    expected = {s.stream: s for s in sequential.evaluate(evidence, day=days[-1])}
+    last = {s.stream: s for s in outcomes[-1].streams}
+    assert set(last) == set(expected) and len(last) > 15
+    for stream, state in last.items():
+        assert state.statistic == pytest.approx(expected[stream].statistic)
+        assert state.days == expected[stream].days
+    assert max(s.days for s in last.values()) >= 2  # some stream's run spans earlier days
+    assert {s.since for s in last.values()} <= set(days)
+
+    create_baseline(runtime, model=MODEL, version=PRODUCTION, start=deployment.start,
+                    end=deployment.start + timedelta(days=7), created_by="test", seed=1)
+    fresh = run_check(runtime, model=MODEL, day=days[-1] + timedelta(days=-1), options=QUICK)
+    assert fresh.baseline_id != outcomes[0].baseline_id
+    assert {s.days for s in fresh.streams} == {1}

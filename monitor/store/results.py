@@ -4,6 +4,10 @@ Functions take a Session and return dataclasses, never rows. Storing a check run
 idempotent per window: a second run of the same (version, window kind, start, end) updates
 that window's ``check_run`` row in place (its id stays, so alerts pointing at it stay valid)
 and replaces its results.
+
+The daily grid reads two things back: which of a version's day windows are already stored
+(``stored_windows``, so each is checked once) and the ``SequentialEvidence`` rows of its
+earlier days against the same baseline (``sequential_history``).
 """
 
 from __future__ import annotations
@@ -333,3 +337,44 @@ def latest_results(session: Session, *, model: str | None = None) -> list[CheckR
     for run in latest_check_runs(session, model=model):
         out.extend(list_check_results(session, check_run_id=run.id, limit=100_000))
     return out
+
+
+# --- the daily grid ------------------------------------------------------------------------
+
+
+def stored_windows(
+    session: Session, model_version_id: int, *, label: str, start: datetime, end: datetime
+) -> set[tuple[datetime, datetime]]:
+    """[start, end) of the version's stored runs with window ``label`` that lie within
+    [start, end) (UTC datetimes)."""
+    query = (select(CheckRun.window_start, CheckRun.window_end)
+             .where(CheckRun.model_version_id == model_version_id,
+                    CheckRun.window_kind == "time", CheckRun.window_label == label,
+                    CheckRun.window_start >= start, CheckRun.window_end <= end))
+    return {(row.window_start, row.window_end) for row in session.execute(query)}
+
+
+def sequential_history(
+    session: Session,
+    *,
+    model_version_id: int,
+    baseline_id: int,
+    detector: str,
+    label: str,
+    start: datetime,
+    end: datetime,
+) -> list[CheckResultInfo]:
+    """The ``detector`` rows (``SequentialEvidence``) of the version's runs with window
+    ``label`` against ``baseline_id`` whose windows lie within [start, end), oldest window
+    first. A run against another baseline is not history: its p-values were tested against
+    other studies."""
+    query = (select(CheckResult, CheckRun, ModelVersion.model, ModelVersion.version)
+             .join(CheckRun, CheckRun.id == CheckResult.check_run_id)
+             .join(ModelVersion, ModelVersion.id == CheckRun.model_version_id)
+             .where(CheckRun.model_version_id == model_version_id,
+                    CheckRun.baseline_id == baseline_id,
+                    CheckRun.window_kind == "time", CheckRun.window_label == label,
+                    CheckRun.window_start >= start, CheckRun.window_end <= end,
+                    CheckResult.detector == detector)
+             .order_by(CheckRun.window_start, CheckResult.id))
+    return [_result_info(r, run, m, v) for r, run, m, v in session.execute(query)]
