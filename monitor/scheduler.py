@@ -1,13 +1,25 @@
-"""Scheduled checks: ``monitor serve`` runs every monitored version's check on an interval.
+"""Scheduled checks: ``monitor serve`` wakes up every ``Settings.check_interval_s`` seconds
+(0 switches it off: ``start`` only logs that) and checks what is due.
 
-``CheckScheduler(runtime)`` runs, in a daemon thread, one round at start and then one every
-``Settings.check_interval_s`` seconds (0 switches it off: ``start`` only logs that). A round
-checks, for every model, the version the ``production`` alias points at and every version
-with status ``active`` (``monitor.baselines.monitored_versions``) over
-``Settings.check_window``, ending at the version's newest inference. A version without a
-baseline, or any other error, is logged and skipped; the next version and the next round go
-on. Each stored check calls the hooks of ``monitor.checks.on_check_complete`` (the alerting
-engine evaluates its rules there), or the scheduler's own ``hooks`` when given.
+A round covers, for every model, the version the ``production`` alias points at and every
+version with status ``active`` (``monitor.baselines.monitored_versions``). What it checks
+depends on ``Settings.check_window``:
+
+* ``grid`` (the default): the daily calendar grid (``monitor.windows.grid_windows``). Every
+  complete local day [midnight, next midnight) in ``Settings.timezone`` after the version's
+  baseline, up to the last day that has ended by ``grid_until`` (the earlier of the wall
+  clock and just after the version's newest inference), is checked exactly once: a day with a
+  stored ``1d`` run is not run again, and days go oldest first, because each day's
+  sequential evidence builds on the days before it. A round checks at most
+  ``max_days_per_round`` days per version, so a backlog (a new version, a restart after an
+  outage) is worked off over several rounds, each logging its progress. A day whose check
+  fails ends that version's round, so the next round retries it before the days after it.
+* a window label (``1d``, ``7d``, ``last:500``): one check per version per round over that
+  window, ending at the version's newest inference (the rolling window of earlier releases).
+
+A version without a baseline, or any other error, is logged and skipped; the next version and
+the next round go on. Each stored check calls the hooks of ``monitor.checks.on_check_complete``
+(the alerting engine evaluates its rules there), or the scheduler's own ``hooks`` when given.
 
     scheduler = CheckScheduler(runtime)
     scheduler.start()
@@ -20,31 +32,66 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
-from monitor.baselines import monitored_versions
+from sqlalchemy.orm import Session
+
+from monitor.baselines import monitored_versions, require_baseline
 from monitor.checks import CheckHook, CheckOptions, CheckOutcome, run_check
+from monitor.config import GRID_SCHEDULE
 from monitor.runtime import Runtime
+from monitor.store import repo
+from monitor.store import results as store
 from monitor.store.db import session_scope
-from monitor.windows import parse_window
+from monitor.windows import (
+    GRID_LABEL,
+    Window,
+    as_utc,
+    grid_until,
+    grid_windows,
+    newest_timestamp,
+    parse_window,
+)
 
 log = logging.getLogger(__name__)
+
+MAX_DAYS_PER_ROUND = 31
 
 
 @dataclass
 class RoundReport:
-    """What one scheduled round did."""
+    """What one scheduled round did. ``pending`` counts, per version, the grid days still
+    unchecked after the round (a backlog beyond ``max_days_per_round``)."""
 
     started_at: datetime
     seconds: float = 0.0
     outcomes: list[CheckOutcome] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # "model version" -> error
+    pending: dict[str, int] = field(default_factory=dict)  # "model version" -> days
+
+
+def due_grid_windows(session: Session, info: repo.ModelVersionInfo, *, zone: tzinfo,
+                     now: datetime) -> list[Window]:
+    """The version's grid days that are complete and not yet stored, oldest first (the
+    baseline must exist: ``require_baseline`` raises naming the command that creates one)."""
+    baseline = require_baseline(session, info)
+    newest = newest_timestamp(session, info.id)
+    if newest is None or baseline.window_end is None:
+        return []
+    windows = grid_windows(after=baseline.window_end, until=grid_until(now, newest), zone=zone)
+    if not windows:
+        return []
+    done = {(as_utc(start), as_utc(end)) for start, end in store.stored_windows(
+        session, info.id, label=GRID_LABEL, start=windows[0].start, end=windows[-1].end)}
+    return [w for w in windows if (w.start, w.end) not in done]
 
 
 class CheckScheduler:
-    """Runs checks on an interval in a daemon thread; never dies on an error."""
+    """Runs checks on an interval in a daemon thread; never dies on an error.
+
+    ``clock`` gives "now" for the grid (the wall clock unless a test passes its own)."""
 
     def __init__(
         self,
@@ -54,12 +101,20 @@ class CheckScheduler:
         window: str | None = None,
         options: CheckOptions | None = None,
         hooks: Sequence[CheckHook] | None = None,
+        max_days_per_round: int = MAX_DAYS_PER_ROUND,
+        clock: Callable[[], datetime] | None = None,
     ):
         self.runtime = runtime
         self.interval_s = (runtime.settings.check_interval_s if interval_s is None
                            else interval_s)
-        self.window = window or runtime.settings.check_window
-        parse_window(self.window)  # a bad label fails at start-up, not in the thread
+        self.window = (window or runtime.settings.check_window).strip().lower()
+        self.grid = self.window == GRID_SCHEDULE
+        if not self.grid:
+            parse_window(self.window)  # a bad label fails at start-up, not in the thread
+        if max_days_per_round < 1:
+            raise ValueError(f"max_days_per_round has value {max_days_per_round}; must be >= 1")
+        self.max_days_per_round = max_days_per_round
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.options = options
         self.hooks = hooks
         self.rounds = 0
@@ -80,7 +135,9 @@ class CheckScheduler:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="check-scheduler", daemon=True)
         self._thread.start()
-        log.info("scheduled checks every %gs over window %s", self.interval_s, self.window)
+        what = (f"the daily grid in {self.runtime.settings.timezone}" if self.grid
+                else f"window {self.window}")
+        log.info("scheduled checks: waking every %gs, checking %s", self.interval_s, what)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the thread to stop and wait for the round in progress (up to ``timeout``)."""
@@ -111,19 +168,63 @@ class CheckScheduler:
         for info in versions:
             if self._stop.is_set():
                 break
-            name = f"{info.model} {info.version}"
-            try:
-                outcome = run_check(self.runtime, model=info.model, version=info.version,
-                                    window=self.window, options=self.options, hooks=self.hooks)
-            except Exception as exc:
-                log.warning("scheduled check of %s failed: %s: %s", name,
-                            type(exc).__name__, exc)
-                report.errors[name] = f"{type(exc).__name__}: {exc}"
-                continue
-            report.outcomes.append(outcome)
+            if self.grid:
+                self._grid_round(info, report)
+            else:
+                self._rolling_check(info, report)
         report.seconds = time.perf_counter() - clock
         self.rounds += 1
         self.last_round = report
-        log.info("scheduled check round %d: %d versions checked, %d failed, %.1fs",
+        log.info("scheduled check round %d: %d checks stored, %d versions failed, %.1fs",
                  self.rounds, len(report.outcomes), len(report.errors), report.seconds)
         return report
+
+    def _check(self, info: repo.ModelVersionInfo, report: RoundReport, *,
+               window: str | None = None, start: datetime | None = None,
+               end: datetime | None = None) -> bool:
+        name = f"{info.model} {info.version}"
+        try:
+            outcome = run_check(self.runtime, model=info.model, version=info.version,
+                                window=window, start=start, end=end, options=self.options,
+                                hooks=self.hooks)
+        except Exception as exc:
+            log.warning("scheduled check of %s failed: %s: %s", name, type(exc).__name__, exc)
+            report.errors[name] = f"{type(exc).__name__}: {exc}"
+            return False
+        report.outcomes.append(outcome)
+        return True
+
+    def _rolling_check(self, info: repo.ModelVersionInfo, report: RoundReport) -> None:
+        self._check(info, report, window=self.window)
+
+    def _grid_round(self, info: repo.ModelVersionInfo, report: RoundReport) -> None:
+        name = f"{info.model} {info.version}"
+        try:
+            with session_scope(self.runtime.sessions) as session:
+                due = due_grid_windows(session, info, zone=self.runtime.settings.zone,
+                                       now=self.clock())
+        except Exception as exc:
+            log.warning("scheduled checks of %s: cannot list its due days: %s: %s", name,
+                        type(exc).__name__, exc)
+            report.errors[name] = f"{type(exc).__name__}: {exc}"
+            return
+        if not due:
+            return
+        batch = due[: self.max_days_per_round]
+        zone = self.runtime.settings.zone
+        first, last = (w.start.astimezone(zone).date() for w in (batch[0], batch[-1]))
+        if len(due) > len(batch):
+            log.info("scheduled checks of %s: %d days due, checking %s to %s this round, "
+                     "%d left for the next rounds", name, len(due), first, last,
+                     len(due) - len(batch))
+        else:
+            log.info("scheduled checks of %s: checking %d day(s), %s to %s", name, len(batch),
+                     first, last)
+        checked = 0
+        for window in batch:
+            if self._stop.is_set() or not self._check(info, report, start=window.start,
+                                                      end=window.end):
+                break
+            checked += 1
+        if len(due) > checked:
+            report.pending[name] = len(due) - checked

@@ -1,22 +1,32 @@
 """The check scheduler: every monitored version per round, hooks after each check, errors
-logged and survived, a daemon thread that starts and stops."""
+logged and survived, a daemon thread that starts and stops; on the daily grid, each complete
+local day checked once, oldest first, a backlog worked off over rounds and restarts."""
 
 from __future__ import annotations
 
+import itertools
+import shutil
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from monitor import scheduler as scheduler_module
+from monitor.baselines import resolve_version
 from monitor.checks import CheckOptions, CheckOutcome
 from monitor.errors import ValidationError
 from monitor.runtime import Runtime
-from monitor.scheduler import CheckScheduler
+from monitor.scheduler import CheckScheduler, RoundReport
 from monitor.store.db import session_scope
-from monitor.store.models import ModelVersion
-from tests.simdb import PREVIOUS, PRODUCTION
+from monitor.store.models import CheckRun, ModelVersion
+from monitor.store.results import store_check_run
+from monitor.windows import TICK, as_utc, day_window, grid_day, newest_timestamp
+from tests.conftest import open_runtime
+from tests.simdb import MODEL, PREVIOUS, PRODUCTION, SimulatedTemplate
 
 pytest_plugins = ["tests.simdb"]
 
@@ -92,3 +102,166 @@ def test_interval_zero_is_off_and_bad_windows_fail_early(simulated_runtime: Runt
     scheduler.stop()
     with pytest.raises(ValidationError, match="window"):
         CheckScheduler(simulated_runtime, interval_s=60, window="daily")
+
+
+# --- the daily grid -----------------------------------------------------------------------
+
+
+def recording_check(calls: list[tuple[str, datetime, datetime]]) -> Any:
+    """A stand-in for run_check that stores an empty run of its window (what the scheduler
+    reads back to know a day is done) and records the call."""
+
+    def check(runtime: Runtime, *, model: str, version: str, start: datetime, end: datetime,
+              **_kwargs: object) -> CheckOutcome:
+        with session_scope(runtime.sessions) as session:
+            info = resolve_version(session, model, version)
+            day = grid_day(start, end, runtime.settings.zone)
+            assert day is not None, (start, end)
+            store_check_run(session, run={
+                "model_version_id": info.id, "window_kind": "time", "window_label": "1d",
+                "window_start": start, "window_end": end, "started_at": start,
+                "status": "ok"}, results=[])
+        calls.append((version, start, end))
+        return cast(CheckOutcome, (version, start, end))
+
+    return check
+
+
+def stored_days(runtime: Runtime, version: str) -> list[tuple[datetime, datetime]]:
+    with session_scope(runtime.sessions) as session:
+        rows = session.execute(
+            select(CheckRun.window_start, CheckRun.window_end)
+            .join(ModelVersion, ModelVersion.id == CheckRun.model_version_id)
+            .where(ModelVersion.version == version, CheckRun.window_label == "1d")
+            .order_by(CheckRun.window_start)).all()
+    return [(as_utc(start), as_utc(end)) for start, end in rows]
+
+
+def test_each_grid_day_is_checked_once_over_rounds_and_a_restart(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Days 7 to 11 are complete at the clock; the template already holds runs of days 8 and
+    10 of 1.4.0. Two days per round: the backlog goes oldest first over rounds, a new
+    scheduler (a restart) checks only what is left, and nothing is checked twice."""
+    calls: list[tuple[str, datetime, datetime]] = []
+    monkeypatch.setattr(scheduler_module, "run_check", recording_check(calls))
+    clock = simulated_template.day(12) + timedelta(hours=5)
+    utc = ZoneInfo("UTC")
+
+    def scheduler() -> CheckScheduler:
+        return CheckScheduler(simulated_runtime, interval_s=0, max_days_per_round=2,
+                              clock=lambda: clock)
+
+    def days(version: str, report: RoundReport) -> list[int]:
+        done = cast(list[tuple[str, datetime, datetime]], report.outcomes)
+        return [(start - simulated_template.start).days for v, start, _ in done
+                if v == version]
+
+    first = scheduler()
+    assert first.grid
+    one = first.run_round()
+    assert days(PRODUCTION, one) == [7, 9] and days(PREVIOUS, one) == [7, 8]
+    assert one.pending == {f"{MODEL} {PRODUCTION}": 1, f"{MODEL} {PREVIOUS}": 3}
+    two = first.run_round()
+    assert days(PRODUCTION, two) == [11] and days(PREVIOUS, two) == [9, 10]
+    assert two.pending == {f"{MODEL} {PREVIOUS}": 1}
+    restarted = scheduler()
+    three = restarted.run_round()
+    assert days(PRODUCTION, three) == [] and days(PREVIOUS, three) == [11]
+    assert not three.pending and not three.errors
+    assert restarted.run_round().outcomes == []
+
+    assert len(calls) == len(set(calls)) == 3 + 5
+    for version in (PRODUCTION, PREVIOUS):
+        stored = [w for w in stored_days(simulated_runtime, version)
+                  if w[0] < simulated_template.day(12)]
+        assert stored == [
+            (w.start, w.end) for w in (day_window(simulated_template.day(d).date(), utc)
+                                       for d in range(7, 12))]
+    # The next day completes: the next round checks it, for both versions.
+    clock = simulated_template.day(13) + timedelta(minutes=5)
+    assert len(restarted.run_round().outcomes) == 2
+
+
+def test_the_grid_follows_the_site_time_zone_across_a_daylight_saving_change(
+    simulated_template: SimulatedTemplate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Europe/Berlin: the baseline ends at 02:00 local on 8 October, so the first day checked
+    is the 9th; 25 October is 25 hours long; the last day checked is the one before the
+    newest inference's local day, whatever the wall clock says (it is later)."""
+    database = tmp_path / "berlin.db"
+    shutil.copyfile(simulated_template.database, database)
+    runtime = open_runtime(f"sqlite:///{database}", tmp_path, timezone="Europe/Berlin")
+    calls: list[tuple[str, datetime, datetime]] = []
+    monkeypatch.setattr(scheduler_module, "run_check", recording_check(calls))
+    try:
+        with session_scope(runtime.sessions) as session:
+            session.execute(update(ModelVersion).where(ModelVersion.version == PREVIOUS)
+                            .values(status="retired"))
+            info = resolve_version(session, MODEL, PRODUCTION)
+            newest = newest_timestamp(session, info.id)
+        scheduler = CheckScheduler(runtime, interval_s=0)
+        report = scheduler.run_round()
+    finally:
+        runtime.close()
+    berlin = ZoneInfo("Europe/Berlin")
+    assert newest is not None
+    last = (newest + TICK).astimezone(berlin).date() - timedelta(days=1)
+    windows = [(start, end) for _, start, end in calls]
+    local_days = [start.astimezone(berlin).date() for start, _ in windows]
+    assert local_days[0] == date(2026, 10, 9) and local_days[-1] == last
+    assert local_days == sorted(set(local_days))
+    assert len(local_days) == (last - date(2026, 10, 9)).days + 1 >= 20
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
+    lengths = {start.astimezone(berlin).date(): end - start for start, end in windows}
+    assert lengths[date(2026, 10, 25)] == timedelta(hours=25)
+    assert {v for d, v in lengths.items() if d != date(2026, 10, 25)} == {timedelta(hours=24)}
+    assert all(start.astimezone(berlin).time() == time(0) for start, _ in windows)
+    assert not report.pending and not report.errors
+
+
+def test_a_failing_day_stops_its_version_so_days_stay_in_order(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, datetime, datetime]] = []
+    record = recording_check(calls)
+    broken = {simulated_template.day(9)}
+
+    def flaky(runtime: Runtime, *, version: str, start: datetime, **kwargs: Any
+              ) -> CheckOutcome:
+        if version == PRODUCTION and start in broken:
+            raise RuntimeError("database went away")
+        return record(runtime, version=version, start=start,  # type: ignore[no-any-return]
+                      **kwargs)
+
+    monkeypatch.setattr(scheduler_module, "run_check", flaky)
+    scheduler = CheckScheduler(simulated_runtime, interval_s=0,
+                               clock=lambda: simulated_template.day(12))
+    report = scheduler.run_round()
+    assert list(report.errors) == [f"{MODEL} {PRODUCTION}"]
+    assert "database went away" in report.errors[f"{MODEL} {PRODUCTION}"]
+    production = [(s - simulated_template.start).days for v, s, _ in calls if v == PRODUCTION]
+    assert production == [7]  # 8 and 10 were stored already; 9 failed, 11 waits
+    assert report.pending[f"{MODEL} {PRODUCTION}"] == 2
+    broken.clear()
+    again = cast(list[tuple[str, datetime, datetime]], scheduler.run_round().outcomes)
+    assert [(s - simulated_template.start).days for _, s, _ in again] == [9, 11]
+    assert scheduler.last_round is not None and not scheduler.last_round.pending
+
+
+def test_a_real_grid_round_stores_day_windows_the_next_round_skips(
+    simulated_runtime: Runtime, simulated_template: SimulatedTemplate,
+) -> None:
+    clock = simulated_template.day(11) + timedelta(hours=1)  # days 7 to 10 are complete
+    with session_scope(simulated_runtime.sessions) as session:
+        session.execute(update(ModelVersion).where(ModelVersion.version == PREVIOUS)
+                        .values(status="retired"))
+    scheduler = CheckScheduler(simulated_runtime, interval_s=0, options=QUICK,
+                               clock=lambda: clock, hooks=[])
+    report = scheduler.run_round()
+    assert [o.day for o in report.outcomes] == [simulated_template.day(d).date()
+                                                for d in (7, 9)]
+    assert all(o.window.label == "1d" and o.streams for o in report.outcomes)
+    assert scheduler.run_round().outcomes == []
