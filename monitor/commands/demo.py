@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -26,6 +26,7 @@ from monitor.simulate import SimulatedDeployment, simulate_deployment
 from monitor.store import repo
 from monitor.store.db import make_engine, session_scope, upgrade
 from monitor.store.results import list_baselines, list_check_runs
+from monitor.windows import GRID_LABEL, grid_windows
 
 log = logging.getLogger("monitor.demo")
 
@@ -121,21 +122,32 @@ def _evaluate_alerts_at_window_end(runtime: Runtime, outcome: CheckOutcome) -> N
 
 
 def run_daily_checks(runtime: Runtime, deployment: SimulatedDeployment) -> None:
-    """The checks a scheduler would have run: every day after the baseline week, a rolling
-    7-day window per version, with the alert rules evaluated after each."""
-    days = range((deployment.baseline_end - deployment.start).days + 1, deployment.days + 1)
+    """The checks the scheduler would have run: the daily grid (``grid_windows``), every
+    local day after each version's baseline week to the end of the deployment, each once and
+    oldest first, with the alert rules evaluated at each window's end. Prints the days that
+    are not green and the streams at warning or page on them."""
+    zone = runtime.settings.zone
     with session_scope(runtime.sessions) as session:
-        done = {(r.version, r.window_end) for r in
-                list_check_runs(session, model=deployment.model, limit=10_000)}
-    todo = [(version, deployment.start + timedelta(days=day))
-            for day in days for version in deployment.model_versions]
-    todo = [(v, end) for v, end in todo if (v, end) not in done]
-    for version, end in tqdm(todo, unit="check", desc="daily checks"):
-        outcome = run_check(runtime, model=deployment.model, version=version, window="7d",
-                            now=end, hooks=[_evaluate_alerts_at_window_end])
+        baselines = {b.version: b for b in list_baselines(session, model=deployment.model)}
+        done = {(r.version, r.window_start, r.window_end) for r in
+                list_check_runs(session, model=deployment.model, limit=100_000)
+                if r.window_label == GRID_LABEL}
+    todo = []
+    for version in deployment.model_versions:
+        after = baselines[version].window_end or deployment.baseline_end
+        for window in grid_windows(after=after, until=deployment.end, zone=zone):
+            if (version, window.start, window.end) not in done:
+                todo.append((window.start, version, window))
+    todo.sort(key=lambda item: (item[0], item[1]))
+    for _, version, window in tqdm(todo, unit="check", desc="daily checks"):
+        outcome = run_check(runtime, model=deployment.model, version=version,
+                            start=window.start, end=window.end,
+                            hooks=[_evaluate_alerts_at_window_end])
         if outcome.health is not None and outcome.health.status != "green":
-            tqdm.write(f"{end:%Y-%m-%d} {version}: health {outcome.health.status} "
-                       f"({outcome.health.score:.2f})")
+            streams = ", ".join(f"{s.stream} {s.level} (Z {s.statistic:.1f}, "
+                                f"{s.days} days)" for s in outcome.escalated[:3])
+            tqdm.write(f"{outcome.day} {version}: health {outcome.health.status} "
+                       f"({outcome.health.score:.2f}): {streams}")
 
 
 DEMO_STEPS = (register_versions, build_baselines, run_daily_checks)
