@@ -1,5 +1,13 @@
 """One health number per model version and window, so one number can page someone.
 
+Two formulas. A daily grid window (one local day, the scheduler's default) takes its health
+from the sequential layer (``monitor.detect.sequential.sequential_health``, formula
+``sequential-v1``): red when a stream is at the page level, amber at warning, else green,
+with a false-page rate designed per version. Every other window (``7d``, ``last:N``, a
+custom span) is scored on its own, with the per-window formula below (``health-v1``); a lone
+window has no history, so this score has no stated false-alarm rate over time (on no-shift
+windows it is green about 77% of the time: five families, each at alpha).
+
 In the spirit of CheXstray's multi-modal concordance metric (Soin et al., 2022): every family
 of drift evidence (embeddings, metadata, predictions, performance, bias) is put on a common
 scale by normalising it against its own baseline behaviour, and the families are combined with
@@ -55,6 +63,9 @@ PEAK_WEIGHT = 0.5
 GREEN_AT = 0.8
 AMBER_AT = 0.6
 
+# Families of rows that carry no evidence of their own: sequential rows restate the others'
+# p-values over days, attribution rows rank causes. The per-window score leaves them out.
+NOT_EVIDENCE = frozenset({"sequential", "attribution"})
 # Family of each detector name; a result's own details["family"] takes precedence.
 DETECTOR_FAMILIES: dict[str, str] = {
     "MMDDrift": "embedding",
@@ -124,7 +135,10 @@ def health_score(
 ) -> HealthScore:
     """Combine one window's detection results into one health score (formula in the module
     docstring). ``weights`` maps family names to weights (default 1.0 each; 0 leaves a family
-    out). With no usable result the score is 1.0 and ``details["n_results"]`` is 0."""
+    out). With no usable result the score is 1.0 and ``details["n_results"]`` is 0. Rows of
+    ``NOT_EVIDENCE`` families are left out, so a run's stored rows can be scored as they are.
+    """
+    results = [r for r in results if family_of(r) not in NOT_EVIDENCE]
     by_family: dict[str, list[DetectionResult]] = defaultdict(list)
     for result in results:
         by_family[family_of(result)].append(result)

@@ -1,12 +1,24 @@
-"""The combined health score: quiet is green, strong drift is red, monotone in p-values."""
+"""The combined health score: quiet is green, strong drift is red, monotone in p-values; a grid
+day's health follows its streams' sequential levels."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import numpy as np
 import pytest
+from scipy.stats import norm
 
-from monitor.detect.health import FORMULA_VERSION, family_of, health_score
+from monitor.detect.health import (
+    AMBER_AT,
+    FORMULA_VERSION,
+    GREEN_AT,
+    HealthScore,
+    family_of,
+    health_score,
+)
 from monitor.detect.result import DetectionResult
+from monitor.detect.sequential import DailyEvidence, StreamState, evaluate, sequential_health
 
 FAMILY_DETECTORS = {
     "embedding": "MMDDrift",
@@ -130,3 +142,57 @@ def test_status_rates_on_windows_without_drift():
     assert pytest.approx(1.0) == sum(
         np.mean(statuses_array == s) for s in ("green", "amber", "red")
     )
+
+
+def test_sequential_and_attribution_rows_are_not_scored_per_window():
+    """A run's stored rows can be scored as they are: the sequential rows restate the
+    families' p-values and attribution rows rank causes, so neither counts again."""
+    quiet = window(dict.fromkeys(FAMILY_DETECTORS, 0.5))
+    paging_stream = DetectionResult(
+        "SequentialEvidence", "MMDDrift/embedding", 6.0, None, 4.5, True, 700, 300,
+        {"family": "sequential", "of_family": "embedding", "level": "page"})
+    ranking = DetectionResult("Attribution", "metadata", 0.4, None, 0.0, False, 700, 300,
+                              {"family": "attribution", "ranking": []})
+    score = health_score([*quiet, paging_stream, ranking])
+    assert score.status == "green" and score.score == 1.0
+    assert set(score.components) == set(FAMILY_DETECTORS)
+    assert score.details["n_results"] == len(quiet)
+
+
+def stream_days(p_values: list[float], *, stream: str = "CategoricalDrift/vendor",
+                family: str = "metadata") -> list[DailyEvidence]:
+    first = date(2026, 10, 8)
+    return [DailyEvidence(stream, family, first + timedelta(days=i), p, 100, 700, "weekday")
+            for i, p in enumerate(p_values)]
+
+
+def test_grid_health_follows_the_worst_stream_level():
+    """Health of a grid day: green while every stream is quiet, amber once one is at warning,
+    red once one pages, with scores in the same bands as the per-window formula."""
+    day = date(2026, 10, 8) + timedelta(days=5)
+    background = [e for family, detector in FAMILY_DETECTORS.items()
+                  for e in stream_days([0.5] * 6, stream=f"{detector}/f", family=family)]
+
+    def vendor_and_health(p_values: list[float]) -> tuple[StreamState, HealthScore]:
+        states = evaluate([*background, *stream_days(p_values)], day=day)
+        score = sequential_health(states)
+        assert score.formula_version == "sequential-v1"
+        return next(s for s in states if s.stream == "CategoricalDrift/vendor"), score
+
+    def health(p_values: list[float]) -> tuple[str, float, str]:
+        vendor, score = vendor_and_health(p_values)
+        return score.status, score.score, vendor.level
+
+    status, score, level = health([0.5] * 6)
+    assert (status, level) == ("green", "quiet") and GREEN_AT <= score <= 1.0
+    vendor, _ = vendor_and_health([0.5] * 6)
+    assert vendor.warning_at + 0.2 < vendor.page_at
+    # One day whose z sits between the thresholds: amber.
+    p_warn = float(norm.sf(vendor.warning_at + 0.2))
+    status, score, level = health([0.5] * 5 + [p_warn])
+    assert (status, level) == ("amber", "warning") and AMBER_AT <= score < GREEN_AT
+    status, score, level = health([0.5] * 5 + [1e-12])
+    assert (status, level) == ("red", "page") and score < AMBER_AT
+    # A week of moderate evidence (p = 0.01 a day, never a finding alone) pages too.
+    status, _, level = health([0.01] * 6)
+    assert (status, level) == ("red", "page")
