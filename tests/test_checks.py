@@ -304,6 +304,16 @@ def test_cli_prints_the_summary(
         assert expected in out, expected
     report = Path(out.split("report: ")[1].splitlines()[0])
     assert report.is_file() and report.is_relative_to(tmp_path / "cli-reports")
+    assert "grid day" not in out and "health-v1" in out
+
+    saturday = simulated_template.day(9).date().isoformat()
+    out = run("check", "--model", MODEL, "--day", saturday, "--permutations", "200",
+              "--no-report")
+    assert f"window 1d [{saturday}T00:00:00+00:00" in out
+    assert f"grid day {saturday} against the baseline's weekend members: " in out
+    assert "SequentialEvidence" not in out and "(green, sequential-v1)" in out
+    with pytest.raises(ValidationError, match="--day"):
+        run("check", "--model", MODEL, "--day", saturday, "--now", "2026-10-10T00:00:00Z")
 
     out = run("baseline", "create", "--model", MODEL, "--version", "1.3.0", "--last", "400")
     assert "for cxr-triage 1.3.0: 400 studies" in out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 from monitor.baselines import create_baseline
 from monitor.checks import CheckOptions, CheckOutcome, run_check
@@ -18,6 +18,7 @@ from monitor.store.db import session_scope
 from monitor.windows import as_utc
 
 BIAS = "SubgroupBias"
+STREAMS = "SequentialEvidence"
 
 
 def _time(text: str) -> datetime:
@@ -26,6 +27,14 @@ def _time(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO 8601 time such as 2026-10-01T00:00:00Z") from None
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date such as 2026-10-08") from None
 
 
 def _verdict(result: DetectionResult) -> str:
@@ -68,8 +77,8 @@ def format_outcome(outcome: CheckOutcome) -> str:
         + (" (replaced the earlier run of this window)" if outcome.replaced else ""),
         "",
     ]
-    shown = [r for r in outcome.results
-             if r.detector not in (BIAS, "Attribution") or (r.detector == BIAS and r.drift)]
+    shown = [r for r in outcome.results if r.detector not in (BIAS, "Attribution", STREAMS)
+             or (r.detector == BIAS and r.drift)]
     bias = [r for r in outcome.results if r.detector == BIAS]
     rows = [(r.detector, r.feature, _number(r.statistic), _number(r.p_value), _verdict(r))
             for r in shown]
@@ -80,10 +89,21 @@ def format_outcome(outcome: CheckOutcome) -> str:
         lines.append(f"{BIAS}: {len(bias)} subgroup comparisons ({tested} tested, the rest "
                      f"too small), {flagged} flagged" + (" (listed above)" if flagged else ""))
     lines.append("")
+    if outcome.day is not None:
+        escalated = outcome.escalated
+        lines.append(f"grid day {outcome.day} against the baseline's {outcome.reference} "
+                     f"members: {len(outcome.streams)} streams, "
+                     f"{sum(s.level == 'page' for s in escalated)} at page, "
+                     f"{sum(s.level == 'warning' for s in escalated)} at warning")
+        for state in escalated:
+            lines.append(f"  {state.level}: {state.stream}  Z {state.statistic:.2f} over "
+                         f"{state.days} day(s) since {state.since} (warning "
+                         f"{state.warning_at:.2f}, page {state.page_at:.2f})")
     if outcome.health is None:
         lines.append("health: no data (the window has no studies outside the baseline)")
     else:
-        lines.append(f"health: {outcome.health.score:.2f} ({outcome.health.status})")
+        lines.append(f"health: {outcome.health.score:.2f} ({outcome.health.status}, "
+                     f"{outcome.health.formula_version})")
     if outcome.attribution:
         basis = outcome.attribution[0].basis
         lines.append(f"attribution ({basis} basis), top 3:")
@@ -102,12 +122,15 @@ def format_outcome(outcome: CheckOutcome) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     if (args.start is None) != (args.end is None):
         raise ValidationError("give both --from and --to, or neither", field="from")
+    if args.day is not None and (args.start is not None or args.now is not None):
+        raise ValidationError("give --day, or --from/--to, or --now, not two of them",
+                              field="day")
     runtime = Runtime.open(load_settings())
     try:
         outcome = run_check(
             runtime, model=args.model, version=args.version,
-            window=None if args.start is not None else args.window, start=args.start,
-            end=args.end, now=args.now,
+            window=None if args.start is not None or args.day is not None else args.window,
+            start=args.start, end=args.end, now=args.now, day=args.day,
             options=CheckOptions(seed=args.seed, n_permutations=args.permutations,
                                  device=args.device, report=not args.no_report),
         )
@@ -171,6 +194,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                        help="explicit window end (exclusive)")
     check.add_argument("--now", type=_time, default=None,
                        help="where the window ends (default: just after the newest inference)")
+    check.add_argument("--day", type=_day, default=None,
+                       help="a local date (MONITOR_TIMEZONE): check that day's grid window, "
+                       "as the scheduler does, with its sequential evidence")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--permutations", type=int, default=CheckOptions.n_permutations)
     check.add_argument("--device", default="auto", help="auto, cpu or cuda")
