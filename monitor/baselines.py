@@ -17,10 +17,18 @@ counts, the novelty score indexes at most a few thousand reference studies), and
 means a change to a detector's defaults applies to old baselines too.
 
 The newest baseline of a version is the one checks use.
+
+A validated change (an operator accepts an incident whose cause is a stratum: a station,
+scanner model, software version, site or vendor) re-baselines that stratum:
+``rebaseline_stratum`` makes a new baseline of the version whose members are the old
+baseline's members outside the stratum plus the stratum's studies from the chosen day over
+the old baseline's span, sampled at the old baseline's rate. Being the newest, it is the one
+checks use from then on, and the sequential history restarts on it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +54,9 @@ CATEGORICAL_FIELDS = ("vendor", "manufacturer", "scanner_model", "station", "sit
                       "photometric", "software_version", "sex", "age_band")
 NUMERIC_FIELDS = ("kvp", "exposure_mas", "pixel_spacing_mm", "age_years")
 MIN_BASELINE_STUDIES = 30
+# A re-baselined stratum needs at least this share of the studies the old baseline held from
+# it, and a stratum the old baseline did not hold (a new scanner) MIN_BASELINE_STUDIES.
+STRATUM_COVERAGE = 0.8
 
 
 @dataclass(frozen=True)
@@ -253,3 +264,99 @@ def load_reference(session: Session, baseline: BaselineInfo, *, with_embeddings:
     if with_embeddings and len(frame):
         embeddings = load_embeddings(session, frame["id"].astype(int).tolist())
     return Reference(baseline, frame, embeddings)
+
+
+def _in_stratum(values: pd.Series, value: str) -> np.ndarray:
+    """Rows whose field holds ``value`` (compared as the attribution does: stripped text)."""
+    return values.map(lambda v: v is not None and not (isinstance(v, float) and math.isnan(v))
+                      and str(v).strip() == value).to_numpy(dtype=bool)
+
+
+def rebaseline_stratum(
+    session: Session,
+    *,
+    model: str,
+    version: str,
+    field: str,
+    value: str,
+    since: datetime,
+    actor: str,
+    reason: str,
+    max_studies: int | None = None,
+    seed: int = 0,
+    now: datetime | None = None,
+) -> tuple[BaselineInfo, BaselineInfo]:
+    """A new baseline of the version (in the caller's transaction): the current baseline's
+    members outside ``field == value`` plus the stratum's studies in [since, since + the
+    current baseline's span), sampled at the fraction the current baseline was sampled at
+    (seeded) and capped at ``max_studies`` when given. Returns (new, previous).
+
+    Refused (InsufficientDataError, saying how many there are and how many are needed) when
+    the stratum has fewer than ``STRATUM_COVERAGE`` of the studies the previous baseline held
+    from it (``MIN_BASELINE_STUDIES`` for a stratum it did not hold)."""
+    if field not in CATEGORICAL_FIELDS:
+        raise ValidationError(f"field {field!r} is not one of {', '.join(CATEGORICAL_FIELDS)}",
+                              field="field")
+    now = now or datetime.now(UTC)
+    since = as_utc(since)
+    info = repo.get_model_version(session, model, version)
+    previous = require_baseline(session, info)
+    if previous.window_start is None or previous.window_end is None:
+        raise ValidationError(f"baseline {previous.id} of {model} {version} has no time span "
+                              "to re-baseline over", field="baseline")
+    span = previous.window_end - previous.window_start
+    until = since + span
+    old = load_reference(session, previous, with_embeddings=False).frame
+    old_in = _in_stratum(old[field], value)
+    kept = old[~old_in]
+    window, _ = repo.window_frame(session, info.id, start=since, end=until)
+    stratum = window[_in_stratum(window[field], value)]
+    sampling = (previous.summary or {}).get("sampling") or {}
+    population, sampled = sampling.get("population"), sampling.get("sampled")
+    fraction = (sampled / population if isinstance(population, int) and population > 0
+                and isinstance(sampled, int) else 1.0)
+    rng = np.random.default_rng(seed)
+    if fraction < 1.0 and len(stratum):
+        size = max(1, round(fraction * len(stratum)))
+        stratum = stratum.iloc[np.sort(rng.choice(len(stratum), size=size, replace=False))]
+    held = int(old_in.sum())
+    needed = math.ceil(STRATUM_COVERAGE * held) if held else MIN_BASELINE_STUDIES
+    where = (f"{field}={clip(value)} of {model} {version} in [{since.isoformat()}, "
+             f"{until.isoformat()})")
+    if len(stratum) < needed:
+        raise InsufficientDataError(
+            f"{where} has {len(stratum)} studies"
+            + (f" once sampled as baseline {previous.id} was ({fraction:.0%})"
+               if fraction < 1.0 else "")
+            + f"; re-baselining it needs at least {needed} ("
+            + (f"{STRATUM_COVERAGE:.0%} of the {held} baseline {previous.id} held from it"
+               if held else f"a stratum baseline {previous.id} did not hold: "
+               f"{MIN_BASELINE_STUDIES}")
+            + "): accept it later or from an earlier day")
+    sample = pd.concat([kept, stratum], ignore_index=True)
+    if max_studies is not None and len(sample) > max_studies:
+        sample = sample.iloc[stratified_sample(sample, max_studies=max_studies, rng=rng)]
+    window_start = min(previous.window_start, since)
+    window_end = max(previous.window_end, until)
+    source = {"accepted": {"field": field, "value": value, "since": since.isoformat(),
+                           "until": until.isoformat(), "previous_baseline_id": previous.id,
+                           "replaced": held, "added": len(stratum), "reason": reason}}
+    summary = {
+        "source": source,
+        # population / sampled keeps the previous rate, which the next re-baseline reads
+        "sampling": {**sampling, "population": round(len(sample) / fraction),
+                     "sampled": len(sample), "seed": seed,
+                     "allocation": "the previous baseline's members outside the stratum and "
+                                   "the stratum's studies from `since`, at the same rate"},
+        "fitted_state": "none: detectors refit from the members at check time",
+        **summarise(sample),
+    }
+    baseline_id = results.insert_baseline(
+        session, model_version_id=info.id, created_at=now, created_by=actor,
+        window_start=window_start, window_end=window_end, summary=summary,
+        member_ids=sample["id"].astype(int).tolist(),
+    )
+    record_audit(session, actor=actor, action="baseline_created", model=model,
+                 model_version=version, reason=reason, now=now,
+                 details={"baseline_id": baseline_id, "n_studies": len(sample), **source})
+    return results.get_baseline(session, baseline_id), previous

@@ -7,7 +7,10 @@ Versions have a status: ``candidate`` (registered or first seen in an event), ``
 ``production`` point at one version; moving one is a one-row update.
 
 Every change writes an audit entry (who, when, what, why, which alert); the table refuses
-UPDATE and DELETE (database triggers). Promotions and rollbacks require a reason.
+UPDATE and DELETE (database triggers). Promotions and rollbacks require a reason. A version
+that is rolled back, or retired by a promotion, is no longer checked: its open incidents and
+findings resolve in the same transaction ("rolled back", "no longer live"), and the resolved
+incidents are notified.
 
 Rollback order, and why. A rollback moves the alias, marks the old version ``rolled_back``,
 the target ``active``, writes the audit entry and records the deploy hook as ``pending``, all
@@ -35,6 +38,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from monitor.alerting.config import AlertingConfig, RollbackPolicy, load_config
+from monitor.alerting.incidents import NO_LONGER_LIVE, ROLLED_BACK, resolve_version_incidents
 from monitor.errors import ConflictError, NotFoundError, ValidationError, clip
 from monitor.runtime import Runtime
 from monitor.store import repo
@@ -239,10 +243,11 @@ def register_version(session: Session, *, model: str, version: str, actor: str,
 
 def promote(session: Session, *, model: str, version: str, actor: str, reason: str | None,
             alias: str = "production", force: bool = False, alert_id: int | None = None,
-            now: datetime | None = None) -> AliasMove:
+            config: AlertingConfig | None = None, now: datetime | None = None) -> AliasMove:
     """Point ``alias`` at ``version`` (status ``active``); the version it pointed at becomes
-    ``retired`` unless another alias still points at it. A version rolled back for cause is
-    refused unless ``force``."""
+    ``retired`` unless another alias still points at it, and its open incidents resolve as
+    "no longer live" (notified through ``config``'s channels). A version rolled back for
+    cause is refused unless ``force``."""
     reason = _require_reason(reason, f"promote {model} {version}")
     now = _now(now)
     _require_alert(session, alert_id)
@@ -264,6 +269,8 @@ def promote(session: Session, *, model: str, version: str, actor: str, reason: s
     if previous is not None and previous.status == "active" and not session.scalar(
             select(exists().where(ModelAlias.model_version_id == previous.id))):
         previous.status, previous.updated_at = "retired", now
+        resolve_version_incidents(session, model=model, version=previous.version,
+                                  reason=NO_LONGER_LIVE, config=config, now=now)
     record_audit(session, actor=actor, action="promote", model=model, model_version=version,
                  reason=reason, alert_id=alert_id, now=now,
                  details={"alias": alias, "from_version": previous and previous.version,
@@ -336,6 +343,8 @@ def _execute(session: Session, rec: RollbackRecommendation, *, actor: str, reaso
     if config.deploy_hook is not None:
         rec.hook_status, rec.hook_next_attempt_at = "pending", now
     session.flush()
+    resolve_version_incidents(session, model=rec.model, version=rec.from_version,
+                              reason=ROLLED_BACK, config=config, now=now)
     record_audit(session, actor=actor, action="rollback", model=rec.model,
                  model_version=rec.to_version, reason=reason, alert_id=rec.alert_id, now=now,
                  details={"alias": rec.alias, "from_version": rec.from_version,
@@ -651,7 +660,7 @@ class Registry:
                 ) -> AliasMove:
         with self._session() as session:
             return promote(session, model=model, version=version, actor=actor, reason=reason,
-                           alias=alias, force=force, alert_id=alert_id)
+                           alias=alias, force=force, alert_id=alert_id, config=self.config)
 
     def rollback(self, *, model: str, actor: str, reason: str | None,
                  to_version: str | None = None, alias: str = "production", force: bool = False,

@@ -1,7 +1,7 @@
-"""The alert state machine, run on the results of each check.
+"""The alert state machine, run on the results of each check, and the incidents it feeds.
 
 Per rule observation (``monitor.alerting.rules``) and its stable key (rule, model, version,
-detector and feature), one ``alert`` row:
+detector and feature), one ``alert`` row, a *finding*:
 
 * condition true: a new or resolved alert becomes ``pending`` (``consecutive`` = 1); each
   further window adds one; at the rule's ``for`` windows it becomes ``firing``
@@ -13,18 +13,23 @@ detector and feature), one ``alert`` row:
 A window counts once: a run whose window ends no later than the last window counted for the
 alert (a re-check of the same window, or an older one back-filled) changes nothing.
 Acknowledging records who looked (cleared when the alert fires again after resolving);
-silencing suppresses notifications until a time. Both are audited.
+silencing suppresses its incident's notifications until a time (an incident is silenced
+while all of its open findings are). Both are audited.
 
-``process_check_run`` commits the alerts, their pending notifications and any rollback
-recommendation in one transaction, and only then delivers notifications and deploy hooks
-(``monitor.alerting.notify``), so a channel that is down never loses an alert.
+Findings do not notify on their own: after the rules, ``monitor.alerting.incidents`` files
+the version's open findings under incidents by cause, and an incident notifies when it
+opens, escalates and resolves.
+
+``process_check_run`` commits the alerts, the incidents, their pending notifications and any
+rollback recommendation in one transaction, and only then delivers notifications and deploy
+hooks (``monitor.alerting.notify``), so a channel that is down never loses a page.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,22 +38,25 @@ from sqlalchemy.orm import Session
 
 from monitor import registry
 from monitor.alerting.config import AlertingConfig, load_config
+from monitor.alerting.incidents import group_run
 from monitor.alerting.notify import (
     DeliveryReport,
     deliver_pending,
-    queue_notifications,
     resend_firing,
 )
 from monitor.alerting.rules import Observation, observe_all
 from monitor.errors import NotFoundError, ValidationError
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
+from monitor.store.incidents import AlertInfo, NotificationInfo
 from monitor.store.models import Alert, Notification
 from monitor.store.results import CheckRunInfo, get_check_run
 
 log = logging.getLogger(__name__)
 
 ALERT_STATES = ("pending", "firing", "resolved")
+__all__ = ["AlertInfo", "EvaluationReport", "NotificationInfo", "Transition",
+           "evaluate_run", "process_check_run"]
 
 
 @dataclass(frozen=True)
@@ -68,69 +76,23 @@ class EvaluationReport:
     notifications_queued: int
     recommendations: tuple[registry.RecommendationInfo, ...]
     delivery: DeliveryReport | None = None
-
-
-@dataclass(frozen=True)
-class NotificationInfo:
-    id: int
-    channel: str
-    target: str
-    event: str
-    status: str
-    attempts: int
-    last_error: str | None
-    created_at: datetime
-    next_attempt_at: datetime | None
-    sent_at: datetime | None
-
-
-@dataclass(frozen=True)
-class AlertInfo:
-    id: int
-    key: str
-    rule: str
-    model: str
-    model_version: str | None
-    severity: str
-    state: str
-    labels: dict[str, Any]
-    summary: str | None
-    consecutive: int
-    firing_windows: int
-    started_at: datetime
-    fired_at: datetime | None
-    updated_at: datetime
-    resolved_at: datetime | None
-    acknowledged_by: str | None
-    acknowledged_at: datetime | None
-    silenced_until: datetime | None
-    last_check_run_id: int | None
-    notifications: tuple[NotificationInfo, ...] = ()
-
-    @classmethod
-    def of(cls, row: Alert, notifications: tuple[NotificationInfo, ...] = ()) -> AlertInfo:
-        return cls(row.id, row.key, row.rule, row.model, row.model_version, row.severity,
-                   row.state, dict(row.labels or {}), row.summary, row.consecutive,
-                   row.firing_windows, row.started_at, row.fired_at, row.updated_at,
-                   row.resolved_at, row.acknowledged_by, row.acknowledged_at,
-                   row.silenced_until, row.last_check_run_id, notifications)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    incidents_opened: tuple[int, ...] = ()
+    incidents_escalated: tuple[int, ...] = ()
+    incidents_resolved: tuple[int, ...] = ()
 
 
 def _new_window(alert: Alert, run: CheckRunInfo) -> bool:
     return alert.last_window_end is None or run.window_end > alert.last_window_end
 
 
-def _apply(session: Session, obs: Observation, run: CheckRunInfo, config: AlertingConfig,
-           now: datetime) -> tuple[Alert | None, Transition | None, int]:
-    """One observation's effect on its alert: (alert, transition or None, notifications)."""
+def _apply(session: Session, obs: Observation, run: CheckRunInfo, now: datetime
+           ) -> tuple[Alert | None, Transition | None]:
+    """One observation's effect on its alert: (alert, transition or None)."""
     alert = session.scalar(select(Alert).where(Alert.key == obs.key))
     if alert is None and not obs.active:
-        return None, None, 0
+        return None, None
     if alert is not None and not _new_window(alert, run):
-        return alert, None, 0
+        return alert, None
     before = None if alert is None else alert.state
     if alert is None:
         alert = Alert(key=obs.key, rule=obs.rule.name, model=run.model,
@@ -138,7 +100,6 @@ def _apply(session: Session, obs: Observation, run: CheckRunInfo, config: Alerti
                       labels=obs.labels, summary=obs.summary, consecutive=0, firing_windows=0,
                       started_at=now, updated_at=now)
         session.add(alert)
-    queued = 0
     if obs.active:
         if alert.state == "resolved":
             alert.state, alert.started_at, alert.fired_at, alert.resolved_at = (
@@ -156,14 +117,10 @@ def _apply(session: Session, obs: Observation, run: CheckRunInfo, config: Alerti
         alert.consecutive, alert.firing_windows = 0, 0
     alert.last_check_run_id, alert.last_window_end, alert.updated_at = run.id, run.window_end, now
     session.flush()
-    if alert.state == "firing":
-        queued = queue_notifications(session, alert, event="firing", config=config, now=now)
-    elif before == "firing" and alert.state == "resolved":
-        queued = queue_notifications(session, alert, event="resolved", config=config, now=now)
     changed = before != alert.state
     transition = Transition(alert.id, alert.rule, dict(alert.labels or {}), before,
                             alert.state) if changed else None
-    return alert, transition, queued
+    return alert, transition
 
 
 def _orphans(session: Session, run: CheckRunInfo, config: AlertingConfig) -> list[Alert]:
@@ -177,13 +134,13 @@ def _orphans(session: Session, run: CheckRunInfo, config: AlertingConfig) -> lis
 
 def evaluate_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
                  now: datetime | None = None) -> EvaluationReport:
-    """Apply every rule to one check run, queue notifications and apply the rollback
-    policies of the run's model, all in the caller's transaction."""
+    """Apply every rule to one check run, group the version's findings into incidents (and
+    queue their notifications) and apply the rollback policies of the run's model, all in
+    the caller's transaction."""
     now = now or datetime.now(UTC)
-    transitions, firing, queued = [], [], 0
+    transitions, firing = [], []
     for obs in observe_all(config.rules, run):
-        alert, transition, added = _apply(session, obs, run, config, now)
-        queued += added
+        alert, transition = _apply(session, obs, run, now)
         if transition is not None:
             transitions.append(transition)
             log.info("alert %d %s %s: %s -> %s", transition.alert_id, obs.rule.name,
@@ -195,16 +152,17 @@ def evaluate_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
         alert.state, alert.resolved_at, alert.updated_at = "resolved", now, now
         alert.consecutive, alert.firing_windows = 0, 0
         session.flush()
-        if before == "firing":
-            queued += queue_notifications(session, alert, event="resolved", config=config,
-                                          now=now)
         transitions.append(Transition(alert.id, alert.rule, dict(alert.labels or {}), before,
                                       "resolved"))
         log.info("alert %d %s resolved: its rule is no longer configured", alert.id, alert.rule)
+    grouped = group_run(session, run, config, now=now)
     recommendations = registry.apply_rollback_policies(session, config, model=run.model,
                                                        now=now)
-    return EvaluationReport(run.id, tuple(transitions), tuple(firing), queued,
-                            tuple(recommendations))
+    return EvaluationReport(run.id, tuple(transitions), tuple(firing),
+                            grouped.notifications_queued, tuple(recommendations),
+                            incidents_opened=tuple(grouped.opened),
+                            incidents_escalated=tuple(grouped.escalated),
+                            incidents_resolved=tuple(grouped.resolved))
 
 
 def process_check_run(runtime: Runtime, check_run_id: int, *,
@@ -219,8 +177,7 @@ def process_check_run(runtime: Runtime, check_run_id: int, *,
         return report
     delivery = deliver_pending(runtime, config=config, now=now)
     registry.deliver_deploy_hooks(runtime, config=config, now=now)
-    return EvaluationReport(report.check_run_id, report.transitions, report.firing,
-                            report.notifications_queued, report.recommendations, delivery)
+    return replace(report, delivery=delivery)
 
 
 def _check_run_id(outcome: Any) -> int:
@@ -252,12 +209,14 @@ def on_check_complete(runtime: Runtime, outcome: Any) -> EvaluationReport | None
 # --- reading and changing alerts -----------------------------------------------------------
 
 
-def _notifications(session: Session, alert_id: int) -> tuple[NotificationInfo, ...]:
-    rows = session.scalars(select(Notification).where(Notification.alert_id == alert_id)
-                           .order_by(Notification.id))
-    return tuple(NotificationInfo(r.id, r.channel, r.target, r.event, r.status, r.attempts,
-                                  r.last_error, r.created_at, r.next_attempt_at, r.sent_at)
-                 for r in rows)
+def _notifications(session: Session, alert: Alert) -> tuple[NotificationInfo, ...]:
+    """What was sent about an alert: its incident's notifications (and its own, from before
+    incidents)."""
+    about = Notification.alert_id == alert.id
+    if alert.incident_id is not None:
+        about = about | (Notification.incident_id == alert.incident_id)
+    rows = session.scalars(select(Notification).where(about).order_by(Notification.id))
+    return tuple(NotificationInfo.of(r) for r in rows)
 
 
 def _alert(session: Session, alert_id: int) -> Alert:
@@ -268,8 +227,9 @@ def _alert(session: Session, alert_id: int) -> Alert:
 
 
 def get_alert(session: Session, alert_id: int) -> AlertInfo:
-    """One alert with its notifications."""
-    return AlertInfo.of(_alert(session, alert_id), _notifications(session, alert_id))
+    """One alert with its (incident's) notifications."""
+    row = _alert(session, alert_id)
+    return AlertInfo.of(row, _notifications(session, row))
 
 
 def list_alerts(session: Session, *, state: str | None = "active", model: str | None = None,

@@ -1,19 +1,27 @@
 """Notifications: Alertmanager (v2 API), generic JSON webhooks and email (SMTP), with retry.
 
-Delivery is an outbox. The engine commits the alert and one ``notification`` row per channel
-(status ``pending``) in the same transaction as the alert's state change; only then does
+What notifies is an *incident* (``monitor.alerting.incidents``): the findings of one model
+version that share a cause. An incident is notified when it opens (event ``firing``), when it
+escalates from warning to critical (``escalated``, once) and when it resolves or is accepted
+(``resolved``); its findings (alerts) never notify on their own.
+
+Delivery is an outbox. The engine commits the incident and one ``notification`` row per
+channel (status ``pending``) in the same transaction as the incident's change; only then does
 ``deliver_pending`` send what is due, each send outside any transaction, and record the
 outcome: ``sent``, or a failure with ``attempts``, ``last_error`` and ``next_attempt_at``
 (exponential backoff, ``RetryPolicy``) until ``max_attempts`` marks it ``failed``. A channel
-that is down therefore never loses an alert: the alert row is already committed, and the
+that is down therefore never loses a page: the incident is already committed, and the
 notification waits for the next ``deliver_pending`` (run after every check and by the
 delivery loop of ``monitor serve`` / ``monitor alerts deliver``).
 
 Alertmanager expects re-sends: it treats an alert as resolved once its ``endsAt`` passes.
-While an alert fires we send ``endsAt`` = now + 4 x ``resend_interval`` and
-``resend_firing`` re-arms the Alertmanager notification every ``resend_interval``, so the
-alert stays active there for as long as it fires here and resolves there on its own (after
-at most four intervals) if this service stops.
+While an incident is open we send ``endsAt`` = now + 4 x ``resend_interval`` and
+``resend_firing`` re-arms its Alertmanager notification every ``resend_interval``, so it
+stays active there for as long as it is open here and resolves there on its own (after at
+most four intervals) if this service stops. Its Alertmanager identity is its labels:
+``alertname`` ``MonitorIncident``, ``model``, ``model_version``, ``severity``, ``cause`` and
+``incident_id`` (plus the extra ``labels`` of its leading finding's rule), so an escalation is
+sent as the critical alert together with the end of the warning one.
 
 Safe output. Labels and summaries carry event-derived values (a site, a software version),
 so every channel treats them as untrusted text: JSON bodies (webhook, Alertmanager) are sent
@@ -27,9 +35,9 @@ from __future__ import annotations
 
 import logging
 import smtplib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -49,56 +57,116 @@ from monitor.alerting.config import (
 from monitor.runtime import Runtime
 from monitor.safe_output import html_safe_json, html_text, safe_link, visible
 from monitor.store.db import session_scope
-from monitor.store.models import Alert, Notification
+from monitor.store.models import Alert, Incident, Notification
 
 log = logging.getLogger(__name__)
 
 # Alertmanager keeps a firing alert active until endsAt; we re-send well before that.
 ENDS_AT_INTERVALS = 4
 # Each rule's runbook: docs/runbooks/<rule>.md in this repository (a site's own rules add
-# theirs there). Relative, like the Prometheus rules' runbook_url.
+# theirs there). Relative, like the Prometheus rules' runbook_url. An incident links the
+# runbook of its leading finding's rule.
 RUNBOOKS_PATH = "docs/runbooks"
-# The dashboard page that lists the service's alerts (dashboards/app.py, url_path "alerts").
+# The dashboard page that lists the incidents and their findings (dashboards/app.py,
+# url_path "alerts").
 DASHBOARD_ALERTS_PAGE = "alerts"
+INCIDENT_ALERTNAME = "MonitorIncident"
+EVENTS = ("firing", "escalated", "resolved")
+OPEN_ALERT_STATES = ("pending", "firing")
+# Labels every finding carries that say where it came from, not how to route it: an
+# incident's labels take only the other (the rule's own ``labels:``) from its leading finding.
+FINDING_LABELS = frozenset({"alertname", "model", "model_version", "severity", "category",
+                            "detector", "feature"})
 _SEND_ERRORS = (httpx.HTTPError, OSError, smtplib.SMTPException, ValueError)
 
 
 @dataclass(frozen=True)
-class AlertMessage:
-    """What a channel sends about one alert transition."""
+class IncidentMessage:
+    """What a channel sends about one incident event. ``findings``: the incident's evidence
+    rows (rule, detector, feature, family, level, statistic, since, effect, ...).
 
-    alert_id: int
-    event: str  # firing | resolved
-    rule: str
+    A notification written before incidents (revision 0004) belongs to an alert: its message
+    has no ``incident_id`` and describes that alert (``of_alert``)."""
+
+    incident_id: int | None
+    event: str  # firing | escalated | resolved
+    rule: str  # the leading finding's rule: the runbook
     model: str
     model_version: str | None
     severity: str
     state: str
+    cause_field: str | None
+    cause_value: str | None
+    cause_label: str | None
     labels: Mapping[str, str]
     summary: str
-    started_at: datetime
-    fired_at: datetime | None
+    opened_at: datetime
+    paged_at: datetime | None
     resolved_at: datetime | None
-    acknowledged_by: str | None
+    resolved_reason: str | None
+    first_evidence_day: date | None
+    findings: tuple[Mapping[str, Any], ...]
     url: str
     runbook_url: str
     dashboard_url: str
+    alert_id: int | None = None
 
     @classmethod
-    def of(cls, alert: Alert, *, event: str, external_url: str,
-           dashboard_url: str) -> AlertMessage:
-        """``dashboard_url`` is the dashboard's base address (MONITOR_DASHBOARD_URL)."""
+    def of(cls, incident: Incident, *, event: str, lead: Alert | None, external_url: str,
+           dashboard_url: str) -> IncidentMessage:
+        """``lead``: the incident's leading finding (its rule names the runbook and lends
+        its own labels); ``dashboard_url`` is the dashboard's base (MONITOR_DASHBOARD_URL)."""
+        rule = lead.rule if lead is not None else INCIDENT_ALERTNAME
+        extra = {} if lead is None else {
+            str(k): str(v) for k, v in (lead.labels or {}).items() if k not in FINDING_LABELS}
         return cls(
-            alert_id=alert.id, event=event, rule=alert.rule, model=alert.model,
+            incident_id=incident.id, event=event, rule=rule, model=incident.model,
+            model_version=incident.model_version, severity=incident.severity,
+            state=incident.state, cause_field=incident.cause_field,
+            cause_value=incident.cause_value, cause_label=incident.cause_label,
+            labels=incident_labels(incident, extra),
+            summary=incident.summary or incident.cause_label, opened_at=incident.opened_at,
+            paged_at=incident.paged_at, resolved_at=incident.resolved_at,
+            resolved_reason=incident.resolved_reason,
+            first_evidence_day=incident.first_evidence_day,
+            findings=tuple(dict(row) for row in incident.evidence or []),
+            url=f"{external_url.rstrip('/')}/v1/incidents/{incident.id}",
+            runbook_url=runbook_url(rule),
+            dashboard_url=f"{dashboard_url.rstrip('/')}/{DASHBOARD_ALERTS_PAGE}",
+        )
+
+    @classmethod
+    def of_alert(cls, alert: Alert, *, event: str, external_url: str, dashboard_url: str
+                 ) -> IncidentMessage:
+        """A notification queued for one alert before incidents existed."""
+        return cls(
+            incident_id=None, event=event, rule=alert.rule, model=alert.model,
             model_version=alert.model_version, severity=alert.severity, state=alert.state,
+            cause_field=None, cause_value=None, cause_label=None,
             labels={str(k): str(v) for k, v in (alert.labels or {}).items()},
-            summary=alert.summary or alert.rule, started_at=alert.started_at,
-            fired_at=alert.fired_at, resolved_at=alert.resolved_at,
-            acknowledged_by=alert.acknowledged_by,
+            summary=alert.summary or alert.rule, opened_at=alert.started_at,
+            paged_at=alert.fired_at, resolved_at=alert.resolved_at, resolved_reason=None,
+            first_evidence_day=None, findings=(),
             url=f"{external_url.rstrip('/')}/v1/alerts/{alert.id}",
             runbook_url=runbook_url(alert.rule),
             dashboard_url=f"{dashboard_url.rstrip('/')}/{DASHBOARD_ALERTS_PAGE}",
+            alert_id=alert.id,
         )
+
+
+def incident_labels(incident: Incident, extra: Mapping[str, str] | None = None
+                    ) -> dict[str, str]:
+    """An incident's labels: its identity in Alertmanager (the fixed ones win over
+    ``extra``, a rule's own routing labels)."""
+    return {
+        **(extra or {}),
+        "alertname": INCIDENT_ALERTNAME,
+        "model": incident.model,
+        "model_version": incident.model_version,
+        "severity": incident.severity,
+        "cause": f"{incident.cause_field}={incident.cause_value}",
+        "incident_id": str(incident.id),
+    }
 
 
 def runbook_url(rule: str) -> str:
@@ -118,43 +186,76 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def alertmanager_payload(message: AlertMessage, *, now: datetime,
+def _day(day: date | None) -> str | None:
+    return None if day is None else day.isoformat()
+
+
+def _annotations(message: IncidentMessage) -> dict[str, str]:
+    notes = {"summary": message.summary, "runbook_url": message.runbook_url,
+             "dashboard_url": message.dashboard_url}
+    if message.incident_id is not None:
+        notes["incident_id"] = str(message.incident_id)
+    if message.alert_id is not None:
+        notes["alert_id"] = str(message.alert_id)
+    if message.cause_label:
+        notes["cause"] = message.cause_label
+    if message.first_evidence_day is not None:
+        notes["since"] = message.first_evidence_day.isoformat()
+    if message.resolved_reason:
+        notes["resolved_reason"] = message.resolved_reason
+    return notes
+
+
+def alertmanager_payload(message: IncidentMessage, *, now: datetime,
                          resend_interval_s: float) -> list[dict[str, Any]]:
-    """The body of ``POST /api/v2/alerts``: a list with this one alert."""
+    """The body of ``POST /api/v2/alerts``: the incident's alert; for an escalation, also
+    the end of its warning alert (another identity, since ``severity`` is a label)."""
     if message.event == "resolved":
         ends_at = message.resolved_at or now
     else:
         ends_at = now + timedelta(seconds=ENDS_AT_INTERVALS * resend_interval_s)
-    return [{
+    starts_at = _iso(message.paged_at or message.opened_at)
+    alerts = [{
         "labels": dict(message.labels),
-        "annotations": {"summary": message.summary, "alert_id": str(message.alert_id),
-                        "runbook_url": message.runbook_url,
-                        "dashboard_url": message.dashboard_url,
-                        **({"acknowledged_by": message.acknowledged_by}
-                           if message.acknowledged_by else {})},
-        "startsAt": _iso(message.fired_at or message.started_at),
+        "annotations": _annotations(message),
+        "startsAt": starts_at,
         "endsAt": _iso(ends_at),
         "generatorURL": message.url,
     }]
+    if message.event == "escalated":
+        alerts.append({
+            "labels": {**message.labels, "severity": "warning"},
+            "annotations": {**_annotations(message), "escalated_to": message.severity},
+            "startsAt": starts_at,
+            "endsAt": _iso(now),
+            "generatorURL": message.url,
+        })
+    return alerts
 
 
-def webhook_payload(message: AlertMessage, *, now: datetime) -> dict[str, Any]:
+def webhook_payload(message: IncidentMessage, *, now: datetime) -> dict[str, Any]:
     return {
-        "version": "1",
+        "version": "2",
         "status": message.event,
-        "alert": {
-            "id": message.alert_id,
-            "rule": message.rule,
+        "incident_id": message.incident_id,
+        "incident": {
+            "id": message.incident_id,
+            "alert_id": message.alert_id,
             "model": message.model,
             "model_version": message.model_version,
             "severity": message.severity,
             "state": message.state,
+            "cause": {"field": message.cause_field, "value": message.cause_value,
+                      "label": message.cause_label},
+            "rule": message.rule,
             "labels": dict(message.labels),
             "summary": message.summary,
-            "started_at": _iso(message.started_at),
-            "fired_at": _iso(message.fired_at) if message.fired_at else None,
+            "opened_at": _iso(message.opened_at),
+            "paged_at": _iso(message.paged_at) if message.paged_at else None,
             "resolved_at": _iso(message.resolved_at) if message.resolved_at else None,
-            "acknowledged_by": message.acknowledged_by,
+            "resolved_reason": message.resolved_reason,
+            "first_evidence_day": _day(message.first_evidence_day),
+            "findings": [dict(row) for row in message.findings],
             "url": message.url,
             "runbook_url": message.runbook_url,
             "dashboard_url": message.dashboard_url,
@@ -163,31 +264,53 @@ def webhook_payload(message: AlertMessage, *, now: datetime) -> dict[str, Any]:
     }
 
 
-def _email_lines(message: AlertMessage) -> list[tuple[str, str]]:
-    """(name, value) rows of an alert email, values as the alert holds them."""
+def _email_lines(message: IncidentMessage) -> list[tuple[str, str]]:
+    """(name, value) rows of an incident email, values as the incident holds them."""
     rows = [("state", message.event), ("severity", message.severity),
-            ("model", f"{message.model} {message.model_version or ''}".strip()),
-            ("started", _iso(message.started_at))]
+            ("model", f"{message.model} {message.model_version or ''}".strip())]
+    if message.incident_id is not None:
+        rows.append(("incident", str(message.incident_id)))
+    if message.cause_label:
+        rows.append(("cause", message.cause_label))
+    if message.first_evidence_day is not None:
+        rows.append(("since", message.first_evidence_day.isoformat()))
+    rows.append(("opened", _iso(message.opened_at)))
     if message.resolved_at:
         rows.append(("resolved", _iso(message.resolved_at)))
+    if message.resolved_reason:
+        rows.append(("reason", message.resolved_reason))
     rows += [("runbook", message.runbook_url), ("dashboard", message.dashboard_url)]
     return rows
 
 
-def email_text(message: AlertMessage) -> str:
+def _finding_line(row: Mapping[str, Any]) -> str:
+    parts = [str(row.get("rule", "")), str(row.get("stream") or row.get("feature") or "")]
+    if row.get("level"):
+        parts.append(str(row["level"]))
+    if row.get("effect"):
+        parts.append(str(row["effect"]))
+    return " | ".join(part for part in parts if part)
+
+
+def email_text(message: IncidentMessage) -> str:
     """The plain-text part: values without control or bidirectional characters."""
     lines = [visible(message.summary), ""]
     lines += [f"{name}: {visible(value)}" for name, value in _email_lines(message)]
+    if message.findings:
+        lines += ["", "findings:", *(f"  {visible(_finding_line(row))}"
+                                     for row in message.findings)]
     lines += ["", "labels:",
               *(f"  {visible(k)}={visible(v)}" for k, v in sorted(message.labels.items())),
               "", visible(message.url)]
     return "\n".join(lines) + "\n"
 
 
-def email_html(message: AlertMessage) -> str:
-    """The HTML part: every value escaped; the alert's URL a link only when it is http(s)."""
+def email_html(message: IncidentMessage) -> str:
+    """The HTML part: every value escaped; the incident's URL a link only when it is
+    http(s)."""
     rows = "".join(f"<tr><th>{html_text(name)}</th><td>{html_text(value)}</td></tr>"
                    for name, value in _email_lines(message))
+    findings = "".join(f"<li>{html_text(_finding_line(row))}</li>" for row in message.findings)
     labels = "".join(f"<tr><th>{html_text(k)}</th><td>{html_text(v)}</td></tr>"
                      for k, v in sorted(message.labels.items()))
     link = safe_link(message.url)
@@ -195,13 +318,16 @@ def email_html(message: AlertMessage) -> str:
               else f"<p>{html_text(message.url)}</p>")
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>"
             f"<p>{html_text(message.summary)}</p><table>{rows}</table>"
-            f"<h4>labels</h4><table>{labels}</table>{footer}</body></html>")
+            + (f"<h4>findings</h4><ul>{findings}</ul>" if findings else "")
+            + f"<h4>labels</h4><table>{labels}</table>{footer}</body></html>")
 
 
-def email_message(message: AlertMessage, channel: EmailChannel) -> EmailMessage:
+def email_message(message: IncidentMessage, channel: EmailChannel) -> EmailMessage:
     mail = EmailMessage()
-    mail["Subject"] = visible(f"[{message.event.upper()}:{message.severity}] {message.rule} "
-                              f"{message.model} {message.model_version or ''}").strip()
+    what = (f"incident {message.incident_id} {message.model} {message.model_version or ''}: "
+            f"{message.cause_label}" if message.incident_id is not None
+            else f"{message.rule} {message.model} {message.model_version or ''}")
+    mail["Subject"] = visible(f"[{message.event.upper()}:{message.severity}] {what}").strip()
     mail["From"] = channel.sender
     mail["To"] = ", ".join(channel.to)
     mail.set_content(email_text(message))
@@ -232,7 +358,7 @@ def _send_email(mail: EmailMessage, channel: EmailChannel, *, timeout_s: float) 
         smtp.send_message(mail)
 
 
-def send(channel: Channel, message: AlertMessage, *, settings: NotificationSettings,
+def send(channel: Channel, message: IncidentMessage, *, settings: NotificationSettings,
          now: datetime) -> None:
     """One delivery attempt; raises on any failure (refused, timeout, non-2xx, SMTP error)."""
     timeout_s = settings.retry.timeout_s
@@ -252,28 +378,55 @@ def is_silenced(alert: Alert, now: datetime) -> bool:
     return alert.silenced_until is not None and alert.silenced_until > now
 
 
-def queue_notifications(session: Session, alert: Alert, *, event: str,
-                        config: AlertingConfig, now: datetime) -> int:
-    """Add a pending notification per channel that takes the alert's severity, in the
-    caller's transaction. A firing alert is notified once per episode (since ``started_at``)
-    per channel; a silenced alert is not notified. Returns how many were added."""
-    if is_silenced(alert, now):
+def incident_findings(session: Session, incident: Incident) -> list[Alert]:
+    return list(session.scalars(select(Alert).where(Alert.incident_id == incident.id)
+                                .order_by(Alert.id)))
+
+
+def lead_finding(findings: Sequence[Alert], severity: str) -> Alert | None:
+    """The finding an incident's runbook and routing labels come from: the oldest open one
+    at the incident's severity, else the oldest open one, else the oldest."""
+    open_ = [a for a in findings if a.state in OPEN_ALERT_STATES]
+    at_severity = [a for a in open_ if a.severity == severity]
+    for group in (at_severity, open_, list(findings)):
+        if group:
+            return min(group, key=lambda a: a.id)
+    return None
+
+
+def incident_silenced(session: Session, incident: Incident, now: datetime) -> bool:
+    """An incident is silenced while every one of its open findings is (every finding, once
+    none is open); one without findings is not."""
+    findings = incident_findings(session, incident)
+    open_ = [a for a in findings if a.state in OPEN_ALERT_STATES] or findings
+    return bool(open_) and all(is_silenced(a, now) for a in open_)
+
+
+def queue_incident_notifications(session: Session, incident: Incident, *, event: str,
+                                 config: AlertingConfig, now: datetime) -> int:
+    """Add a pending notification of ``event`` per channel that takes the incident's
+    severity, in the caller's transaction; each event at most once per incident and channel
+    (one dropped while silenced is queued again). A silenced incident is not notified.
+    Returns how many were added."""
+    if event not in EVENTS:
+        raise ValueError(f"event {event!r} is not one of {', '.join(EVENTS)}")
+    if incident_silenced(session, incident, now):
         return 0
+    # a channel that first heard of the incident at its escalation has had its page
+    same = ("firing", "escalated") if event == "firing" else (event,)
     added = 0
     for channel in config.notifications.channels:
-        if not channel.accepts(alert.severity):
+        if not channel.accepts(incident.severity):
             continue
         already = session.scalar(select(Notification.id).where(
-            Notification.alert_id == alert.id, Notification.channel == channel.kind,
-            Notification.target == channel.target, Notification.event == event,
+            Notification.incident_id == incident.id, Notification.channel == channel.kind,
+            Notification.target == channel.target, Notification.event.in_(same),
             Notification.status != "silenced",  # dropped while silenced: notify again
-            Notification.created_at >= (alert.resolved_at if event == "resolved"
-                                        else alert.started_at),
         ).limit(1))
         if already is not None:
             continue
         session.add(Notification(
-            alert_id=alert.id, channel=channel.kind, target=channel.target, event=event,
+            incident_id=incident.id, channel=channel.kind, target=channel.target, event=event,
             status="pending", attempts=0, created_at=now, next_attempt_at=now,
         ))
         added += 1
@@ -281,27 +434,28 @@ def queue_notifications(session: Session, alert: Alert, *, event: str,
 
 
 def resend_firing(session: Session, config: AlertingConfig, *, now: datetime) -> int:
-    """Re-arm the Alertmanager notification of every firing, unsilenced alert whose last
-    send is ``resend_interval`` old (Alertmanager expects re-sends). Returns how many."""
+    """Re-arm the Alertmanager notification of every open, paged, unsilenced incident whose
+    last send is ``resend_interval`` old (Alertmanager expects re-sends). Returns how many."""
     channels = config.notifications.alertmanager
     if not channels:
         return 0
     due = now - timedelta(seconds=config.notifications.resend_interval_s)
     rearmed = 0
-    for alert in session.scalars(select(Alert).where(Alert.state == "firing")):
-        if is_silenced(alert, now):
+    for incident in session.scalars(select(Incident).where(Incident.state == "open",
+                                                           Incident.paged_at.is_not(None))):
+        if incident_silenced(session, incident, now):
             continue
         for channel in channels:
-            if not channel.accepts(alert.severity):
+            if not channel.accepts(incident.severity):
                 continue
             row = session.scalar(select(Notification).where(
-                Notification.alert_id == alert.id, Notification.channel == channel.kind,
-                Notification.target == channel.target, Notification.event == "firing",
-                Notification.created_at >= alert.started_at,
+                Notification.incident_id == incident.id, Notification.channel == channel.kind,
+                Notification.target == channel.target,
+                Notification.event.in_(("firing", "escalated")),
             ).order_by(Notification.id.desc()).limit(1))
             if row is None:
-                rearmed += queue_notifications(session, alert, event="firing", config=config,
-                                               now=now)
+                rearmed += queue_incident_notifications(session, incident, event="firing",
+                                                        config=config, now=now)
             elif (row.status in ("sent", "failed", "silenced")
                   and (row.sent_at or row.created_at) <= due):
                 row.status, row.attempts, row.next_attempt_at = "pending", 0, now
@@ -313,8 +467,26 @@ def resend_firing(session: Session, config: AlertingConfig, *, now: datetime) ->
 class _Claimed:
     notification_id: int
     channel: Channel | None
-    message: AlertMessage
+    message: IncidentMessage
     silenced: bool
+
+
+def _message(session: Session, row: Notification, *, config: AlertingConfig,
+             dashboard_url: str, now: datetime) -> tuple[IncidentMessage, bool]:
+    """The message of a notification row and whether it is silenced now."""
+    external = config.notifications.external_url
+    if row.incident_id is not None:
+        incident = session.get(Incident, row.incident_id)
+        assert incident is not None
+        lead = lead_finding(incident_findings(session, incident), incident.severity)
+        return (IncidentMessage.of(incident, event=row.event, lead=lead, external_url=external,
+                                   dashboard_url=dashboard_url),
+                incident_silenced(session, incident, now))
+    alert = session.get(Alert, row.alert_id)
+    assert alert is not None
+    return (IncidentMessage.of_alert(alert, event=row.event, external_url=external,
+                                     dashboard_url=dashboard_url),
+            is_silenced(alert, now))
 
 
 def _claim(runtime: Runtime, config: AlertingConfig, now: datetime, limit: int
@@ -340,15 +512,12 @@ def _claim(runtime: Runtime, config: AlertingConfig, now: datetime, limit: int
                 continue
             row = session.get(Notification, notification_id)
             assert row is not None
-            alert = session.get(Alert, row.alert_id)
-            assert alert is not None
+            message, silenced = _message(session, row, config=config,
+                                         dashboard_url=runtime.settings.dashboard_url, now=now)
             claimed.append(_Claimed(
                 notification_id=notification_id,
                 channel=config.notifications.channel(row.channel, row.target),
-                message=AlertMessage.of(alert, event=row.event,
-                                        external_url=config.notifications.external_url,
-                                        dashboard_url=runtime.settings.dashboard_url),
-                silenced=is_silenced(alert, now),
+                message=message, silenced=silenced,
             ))
     return claimed
 

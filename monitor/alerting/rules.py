@@ -268,19 +268,28 @@ class _Missing(dict[str, str]):
 
 
 def _observation(rule: Rule, run: CheckRunInfo, scope: dict[str, str],
-                 values: dict[str, Any]) -> Observation:
+                 values: dict[str, Any], category: str | None = None) -> Observation:
     labels = {
         **rule.labels,  # the rule's own labels cannot override the ones below
         "alertname": rule.name,
         "model": run.model,
         "model_version": run.version,
         "severity": rule.severity,
-        "category": rule.category_label,
+        "category": category or rule.category_label,
         **scope,
     }
     active = all(c.holds(values) for c in rule.comparisons)
     return Observation(rule, alert_key(rule.name, run.model, run.version, scope), labels,
                        active, values, _summary(rule, labels, values))
+
+
+def _category(rule: Rule, result: CheckResultInfo) -> str | None:
+    """A rule without its own category on a stream's evidence takes the stream's family
+    (``embedding``, ``performance``, ...), which rollback policies select on."""
+    if rule.category:
+        return rule.category
+    of_family = (result.details or {}).get("of_family")
+    return str(of_family) if of_family else None
 
 
 def observe(rule: Rule, run: CheckRunInfo) -> list[Observation]:
@@ -301,7 +310,7 @@ def observe(rule: Rule, run: CheckRunInfo) -> list[Observation]:
         if rule.metric is not None:
             values[rule.metric] = values["value"]
         scope = {"detector": result.detector, "feature": result.feature}
-        observations.append(_observation(rule, run, scope, values))
+        observations.append(_observation(rule, run, scope, values, _category(rule, result)))
     return observations
 
 
@@ -313,31 +322,21 @@ def _rule(**fields: Any) -> Rule:
     return Rule.model_validate(fields)
 
 
-# The built-in rules, used when the config file has no ``rules:``. A check runs some thirty
-# tests, so a rule on each test's own verdict at alpha 0.05 would alert on most windows with
-# no shift at all: pages need p < 0.01 in two consecutive windows; a never-seen scanner,
-# software version or photometric value alerts on first sight.
+# The built-in rules, used when the config file has no ``rules:``. A check runs some ninety
+# tests, so a rule on each test's own verdict would alert on most days with no shift at all.
+# Every grid check stores one ``SequentialEvidence`` row per stream whose level comes from a
+# cumulative statistic with a stated false-alarm rate (``monitor.detect.sequential``: one
+# false page per version per 365 days, one false warning per 90), so the defaults alert on
+# those levels, at once. The run's health comes from the same levels: a rule on it would
+# repeat them. Their category is the stream's family (``embedding``, ``performance``, ...),
+# which rollback policies select on. Alerts are findings; what notifies is their incident
+# (``monitor.alerting.incidents``).
+SEQUENTIAL_DETECTOR = "SequentialEvidence"
 DEFAULT_RULES: tuple[Rule, ...] = (
-    _rule(name="embedding-drift", family="embedding", condition="p_value < 0.01", **{"for": 2},
-          severity="critical", category="embedding-drift",
-          summary="{model} {model_version}: embedding drift ({detector}, p={p_value})"),
-    _rule(name="new-category", family="metadata", condition='details.reason == "new_category"',
-          severity="warning",
-          summary="{model} {model_version}: new {feature} never seen in the baseline"),
-    _rule(name="metadata-drift", family="metadata", condition="p_value < 0.01", **{"for": 2},
-          severity="warning",
-          summary="{model} {model_version}: {feature} distribution changed ({detector}, "
-          "p={p_value})"),
-    _rule(name="prediction-drift", family="prediction", condition="drift == true",
-          **{"for": 2}, severity="warning",
-          summary="{model} {model_version}: {feature} output distribution changed"),
-    _rule(name="performance-drop", family="performance", condition="p_value < 0.01",
-          **{"for": 2}, severity="critical", category="performance",
-          summary="{model} {model_version}: {feature} worse than baseline (now {value}, "
-          "p={p_value})"),
-    _rule(name="subgroup-bias", family="bias", condition="drift == true", **{"for": 2},
-          severity="warning", summary="{model} {model_version}: subgroup gap {feature}"),
-    _rule(name="health-red", metric="health_score", condition="value < 0.6", **{"for": 2},
-          severity="critical", category="health",
-          summary="{model} {model_version}: health score {value} below 0.6"),
+    _rule(name="sequential-page", detector=SEQUENTIAL_DETECTOR,
+          condition='details.level == "page"', severity="critical",
+          summary="{model} {model_version}: {feature} at paging level (Z={statistic})"),
+    _rule(name="sequential-warning", detector=SEQUENTIAL_DETECTOR,
+          condition='details.level == "warning"', severity="warning",
+          summary="{model} {model_version}: {feature} at warning level (Z={statistic})"),
 )

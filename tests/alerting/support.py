@@ -176,6 +176,46 @@ def result(detector: str, feature: str, *, p_value: float | None, drift: bool | 
     }
 
 
+PAGE_AT, WARNING_AT = 4.5, 3.6
+
+
+def sequential(stream: str, family: str, level: str, *, since: str = "2026-10-11",
+               daily_p: float = 1e-5, statistic: float | None = None,
+               direction: str | None = None) -> dict[str, Any]:
+    """A ``SequentialEvidence`` row of one stream (``"MMDDrift/embedding"``) at ``level``
+    (quiet, warning, page), as the grid checks store it."""
+    detector, _, feature = stream.partition("/")
+    if statistic is None:
+        statistic = {"page": PAGE_AT + 1.0, "warning": WARNING_AT + 0.2}.get(level, 0.5)
+    details: dict[str, Any] = {
+        "family": "sequential", "of_family": family, "level": level, "warning_at": WARNING_AT,
+        "page_at": PAGE_AT, "days": 2, "since": since, "daily_p": daily_p, "z": 4.0,
+        "rho": 0.2, "reference": "weekday", "detector": detector, "feature": feature}
+    if direction is not None:
+        details["direction"] = direction
+    return {"detector": "SequentialEvidence", "feature": stream, "statistic": statistic,
+            "p_value": None, "threshold": PAGE_AT, "drift": level == "page",
+            "n_reference": 500, "n_current": 200, "details": details}
+
+
+def rank(field: str, value: str, n_current: int, contribution: float, *,
+         share_current: float = 0.1, n_reference: int = 0) -> dict[str, Any]:
+    """One entry of an attribution ranking."""
+    return {"field": field, "value": value, "n_reference": n_reference, "n_current": n_current,
+            "share_reference": 0.0, "share_current": share_current, "own_drift": contribution,
+            "contribution": contribution, "explained_share": 0.5, "basis": "embedding"}
+
+
+def attribution(*ranking: dict[str, Any], basis: str = "embedding") -> dict[str, Any]:
+    """An ``Attribution`` row holding ``ranking`` (largest contribution first)."""
+    top = ranking[0]
+    return {"detector": "Attribution", "feature": basis, "statistic": top["contribution"],
+            "p_value": None, "threshold": 0.0, "drift": False, "n_reference": 500,
+            "n_current": 200, "details": {"family": "attribution", "basis": basis,
+                                          "top": f"{top['field']}={top['value']}",
+                                          "ranking": list(ranking)}}
+
+
 def store_run(runtime: Runtime, version_id: int, *, day: float,
               results: list[dict[str, Any]], health_score: float | None = 0.9,
               label: str = "1d", status: str = "ok") -> int:

@@ -1,6 +1,6 @@
 """A real Alertmanager (Debian's ``prometheus-alertmanager``) on loopback receives the
-service's alert when the simulator's software-update episode is checked, and passes it on to
-a webhook receiver started by the test; the resolution follows the same way."""
+service's incident when the simulator's software-update episode is checked, and passes it on
+to a webhook receiver started by the test; the resolution follows the same way."""
 
 from __future__ import annotations
 
@@ -61,18 +61,20 @@ def test_alertmanager_receives_the_software_update_alert(
 
     run_id = simulated_template.check_run_ids["software-update"]
     report = engine.process_check_run(simulated_runtime, run_id, config=config)
-    (alert_id,) = report.firing
+    assert len(report.firing) == 1
+    (incident_id,) = report.incidents_opened
     assert report.delivery is not None and report.delivery.sent == 1
 
-    # Alertmanager's own API holds the alert with our labels
+    # Alertmanager's own API holds the incident with our labels
     alerts = httpx.get(f"{alertmanager.url}/api/v2/alerts", timeout=5).json()
-    (held,) = [a for a in alerts if a["labels"]["alertname"] == "ScannerSoftwareChanged"]
+    (held,) = [a for a in alerts if a["labels"]["alertname"] == "MonitorIncident"]
     assert held["labels"]["model"] == "cxr-triage"
     assert held["labels"]["model_version"] == PRODUCTION
-    assert held["labels"]["feature"] == "software_version"
-    assert held["labels"]["team"] == "imaging-ai"
+    assert held["labels"]["incident_id"] == str(incident_id)
+    assert held["labels"]["team"] == "imaging-ai"  # the finding's rule routes its incident
+    assert held["labels"]["severity"] == "warning"
     assert held["status"]["state"] == "active"
-    assert held["generatorURL"] == f"http://monitor:8000/v1/alerts/{alert_id}"
+    assert held["generatorURL"] == f"http://monitor:8000/v1/incidents/{incident_id}"
     assert held["annotations"]["runbook_url"] == "docs/runbooks/ScannerSoftwareChanged.md"
     assert held["annotations"]["dashboard_url"] == "http://127.0.0.1:8501/alerts"
 
@@ -80,21 +82,22 @@ def test_alertmanager_receives_the_software_update_alert(
     firing = alertmanager.receiver.wait_for(
         lambda r: any(x.body["status"] == "firing" for x in r))
     notified = next(x.body for x in firing if x.body["status"] == "firing")
-    assert notified["groupLabels"]["alertname"] == "ScannerSoftwareChanged"
+    assert notified["groupLabels"]["alertname"] == "MonitorIncident"
     (passed,) = notified["alerts"]
-    assert passed["labels"]["feature"] == "software_version"
+    assert passed["labels"]["incident_id"] == str(incident_id)
     assert "software_version" in passed["annotations"]["summary"]
 
-    # a later window without the finding resolves it, in Alertmanager too
+    # two later windows without the finding resolve it, in Alertmanager too
     version_id = simulated_runtime_version_id(simulated_runtime)
-    later = store_run(simulated_runtime, version_id, day=40, results=[
-        result("CategoricalDrift", "software_version", p_value=0.6)])
-    resolved = engine.process_check_run(simulated_runtime, later, config=config)
-    assert [t.after for t in resolved.transitions] == ["resolved"]
+    for day in (40, 41):
+        later = store_run(simulated_runtime, version_id, day=day, results=[
+            result("CategoricalDrift", "software_version", p_value=0.6)])
+        resolved = engine.process_check_run(simulated_runtime, later, config=config)
+    assert resolved.incidents_resolved == (incident_id,)
     done = alertmanager.receiver.wait_for(
         lambda r: any(x.body["status"] == "resolved" for x in r))
     assert next(x.body for x in done if x.body["status"] == "resolved")["alerts"][0][
-        "labels"]["alertname"] == "ScannerSoftwareChanged"
+        "labels"]["incident_id"] == str(incident_id)
 
 
 def simulated_runtime_version_id(runtime: Runtime) -> int:

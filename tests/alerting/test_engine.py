@@ -17,7 +17,7 @@ from monitor.alerting.config import AlertingConfig, parse_config
 from monitor.errors import ValidationError
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
-from monitor.store.models import Alert, AuditEntry, Notification
+from monitor.store.models import Alert, AuditEntry, Incident, Notification
 from tests.alerting.support import add_version, result, store_run
 
 PERF_RULE = {"name": "perf", "family": "performance", "condition": "p_value < 0.01",
@@ -130,6 +130,8 @@ def test_alerts_of_a_removed_rule_resolve_at_the_next_check(runtime: Runtime) ->
                        other_rule)
     assert [(t.rule, t.before, t.after) for t in report.transitions] == [
         ("perf", "firing", "resolved")]
+    # its incident ends after a second window without an open finding
+    _evaluate(runtime, store_run(runtime, version, day=13, results=[_perf(0.001)]), other_rule)
     with session_scope(runtime.sessions) as session:
         events = [e for (e,) in session.execute(select(Notification.event)
                                                 .order_by(Notification.id))]
@@ -152,7 +154,7 @@ def test_one_alert_per_rule_version_and_feature(runtime: Runtime) -> None:
         assert session.scalar(select(func.count()).select_from(Alert)) == 4
 
 
-def test_notifications_are_queued_once_per_episode_and_not_while_silenced(
+def test_notifications_are_queued_once_per_incident_and_not_while_silenced(
         runtime: Runtime) -> None:
     config = _config(notifications=WEBHOOK)
     version = add_version(runtime, "1.4.0")
@@ -163,26 +165,30 @@ def test_notifications_are_queued_once_per_episode_and_not_while_silenced(
     (alert,) = _alerts(runtime)
     with session_scope(runtime.sessions) as session:
         events = session.execute(select(Notification.event, Notification.status)).all()
-    assert events == [("firing", "pending")]  # fired at day 11, not re-queued at day 12
+    assert events == [("firing", "pending")]  # opened at day 11, not re-queued at day 12
 
     with session_scope(runtime.sessions) as session:
         silenced = engine.silence(session, alert.id, actor="bob", reason="known, fix on Monday",
                                   until=now + timedelta(hours=2), now=now)
     assert silenced.silenced_until == now + timedelta(hours=2)
-    # resolved while silenced: no resolved notification; fires again: none either
-    _evaluate(runtime, store_run(runtime, version, day=13, results=[_perf(0.6)]), config,
-              now=now + timedelta(minutes=30))
-    for day in (14, 15):
+    # resolved while silenced (two clear windows): no resolved notification; fires again
+    # while still silenced: none either
+    for day in (13, 14):
+        _evaluate(runtime, store_run(runtime, version, day=day, results=[_perf(0.6)]), config,
+                  now=now + timedelta(minutes=30 + day))
+    for day in (15, 16):
         _evaluate(runtime, store_run(runtime, version, day=day, results=[_perf(0.001)]), config,
                   now=now + timedelta(minutes=30 + day))
     with session_scope(runtime.sessions) as session:
         assert session.scalar(select(func.count()).select_from(Notification)) == 1
-    # the silence has ended: the next window of the still-firing alert notifies again
-    _evaluate(runtime, store_run(runtime, version, day=16, results=[_perf(0.001)]), config,
+        assert session.scalar(select(func.count()).select_from(Incident)) == 2
+    # the silence has ended: the next window of the still-firing alert pages its incident
+    _evaluate(runtime, store_run(runtime, version, day=17, results=[_perf(0.001)]), config,
               now=now + timedelta(hours=3))
     with session_scope(runtime.sessions) as session:
         events = session.execute(select(Notification.event).order_by(Notification.id)).all()
-    assert [e for (e,) in events] == ["firing", "firing"]
+        incidents = session.scalar(select(func.count()).select_from(Incident))
+    assert [e for (e,) in events] == ["firing", "firing"] and incidents == 2
 
 
 def test_acknowledge_and_silence_are_audited_and_silence_needs_a_reason(

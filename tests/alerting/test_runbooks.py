@@ -1,6 +1,7 @@
-"""Every alert links a runbook and the dashboard: the service's own (built-in and example
-rules, on every channel) and the Prometheus rules'. Each runbook exists and says what the
-alert means, what to check, who to call and how to silence or accept it."""
+"""Every alert links a runbook and the dashboard: the service's incidents (the runbook of
+their leading finding's rule, built-in or example, on every channel) and the Prometheus
+rules'. Each runbook exists and says what the alert means, what to check, who to call and
+how to silence or accept it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 
 from monitor.alerting.config import EmailChannel
 from monitor.alerting.notify import (
-    AlertMessage,
+    IncidentMessage,
     alertmanager_payload,
     email_message,
     runbook_url,
@@ -21,7 +22,7 @@ from monitor.alerting.notify import (
 )
 from monitor.alerting.rules import DEFAULT_RULES
 from monitor.config import ConfigError, load_settings
-from monitor.store.models import Alert
+from monitor.store.models import Alert, Incident
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ROOT / "docs" / "runbooks"
@@ -51,6 +52,17 @@ def alert(rule: str, severity: str = "critical") -> Alert:
                                        "model_version": "1.4.0", "severity": severity})
 
 
+def incident(severity: str = "critical") -> Incident:
+    return Incident(id=3, model="cxr-triage", model_version="1.4.0", cause_field="station",
+                    cause_value="XR-SOUTH-1", cause_label="XR-SOUTH-1", state="open",
+                    severity=severity, opened_at=NOW, paged_at=NOW, summary="s", evidence=[])
+
+
+def message(rule: str, dashboard_url: str) -> IncidentMessage:
+    return IncidentMessage.of(incident(), event="firing", lead=alert(rule),
+                              external_url="http://mon:8000", dashboard_url=dashboard_url)
+
+
 @pytest.mark.parametrize("rule", sorted(service_rule_names()))
 def test_every_service_rule_has_a_runbook(rule: str) -> None:
     page = ROOT / runbook_url(rule)
@@ -58,19 +70,19 @@ def test_every_service_rule_has_a_runbook(rule: str) -> None:
 
 
 @pytest.mark.parametrize("rule", sorted(rule.name for rule in DEFAULT_RULES))
-def test_every_alert_the_service_sends_links_runbook_and_dashboard(rule: str) -> None:
-    settings = load_settings()
-    message = AlertMessage.of(alert(rule), event="firing", external_url="http://mon:8000",
-                              dashboard_url=settings.dashboard_url)
+def test_every_incident_the_service_sends_links_runbook_and_dashboard(rule: str) -> None:
+    """An incident links the runbook of its leading finding's rule, on every channel."""
+    sent_message = message(rule, load_settings().dashboard_url)
     expected = {"runbook_url": f"docs/runbooks/{rule}.md",
                 "dashboard_url": "http://127.0.0.1:8501/alerts"}
-    (sent,) = alertmanager_payload(message, now=NOW, resend_interval_s=300)
+    (sent,) = alertmanager_payload(sent_message, now=NOW, resend_interval_s=300)
     assert {k: sent["annotations"][k] for k in expected} == expected
-    hooked = webhook_payload(message, now=NOW)["alert"]
+    assert sent["labels"]["incident_id"] == sent["annotations"]["incident_id"] == "3"
+    hooked = webhook_payload(sent_message, now=NOW)["incident"]
     assert {k: hooked[k] for k in expected} == expected
     channel = EmailChannel.model_validate({"smtp_host": "127.0.0.1", "from": "m@example.org",
                                            "to": ["a@example.org"]})
-    text = email_message(message, channel).get_body(("plain",)).get_content()
+    text = email_message(sent_message, channel).get_body(("plain",)).get_content()
     assert f"runbook: docs/runbooks/{rule}.md" in text
     assert "dashboard: http://127.0.0.1:8501/alerts" in text
 
@@ -79,10 +91,8 @@ def test_the_dashboard_link_follows_monitor_dashboard_url(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MONITOR_DASHBOARD_URL", "https://dash.example.org/monitor/")
     settings = load_settings()
-    message = AlertMessage.of(alert("health-red"), event="firing",
-                              external_url="http://mon:8000",
-                              dashboard_url=settings.dashboard_url)
-    assert message.dashboard_url == "https://dash.example.org/monitor/alerts"
+    sent = message("sequential-page", settings.dashboard_url)
+    assert sent.dashboard_url == "https://dash.example.org/monitor/alerts"
 
 
 def test_a_dashboard_url_that_is_not_http_is_refused_naming_the_setting() -> None:

@@ -1,0 +1,615 @@
+"""Incidents: the findings (alerts) of one model version that share a cause, and what notifies.
+
+A team that gets one page per test stops reading them. After the rules of a check run have
+updated its alerts (``monitor.alerting.engine``), ``group_run`` gives every pending or firing
+alert of the run's version a *cause* and files it under the open incident of that cause, in
+the same transaction:
+
+* a subgroup stream (``SubgroupBias/age_band=80+:sensitivity``, or a rule on
+  ``SubgroupBias`` itself): the subgroup, ``age_band=80+``;
+* otherwise the run's attribution (``Attribution`` rows, the embedding basis first): its
+  ranking, canonicalised. Among the entries whose ``n_current`` is within 5% of the top one's
+  (and whose contribution is at least half of it: the same studies explaining the same
+  drift), the most specific field names the cause, in the order station > scanner_model >
+  software_version > site > vendor, and the others go into its label: a vendor and its only
+  scanner model are one cause, "FDR Smart X (Fujifilm)"; a station whose studies all carry a
+  new software version is "XR-SOUTH-1 (Ysio Max, software VF12B)";
+* no attribution: the version itself (``version``).
+
+An alert keeps its incident while that incident is open (a later day's attribution may rank
+a site above the scanner; the page is not repeated for it); a new alert joins an open
+incident whose cause its own cause names (any field of the canonical group). An incident
+opens only for a firing alert (a pending one waits), and not for a subgroup finding whose
+group does better than the rest (one-sided: the stream's direction, or the run's
+``SubgroupBias`` row of that group, says ``better``).
+
+Severity is the highest of its firing findings, and stays there while the incident is open
+(what was paged is what Alertmanager holds). Notifications (``monitor.alerting.notify``) are
+queued per incident: ``firing`` when it opens, ``escalated`` once when it goes from warning to
+critical, ``resolved`` when it resolves or is accepted. It resolves ("cause gone") once none
+of its findings has been pending or firing for ``QUIET_WINDOWS`` consecutive grid windows of
+its version (hysteresis: one quiet day does not end it), when its version is rolled back
+("rolled back") or retired ("no longer live"; both from ``monitor.registry``, in the same
+transaction as the alias move), or when an operator accepts it as a validated change
+(``accept_incident``), which re-baselines the stratum from a chosen day
+(``monitor.baselines.rebaseline_stratum``).
+
+The summary names what, where, how much and since when, from the evidence rows available:
+"XR-SOUTH-1 (Ysio Max, software VF12B) since 2026-10-11: embedding MMD p<1e-4, software_version
+new value VF12B; 14% of studies".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from monitor.alerting.config import AlertingConfig
+from monitor.alerting.notify import OPEN_ALERT_STATES, queue_incident_notifications
+from monitor.alerting.rules import SEQUENTIAL_DETECTOR
+from monitor.detect.performance import WORSE_WHEN_HIGHER
+from monitor.errors import ConflictError, ValidationError, clip
+from monitor.store.incidents import IncidentInfo, get_incident, incident_row
+from monitor.store.models import Alert, Incident
+from monitor.store.results import CheckResultInfo, CheckRunInfo
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the order in which a field names a cause.
+STRATUM_FIELDS = ("station", "scanner_model", "software_version", "site", "vendor")
+VERSION_FIELD = "version"
+ATTRIBUTION_DETECTOR = "Attribution"
+ATTRIBUTION_BASES = ("embedding", "metadata")
+BIAS_DETECTOR = "SubgroupBias"
+MISSING = "(missing)"
+SAME_STUDIES = 0.05  # n_current within 5% of the top entry's: the same studies
+SAME_DRIFT = 0.5  # ... and at least half its contribution: explaining the same drift
+GRID_LABEL = "1d"
+QUIET_WINDOWS = 2
+CAUSE_GONE = "cause gone"
+ROLLED_BACK = "rolled back"
+NO_LONGER_LIVE = "no longer live"
+ACCEPTED = "accepted as a validated change"
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+FIELD_WORDS = {"station": "station", "scanner_model": "scanner", "software_version": "software",
+               "site": "site", "vendor": "vendor", "age_band": "age", "sex": "sex",
+               "view": "view", VERSION_FIELD: "version"}
+SHORT_DETECTOR = {"MMDDrift": "MMD", "ClassifierDrift": "classifier", "NoveltyDrift": "novelty",
+                  "ScoreDrift": "score", "PositiveRateDrift": "positive rate"}
+MAX_EFFECTS_IN_SUMMARY = 4
+
+
+@dataclass(frozen=True)
+class Cause:
+    """What an incident is about. ``names``: every (field, value) that names the same studies
+    (the canonical group), the cause's own included; ``share``: its share of the window's
+    studies where the attribution says."""
+
+    field: str
+    value: str
+    label: str
+    names: frozenset[tuple[str, str]] = frozenset()
+    share: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.field, self.value)
+
+
+@dataclass
+class GroupingReport:
+    opened: list[int] = field(default_factory=list)
+    escalated: list[int] = field(default_factory=list)
+    resolved: list[int] = field(default_factory=list)
+    notifications_queued: int = 0
+
+
+# --- causes --------------------------------------------------------------------------------
+
+
+def cause_words(field_name: str, value: str) -> str:
+    """"station XR-SOUTH-1" reads as its value alone; the rest with a word first."""
+    if field_name in ("station", "scanner_model"):
+        return value
+    return f"{FIELD_WORDS.get(field_name, field_name.replace('_', ' '))} {value}"
+
+
+def stratum_label(field_name: str, value: str, others: Mapping[str, str]) -> str:
+    """"XR-SOUTH-1 (SIEMENS Ysio Max, software VF12B)": the cause, then what else names the
+    same studies (vendor and scanner model as one device name, then software and site)."""
+    device = " ".join(others[f] for f in ("vendor", "scanner_model") if f in others)
+    extra = [cause_words(f, others[f]) for f in ("software_version", "site", "station")
+             if f in others]
+    inside = ", ".join(part for part in (device, *extra) if part)
+    head = cause_words(field_name, value)
+    return f"{head} ({inside})" if inside else head
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def canonical_cause(ranking: Sequence[Mapping[str, Any]]) -> Cause | None:
+    """The cause an attribution ranking names (see the module docstring), or None when it
+    names no stratum."""
+    entries = [e for e in ranking if e.get("field") in STRATUM_FIELDS
+               and str(e.get("value")) != MISSING and _number(e.get("contribution")) > 0]
+    if not entries:
+        return None
+    top = max(entries, key=lambda e: _number(e.get("contribution")))
+    size = "n_current" if _number(top.get("n_current")) > 0 else "n_reference"
+    n_top = _number(top.get(size))
+    same = [e for e in entries
+            if abs(_number(e.get(size)) - n_top) <= SAME_STUDIES * n_top
+            and _number(e.get("contribution")) >= SAME_DRIFT * _number(top.get("contribution"))]
+    by_field: dict[str, Mapping[str, Any]] = {}
+    for entry in sorted(same, key=lambda e: -_number(e.get("contribution"))):
+        by_field.setdefault(str(entry["field"]), entry)
+    chosen_field = next(f for f in STRATUM_FIELDS if f in by_field)
+    chosen = by_field[chosen_field]
+    value = str(chosen["value"])
+    others = {f: str(e["value"]) for f, e in by_field.items() if f != chosen_field}
+    share = chosen.get("share_current")
+    return Cause(chosen_field, value, stratum_label(chosen_field, value, others),
+                 frozenset((f, str(e["value"])) for f, e in by_field.items()),
+                 _number(share) if share is not None else None)
+
+
+def attribution_cause(run: CheckRunInfo) -> Cause | None:
+    """The cause the run's attribution names (embedding basis first), or None."""
+    rows = {r.feature: r for r in run.results if r.detector == ATTRIBUTION_DETECTOR}
+    order = [*ATTRIBUTION_BASES, *sorted(set(rows) - set(ATTRIBUTION_BASES))]
+    for basis in order:
+        row = rows.get(basis)
+        ranking = (row.details or {}).get("ranking") if row is not None else None
+        if isinstance(ranking, list):
+            cause = canonical_cause([e for e in ranking if isinstance(e, Mapping)])
+            if cause is not None:
+                return cause
+    return None
+
+
+def version_cause(version: str) -> Cause:
+    return Cause(VERSION_FIELD, version, cause_words(VERSION_FIELD, version),
+                 frozenset({(VERSION_FIELD, version)}))
+
+
+def finding_stream(labels: Mapping[str, Any]) -> tuple[str, str]:
+    """(detector, feature) of the test behind a finding: a ``SequentialEvidence`` row's
+    feature is the stream ``"{detector}/{feature}"``."""
+    detector, feature = str(labels.get("detector", "")), str(labels.get("feature", ""))
+    if detector == SEQUENTIAL_DETECTOR:
+        inner, _, inner_feature = feature.partition("/")
+        return inner, inner_feature
+    return detector, feature
+
+
+def subgroup_of(detector: str, feature: str) -> tuple[str, str] | None:
+    """``SubgroupBias`` ``"age_band=80+:sensitivity"`` -> ("age_band", "80+")."""
+    if detector != BIAS_DETECTOR:
+        return None
+    group = feature.rsplit(":", 1)[0]
+    name, sep, value = group.partition("=")
+    return (name, value) if sep and name and value else None
+
+
+def cause_of(alert: Alert, run_cause: Cause | None, version: str) -> Cause:
+    """A finding's cause: its subgroup, else the run's attribution, else the version."""
+    subgroup = subgroup_of(*finding_stream(alert.labels or {}))
+    if subgroup is not None:
+        return Cause(subgroup[0], subgroup[1], cause_words(*subgroup), frozenset({subgroup}))
+    return run_cause or version_cause(version)
+
+
+# --- evidence and summary ------------------------------------------------------------------
+
+
+def _p_text(p: Any) -> str | None:
+    if p is None or not isinstance(p, int | float) or not math.isfinite(float(p)):
+        return None
+    return "p<1e-4" if p < 1e-4 else f"p={p:.2g}"
+
+
+def _share(value: Any) -> str:
+    return f"{_number(value):.0%}"
+
+
+def effect_text(detector: str, feature: str, family: str, details: Mapping[str, Any],
+                p_value: Any) -> str:
+    """How much, in words, from the test's own result (``details``) where the run has it."""
+    p = _p_text(p_value)
+    if detector == BIAS_DETECTOR:
+        group, _, metric = feature.rpartition(":")
+        now = details.get("group_value")
+        rest = details.get("rest_value")
+        text = f"{group} {metric}"
+        if now is not None and rest is not None:
+            text += f" {_share(now)} vs {_share(rest)} for the rest"
+        change, ci = details.get("gap_change"), details.get("gap_change_ci")
+        if change is not None:
+            # in the direction in which the metric gets worse: + is worse
+            sign = 1.0 if WORSE_WHEN_HIGHER.get(metric, False) else -1.0
+            worse = sign * _number(change)
+            text += (f", gap {abs(worse) * 100:.0f} pts {'worse' if worse > 0 else 'better'} "
+                     "than in the baseline")
+            if isinstance(ci, list | tuple) and len(ci) == 2:
+                low, high = sorted(sign * _number(c) * 100 for c in ci)
+                text += f" (95% CI {low:+.0f} to {high:+.0f})"
+        elif details.get("gap") is not None:
+            text += f", gap {_number(details['gap']) * 100:+.0f} pts"
+        return f"{text} {p}" if p else text
+    if family == "performance":
+        baseline, current = details.get("baseline"), details.get("current")
+        if isinstance(baseline, Mapping) and isinstance(current, Mapping) and \
+                baseline.get("value") is not None and current.get("value") is not None:
+            text = f"{feature} {_share(baseline['value'])} -> {_share(current['value'])}"
+            return f"{text} ({p})" if p else text
+    if detector == "CategoricalDrift":
+        new = details.get("new_categories")
+        if isinstance(new, Mapping) and new:
+            return f"{feature} new value {', '.join(str(v) for v in list(new)[:2])}"
+    if detector == "NumericDrift":
+        ref, cur = details.get("reference_quantiles"), details.get("current_quantiles")
+        if isinstance(ref, Mapping) and isinstance(cur, Mapping) and \
+                ref.get("p50") is not None and cur.get("p50") is not None:
+            return f"{feature} median {_number(ref['p50']):.4g} -> {_number(cur['p50']):.4g}"
+    if detector == "PositiveRateDrift" and details.get("reference_rate") is not None \
+            and details.get("current_rate") is not None:
+        return (f"positive rate {_share(details['reference_rate'])} -> "
+                f"{_share(details['current_rate'])}")
+    name = SHORT_DETECTOR.get(detector, detector)
+    what = f"{family} {name}" if family == "embedding" else f"{feature} {name}"
+    return f"{what} {p}" if p else what
+
+
+def finding_evidence(alert: Alert, run: CheckRunInfo,
+                     results: Mapping[tuple[str, str], CheckResultInfo]) -> dict[str, Any]:
+    """One evidence row of an incident: what the finding's rule saw in this run."""
+    labels = alert.labels or {}
+    detector, feature = finding_stream(labels)
+    matched = results.get((str(labels.get("detector", "")), str(labels.get("feature", ""))))
+    raw = results.get((detector, feature))
+    matched_details = dict(matched.details or {}) if matched is not None else {}
+    raw_details = dict(raw.details or {}) if raw is not None else {}
+    sequential = matched_details if matched_details.get("family") == "sequential" else {}
+    family = str(sequential.get("of_family") or raw_details.get("family")
+                 or matched_details.get("family") or labels.get("category", ""))
+    p_value = sequential.get("daily_p") if sequential else (
+        matched.p_value if matched is not None else None)
+    since = sequential.get("since") or run.window_start.date().isoformat()
+    row: dict[str, Any] = {
+        "alert_id": alert.id, "rule": alert.rule, "severity": alert.severity,
+        "state": alert.state, "detector": detector, "feature": feature,
+        "stream": f"{detector}/{feature}", "family": family,
+        "level": sequential.get("level"),
+        "statistic": matched.statistic if matched is not None else None,
+        "threshold": matched.threshold if matched is not None else None,
+        "since": since, "daily_p": p_value,
+        "effect": effect_text(detector, feature, family, raw_details or matched_details,
+                              p_value),
+        "check_run_id": run.id, "window_end": run.window_end.isoformat(),
+    }
+    if detector == BIAS_DETECTOR:
+        source = raw_details or matched_details
+        row["direction"] = sequential.get("direction") or source.get("direction")
+        for key in ("group_value", "rest_value", "gap", "gap_change", "gap_change_ci",
+                    "baseline_gap"):
+            if source.get(key) is not None:
+                row[key] = source[key]
+    elif family == "performance":
+        source = raw_details or matched_details
+        for key in ("baseline", "current"):
+            if isinstance(source.get(key), Mapping):
+                row[key] = {k: source[key].get(k) for k in ("value", "ci_low", "ci_high", "n")}
+    return row
+
+
+def _strength(row: Mapping[str, Any]) -> tuple[int, float]:
+    level = {"page": 2, "warning": 1}.get(str(row.get("level")), 0)
+    statistic, threshold = _number(row.get("statistic")), _number(row.get("threshold"))
+    return (max(level, SEVERITY_RANK.get(str(row.get("severity")), 0)),
+            statistic / threshold if threshold > 0 else statistic)
+
+
+def summarise(incident: Incident, evidence: Sequence[Mapping[str, Any]],
+              share: float | None) -> str:
+    """What, where, how much and since when, in one line."""
+    effects: list[str] = []
+    for row in sorted(evidence, key=_strength, reverse=True):
+        text = str(row.get("effect") or "")
+        if text and text not in effects:
+            effects.append(text)
+    shown = ", ".join(effects[:MAX_EFFECTS_IN_SUMMARY])
+    if len(effects) > MAX_EFFECTS_IN_SUMMARY:
+        shown += f" and {len(effects) - MAX_EFFECTS_IN_SUMMARY} more"
+    since = (f" since {incident.first_evidence_day.isoformat()}"
+             if incident.first_evidence_day is not None else "")
+    text = f"{incident.cause_label}{since}: {shown or 'no evidence in words'}"
+    if share is not None and incident.cause_field in STRATUM_FIELDS:
+        text += f"; {share:.0%} of studies"
+    return text
+
+
+# --- grouping ------------------------------------------------------------------------------
+
+
+def _open_incidents(session: Session, model: str, version: str) -> list[Incident]:
+    return list(session.scalars(select(Incident).where(
+        Incident.model == model, Incident.model_version == version, Incident.state == "open")
+        .order_by(Incident.id)))
+
+
+def _matching(incidents: Iterable[Incident], cause: Cause) -> Incident | None:
+    """The open incident of this cause, else one whose cause the canonical group names."""
+    incidents = list(incidents)
+    exact = next((i for i in incidents if (i.cause_field, i.cause_value) == cause.key), None)
+    if exact is not None:
+        return exact
+    return next((i for i in incidents if (i.cause_field, i.cause_value) in cause.names), None)
+
+
+def _does_better(alert: Alert, results: Mapping[tuple[str, str], CheckResultInfo]) -> bool:
+    """A subgroup finding of the default path whose group does better than the rest: the
+    stream's own ``direction``, or today's ``SubgroupBias`` row of the group."""
+    labels = alert.labels or {}
+    if labels.get("detector") != SEQUENTIAL_DETECTOR:
+        return False
+    detector, feature = finding_stream(labels)
+    if detector != BIAS_DETECTOR:
+        return False
+    stream = results.get((SEQUENTIAL_DETECTOR, f"{detector}/{feature}"))
+    raw = results.get((detector, feature))
+    for row in (stream, raw):
+        direction = (row.details or {}).get("direction") if row is not None else None
+        if direction is not None:
+            return direction == "better"
+    return False
+
+
+def _new_incident(session: Session, run: CheckRunInfo, cause: Cause, severity: str,
+                  now: datetime) -> Incident:
+    """Add the open incident of ``cause``; if another transaction just added it, use that
+    one (the partial unique index refuses a second)."""
+    incident = Incident(model=run.model, model_version=run.version, cause_field=cause.field,
+                        cause_value=cause.value, cause_label=cause.label, state="open",
+                        severity=severity, opened_at=now, quiet_windows=0, evidence=[],
+                        updated_at=now)
+    try:
+        with session.begin_nested():
+            session.add(incident)
+            session.flush()
+    except IntegrityError:
+        found = session.scalar(select(Incident).where(
+            Incident.model == run.model, Incident.model_version == run.version,
+            Incident.cause_field == cause.field, Incident.cause_value == cause.value,
+            Incident.state == "open"))
+        if found is None:
+            raise
+        return found
+    return incident
+
+
+def _rank(severity: str) -> int:
+    return SEVERITY_RANK.get(severity, 0)
+
+
+def _is_grid_window(run: CheckRunInfo, incident: Incident) -> bool:
+    """A new grid window of the version (one the incident has not counted yet)."""
+    return run.window_label == GRID_LABEL and (
+        incident.last_window_end is None or run.window_end > incident.last_window_end)
+
+
+def group_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
+              now: datetime) -> GroupingReport:
+    """File the version's open findings under incidents, update their evidence, severity
+    and summary, resolve those whose cause is gone and queue the notifications, all in the
+    caller's transaction (see the module docstring)."""
+    report = GroupingReport()
+    results = {(r.detector, r.feature): r for r in run.results}
+    findings = list(session.scalars(select(Alert).where(
+        Alert.model == run.model, Alert.model_version == run.version,
+        Alert.state.in_(OPEN_ALERT_STATES)).order_by(Alert.id)))
+    incidents = {i.id: i for i in _open_incidents(session, run.model, run.version)}
+    run_cause = attribution_cause(run)
+    share_today: dict[int, float] = {}
+    for alert in findings:
+        incident = incidents.get(alert.incident_id) if alert.incident_id is not None else None
+        if incident is None:
+            cause = cause_of(alert, run_cause, run.version)
+            incident = _matching(incidents.values(), cause)
+            if incident is None:
+                if alert.state != "firing" or _does_better(alert, results):
+                    alert.incident_id = None
+                    continue
+                incident = _new_incident(session, run, cause, alert.severity, now)
+                if incident.id not in incidents:
+                    incidents[incident.id] = incident
+                    report.opened.append(incident.id)
+            alert.incident_id = incident.id
+        if run_cause is not None and (incident.cause_field, incident.cause_value) in \
+                run_cause.names and run_cause.share is not None:
+            share_today[incident.id] = run_cause.share
+    session.flush()
+    for incident in incidents.values():
+        members = [a for a in findings if a.incident_id == incident.id]
+        _update(session, incident, members, run, results, share_today.get(incident.id),
+                config, report, now, opened=incident.id in report.opened)
+    return report
+
+
+def _update(session: Session, incident: Incident, members: list[Alert], run: CheckRunInfo,
+            results: Mapping[tuple[str, str], CheckResultInfo], share: float | None,
+            config: AlertingConfig, report: GroupingReport, now: datetime, *,
+            opened: bool) -> None:
+    evidence = {int(row["alert_id"]): dict(row) for row in incident.evidence or []
+                if isinstance(row, Mapping) and row.get("alert_id") is not None}
+    for alert in members:
+        if alert.last_check_run_id == run.id or alert.id not in evidence:
+            row = finding_evidence(alert, run, results)
+            if share is not None:
+                row["share"] = share
+            evidence[alert.id] = row
+        evidence[alert.id]["state"] = alert.state
+    open_ids = {a.id for a in members}
+    for alert_id, row in evidence.items():
+        if alert_id not in open_ids and row.get("state") in OPEN_ALERT_STATES:
+            row["state"] = "resolved"
+    rows = sorted(evidence.values(), key=lambda r: (r.get("state") not in OPEN_ALERT_STATES,
+                                                   [-x for x in _strength(r)],
+                                                   int(r["alert_id"])))
+    days = [d for d in (_as_date(r.get("since")) for r in rows) if d is not None]
+    if days:
+        first = min(days)
+        if incident.first_evidence_day is None or first < incident.first_evidence_day:
+            incident.first_evidence_day = first
+    firing = [a for a in members if a.state == "firing"]
+    before = incident.severity
+    if firing:
+        highest = max((a.severity for a in firing), key=_rank)
+        if _rank(highest) > _rank(incident.severity):
+            incident.severity = highest
+    latest_share = share if share is not None else next(
+        (r.get("share") for r in sorted(rows, key=lambda r: str(r.get("window_end", "")),
+                                        reverse=True) if r.get("share") is not None), None)
+    incident.evidence = rows
+    incident.summary = summarise(incident, [r for r in rows if r.get("state") in
+                                            OPEN_ALERT_STATES] or rows, latest_share)
+    if _is_grid_window(run, incident):
+        incident.quiet_windows = 0 if members else incident.quiet_windows + 1
+    incident.last_check_run_id = run.id
+    if incident.last_window_end is None or run.window_end > incident.last_window_end:
+        incident.last_window_end = run.window_end
+    incident.updated_at = now
+    session.flush()
+    if opened:
+        incident.paged_at = now
+        log.info("incident %d opened: %s", incident.id, incident.summary)
+    elif _rank(incident.severity) > _rank(before) and incident.escalated_at is None:
+        incident.escalated_at = now
+        report.escalated.append(incident.id)
+        report.notifications_queued += queue_incident_notifications(
+            session, incident, event="escalated", config=config, now=now)
+        log.info("incident %d escalated to %s", incident.id, incident.severity)
+    # once per incident and channel (an escalation counts): at its opening, or once a
+    # silence that held it back has ended
+    report.notifications_queued += queue_incident_notifications(
+        session, incident, event="firing", config=config, now=now)
+    if incident.quiet_windows >= QUIET_WINDOWS:
+        report.notifications_queued += resolve(session, incident, reason=CAUSE_GONE,
+                                               config=config, now=now)
+        report.resolved.append(incident.id)
+
+
+def _as_date(value: Any) -> date | None:
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
+
+
+# --- resolving and accepting ---------------------------------------------------------------
+
+
+def resolve(session: Session, incident: Incident, *, reason: str, config: AlertingConfig,
+            now: datetime, state: str = "resolved") -> int:
+    """End an open incident (``state`` resolved or accepted) with ``reason`` and queue its
+    ``resolved`` notification; returns how many notifications were queued."""
+    incident.state, incident.resolved_at, incident.resolved_reason = state, now, reason
+    incident.updated_at = now
+    session.flush()
+    queued = 0
+    if incident.paged_at is not None:
+        queued = queue_incident_notifications(session, incident, event="resolved",
+                                              config=config, now=now)
+    log.info("incident %d %s: %s", incident.id, state, reason)
+    return queued
+
+
+def _resolve_findings(session: Session, alerts: Iterable[Alert], now: datetime) -> None:
+    for alert in alerts:
+        alert.state, alert.resolved_at, alert.updated_at = "resolved", now, now
+        alert.consecutive, alert.firing_windows = 0, 0
+    session.flush()
+
+
+def resolve_version_incidents(session: Session, *, model: str, version: str, reason: str,
+                              config: AlertingConfig | None = None,
+                              now: datetime | None = None) -> list[int]:
+    """A version that is rolled back or no longer live: its open incidents resolve with
+    ``reason`` (notified) and its open findings with them, in the caller's transaction (the
+    registry's, with the alias move). Returns the incidents' ids."""
+    config = config or AlertingConfig()
+    now = now or datetime.now(UTC)
+    _resolve_findings(session, session.scalars(select(Alert).where(
+        Alert.model == model, Alert.model_version == version,
+        Alert.state.in_(OPEN_ALERT_STATES))), now)
+    done = []
+    for incident in _open_incidents(session, model, version):
+        resolve(session, incident, reason=reason, config=config, now=now)
+        done.append(incident.id)
+    return done
+
+
+def accept_incident(session: Session, incident_id: int, *, actor: str, since: date,
+                    reason: str | None, config: AlertingConfig, zone: tzinfo,
+                    max_studies: int | None = None, now: datetime | None = None
+                    ) -> IncidentInfo:
+    """An operator accepts an open incident whose cause is a stratum as a validated change:
+    the version gets a new baseline in which the stratum's studies from ``since`` (a local
+    day in ``zone``) replace its old ones (``monitor.baselines.rebaseline_stratum``; the
+    sequential history restarts on it), the incident becomes ``accepted`` (who, why, since),
+    its open findings resolve, its ``resolved`` notification is queued and the audit log
+    records it, all in the caller's transaction. Refused (ConflictError) for an incident
+    that is not open or whose cause is not a stratum; InsufficientDataError when the stratum
+    has too few studies from ``since`` yet."""
+    from monitor.baselines import rebaseline_stratum  # baselines -> registry -> here
+    from monitor.registry import record_audit
+    from monitor.windows import local_day, local_midnight
+
+    if reason is None or not reason.strip():
+        raise ValidationError(f"reason is required to accept incident {incident_id} "
+                              f"(got {reason!r})", field="reason")
+    now = now or datetime.now(UTC)
+    incident = incident_row(session, incident_id)
+    if incident.state != "open":
+        raise ConflictError(f"incident {incident_id} is {incident.state}, not open: only an "
+                            "open incident can be accepted")
+    if incident.cause_field not in STRATUM_FIELDS:
+        raise ConflictError(
+            f"incident {incident_id}'s cause is {clip(incident.cause_label)} "
+            f"({incident.cause_field}={clip(incident.cause_value)}), not a stratum: only a "
+            f"change of one of {', '.join(STRATUM_FIELDS)} can be accepted as validated")
+    if since > local_day(now, zone):
+        raise ValidationError(f"since {since.isoformat()} is in the future", field="since")
+    baseline, old = rebaseline_stratum(
+        session, model=incident.model, version=incident.model_version,
+        field=incident.cause_field, value=incident.cause_value,
+        since=local_midnight(since, zone), actor=actor, reason=reason.strip(),
+        max_studies=max_studies, now=now)
+    incident.accepted_by, incident.accepted_at = actor, now
+    incident.accept_reason, incident.accepted_since = reason.strip(), since
+    _resolve_findings(session, session.scalars(select(Alert).where(
+        Alert.incident_id == incident.id, Alert.state.in_(OPEN_ALERT_STATES))), now)
+    resolve(session, incident, reason=ACCEPTED, config=config, now=now, state="accepted")
+    record_audit(session, actor=actor, action="accept_incident", model=incident.model,
+                 model_version=incident.model_version, reason=reason.strip(), now=now,
+                 details={"incident_id": incident.id, "cause": incident.cause_label,
+                          "cause_field": incident.cause_field,
+                          "cause_value": incident.cause_value, "since": since.isoformat(),
+                          "baseline_id": baseline.id, "previous_baseline_id": old.id,
+                          "n_studies": baseline.n_studies})
+    return get_incident(session, incident.id)
