@@ -573,7 +573,7 @@ def test_accepted_change_records_when_the_operator_accepts():
     d = simulate_deployment(seed=1, n_studies=3_000, embedding_dim=32,
                             episodes=(ACCEPTED_CHANGE,))
     (episode,) = d.episodes
-    assert episode.accepted_at == episode.start + timedelta(days=3)
+    assert episode.accepted_at == episode.start + timedelta(days=8)
     assert episode.accepted_at < d.end
     plain = simulate_deployment(seed=1, n_studies=3_000, embedding_dim=32,
                                 episodes=("software-update",))

@@ -154,9 +154,10 @@ CATALOGUE: dict[str, EpisodeSpec] = {
 DEFAULT_EPISODES: tuple[str, ...] = (
     "software-update", "new-vendor", "subgroup-drop", "override-rise",
 )
-# The accepted-change scenario: the firmware update, accepted as validated 3 days after it
-# starts (re-baselined from its first day).
-ACCEPTED_CHANGE = EpisodeSpec("software-update", start_day=10, accepted_after_days=3)
+# The accepted-change scenario: the firmware update, accepted as validated 8 days after it
+# starts, re-baselined from its first day: a re-baselined stratum needs a baseline's span (7
+# days) of its new studies.
+ACCEPTED_CHANGE = EpisodeSpec("software-update", start_day=10, accepted_after_days=8)
 
 
 def episode_spec(name: str, *, magnitude: float = 1.0, start_day: float | None = None,
