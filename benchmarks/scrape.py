@@ -1,11 +1,13 @@
 """How long one /metrics scrape takes on a large store.
 
 The store: ``--versions`` model versions (10 per model... ``--models``), ``--rows`` inference
-rows and a third as many radiologist reads spread over them, ``--history-days`` of hourly
-check runs per version for two windows (1d, 7d), and for the latest run of each window the
-results a real check stores: 3 embedding detectors, 8 categorical and 4 numeric metadata
-tests, 2 prediction tests, 5 performance metrics, an attribution row, and ``--subgroups``
-subgroups x 3 metrics of subgroup bias.
+rows and a third as many radiologist reads spread over them, ``--history-days`` of checks per
+version (one daily grid check per day, as the scheduler runs them, and hourly 7d checks, as
+an older hourly schedule left them), and for the newest grid check the results a real check
+stores: 3 embedding detectors, 8 categorical and 4 numeric metadata tests (with their counts
+and KS statistics), 2 prediction tests, 5 performance metrics, an attribution row,
+``--subgroups`` subgroups x 3 metrics of subgroup bias, and one sequential-evidence row per
+stream.
 
 Timed: the first scrape of a process (it counts the ingestion tables once), then
 ``--scrapes`` warm scrapes (collect + text exposition, as GET /metrics does) while new rows
@@ -39,12 +41,13 @@ from sqlalchemy import Engine, func, insert, select, text, update
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, scratch_postgres
 
+from monitor.detect.health import DETECTOR_FAMILIES
 from monitor.metrics import build_service_metrics
 from monitor.store.db import make_engine, session_factory, session_scope, upgrade
 from monitor.store.models import CheckResult, CheckRun, Inference, ModelVersion, Override
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-WINDOWS = (("1d", timedelta(days=1)), ("7d", timedelta(days=7)))
+GRID_END = datetime(2026, 11, 22, tzinfo=UTC)  # the newest complete day (UTC grid)
 SUBGROUP_FIELDS = {"scanner_model": 50, "site": 20, "age_band": 10, "view": 10, "vendor": 8,
                    "sex": 2}
 DRIFT_RESULTS = (
@@ -65,6 +68,16 @@ def subgroup_values(n: int) -> list[tuple[str, str]]:
             for i in range(size):
                 out.append((field, f"{field}-{len(out) // 100}-{i:02d}"))
     return out[:n]
+
+
+def check_run(version_id: int, label: str, start: datetime, end: datetime) -> dict[str, Any]:
+    return {"model_version_id": version_id, "window_kind": "time", "window_label": label,
+            "window_start": start, "window_end": end, "started_at": end, "finished_at": end,
+            "status": "ok", "n_studies": 500, "health_score": 0.9, "health_status": "green"}
+
+
+def details_family(detector: str) -> str:
+    return DETECTOR_FAMILIES.get(detector, "other")
 
 
 def build_store(engine: Engine, *, rows: int, versions: int, models: int, subgroups: int,
@@ -121,39 +134,55 @@ def build_store(engine: Engine, *, rows: int, versions: int, models: int, subgro
         version_ids = list(session.scalars(select(ModelVersion.id)))
         runs = []
         for version_id in version_ids:
-            for label, span in WINDOWS:
-                for hour in range(history_days * 24, -1, -1):
-                    end = NOW - timedelta(hours=hour)
-                    runs.append({"model_version_id": version_id, "window_kind": "time",
-                                 "window_label": label, "window_start": end - span,
-                                 "window_end": end, "started_at": end, "finished_at": end,
-                                 "status": "ok", "n_studies": 500, "health_score": 0.9,
-                                 "health_status": "green"})
+            for day in range(history_days, -1, -1):
+                end = GRID_END - timedelta(days=day)
+                runs.append(check_run(version_id, "1d", end - timedelta(days=1), end))
+            for hour in range(history_days * 24, -1, -1):
+                end = NOW - timedelta(hours=hour)
+                runs.append(check_run(version_id, "7d", end - timedelta(days=7), end))
         session.execute(insert(CheckRun), runs)
         n_runs = len(runs)
-        latest = session.execute(select(CheckRun.id).where(CheckRun.window_end == NOW)).scalars()
+        latest = session.execute(select(CheckRun.id).where(
+            CheckRun.window_end == GRID_END, CheckRun.window_label == "1d")).scalars()
         results: list[dict[str, Any]] = []
         for run_id in latest:
             def add(detector: str, feature: str, *, details: dict[str, Any] | None = None,
-                    run_id: int = run_id) -> None:
+                    run_id: int = run_id, p_value: float | None = 0.3,
+                    threshold: float = 0.05) -> None:
                 results.append({"check_run_id": run_id, "detector": detector,
-                                "feature": feature, "statistic": 0.1, "p_value": 0.3,
-                                "threshold": 0.05, "drift": False, "n_reference": 2000,
+                                "feature": feature, "statistic": 0.1, "p_value": p_value,
+                                "threshold": threshold, "drift": False, "n_reference": 2000,
                                 "n_current": 500, "details": details or {}})
+                if p_value is not None:
+                    add("SequentialEvidence", f"{detector}/{feature}", p_value=None,
+                        threshold=4.5, details={
+                            "family": "sequential", "of_family": details_family(detector),
+                            "level": "quiet", "warning_at": 3.9, "page_at": 4.5, "days": 3,
+                            "since": "2026-11-19", "daily_p": p_value, "z": -0.5,
+                            "rho": 0.2, "reference": "weekday", "detector": detector,
+                            "feature": feature})
 
             for detector, feature in DRIFT_RESULTS:
-                add(detector, feature, details={"family": "x", "status": "ok"})
+                details: dict[str, Any] = {"status": "ok", "reference": "weekday"}
+                if detector == "CategoricalDrift":
+                    details["counts"] = {f"{feature}-{i}": {"reference": 40 + i, "current": 10}
+                                         for i in range(12)}
+                elif detector in ("NumericDrift", "ScoreDrift"):
+                    details["ks_statistic"] = 0.05
+                add(detector, feature, details=details)
             for metric in PERFORMANCE:
                 add("PerformanceDrift", metric, details={
                     "family": "performance", "status": "ok",
                     "current": {"value": 0.8, "ci_low": 0.75, "ci_high": 0.85, "n": 300},
                     "baseline": {"value": 0.82, "ci_low": 0.8, "ci_high": 0.84, "n": 2000}})
-            add("Attribution", "metadata", details={"ranking": [{"field": "site"}] * 10})
+            add("Attribution", "metadata", details={"ranking": [{"field": "site"}] * 10},
+                p_value=None)
             for field, value in groups:
                 for metric in ("sensitivity", "specificity", "override_rate"):
                     add("SubgroupBias", f"{field}={value}:{metric}",
                         details={"family": "bias", "status": "ok", "q_value": 0.4,
-                                 "ci": [0.7, 0.9], "rest_ci": [0.7, 0.9], "gap": 0.01})
+                                 "ci": [0.7, 0.9], "rest_ci": [0.7, 0.9], "gap": 0.01,
+                                 "baseline_gap": 0.0})
         for start in range(0, len(results), 5_000):
             session.execute(insert(CheckResult), results[start : start + 5_000])
         n_results = len(results)
@@ -256,7 +285,7 @@ def main() -> None:
 
     header = (f"Scrape benchmark: {args.versions} model versions ({args.models} models), "
               f"{args.rows:,} inferences + {args.rows // 3:,} reads, {args.subgroups} subgroups "
-              f"x 3 metrics, {args.history_days} days of hourly checks x 2 windows.\n"
+              f"x 3 metrics, {args.history_days} days of daily grid checks and hourly 7d checks.\n"
               f"Machine: {machine()}; prometheus_client "
               f"{importlib.metadata.version('prometheus-client')}, "
               f"SQLAlchemy {sqlalchemy.__version__}. Load average when done: "

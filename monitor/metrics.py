@@ -3,30 +3,39 @@
 Two sources:
 
 * ``StoreCollector`` reads the store on every scrape: rows ingested per model version, the
-  latest check results (drift, performance, subgroup gaps, health), alerts firing and the
-  active version. ``collect()`` builds fresh families each time and ``describe()`` answers
-  without touching the store, so every API worker over one database reports the same numbers
-  and registering the collector costs nothing.
+  scheduled checks (when the newest succeeded or failed; the p-value and effect size of every
+  test of the newest, its sequential evidence per family, performance, subgroup gaps and
+  health), open incidents, findings firing and the live versions. ``collect()`` builds fresh
+  families each time and ``describe()`` answers without touching the store, so every API
+  worker over one database reports the same numbers and registering the collector costs
+  nothing.
 * ``IngestMetrics`` counts rejected ingestion requests and times ingestion requests. Only the
   process that served a request knows these, so each worker exports its own series, told apart
   by Prometheus's ``instance`` label when each worker is scraped (see docs/metrics.md).
 
-Label values come from small sets: model names and versions, configured check windows,
-detector and feature names, subgroup fields and their values (sites, vendors, scanner models,
-sex, age bands, views; at most ``MAX_SUBGROUP_VALUES`` per field). Study UIDs, patient and
-reader keys, event IDs and free text never become labels.
+A metric measures one kind of quantity: p-values, distances between two distributions,
+differences of two proportions, classifier AUCs and shares of novel studies each have their
+own name, and test statistics whose scale depends on the test (MMD², chi²) are not exported.
+Check-derived metrics come from the *scheduled* checks only (the daily grid by default), so a
+series keeps one meaning over time and needs no window label.
+
+Label values come from small sets: model names and versions, detector and feature names,
+subgroup fields and their values (sites, vendors, scanner models, sex, age bands, views; at
+most ``MAX_SUBGROUP_VALUES`` per field). Study UIDs, patient and reader keys, event IDs,
+incident ids and free text never become labels.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
 from prometheus_client import (
@@ -44,50 +53,64 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import and_, func, select
+from sqlalchemy import case, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.config import GRID_SCHEDULE
 from monitor.detect.health import DETECTOR_FAMILIES
+from monitor.detect.sequential import STREAM_DETECTOR
 from monitor.store.db import session_scope
+from monitor.store.incidents import INCIDENT_SEVERITIES
 from monitor.store.models import (
     Alert,
     CheckResult,
     CheckRun,
+    Incident,
     Inference,
     ModelAlias,
     ModelVersion,
     Override,
 )
+from monitor.windows import GRID_LABEL, grid_day
 
 log = logging.getLogger(__name__)
 
-# Subgroup values exported per (model version, window, field, metric): the largest groups.
+# Subgroup values exported per (model version, field, metric): the largest groups.
 MAX_SUBGROUP_VALUES = 50
 # Ingested rows older than this are counted once and remembered (see SettledCount).
 SETTLE_SECONDS = 300.0
 SEVERITIES = ("info", "warning", "critical")
 # A model's check results are exported for its live versions (the production alias and
 # status active: what scheduled checks cover). A model with no live version falls back to its
-# versions not ended, so on-demand checks of an unregistered model still show. Ended versions
-# never export results: a rolled-back version's last drift verdict would page forever.
+# versions not ended, so checks of an unregistered model still show. Ended versions never
+# export results: a rolled-back version's last evidence would page forever.
 ENDED_STATUSES = frozenset({"retired", "rolled_back"})
 # Runs that stored results: ``partial`` means some family (or the report) failed.
 RESULT_STATUSES = ("ok", "partial")
+FAILED_STATUS = "failed"
+# Per version and outcome (results stored, failed), the newest runs looked at to find the
+# newest scheduled one: a day's grid run is among them unless more than this many
+# unscheduled runs of the same label end after it.
+RECENT_RUNS = 8
 PERFORMANCE_DETECTOR = "PerformanceDrift"
 SUBGROUP_DETECTOR = "SubgroupBias"
-NOT_EXPORTED_DETECTORS = frozenset({"Attribution"})  # a ranking, not a test
+NOT_EXPORTED_DETECTORS = frozenset({"Attribution", STREAM_DETECTOR})  # not tests
 # Result statuses whose statistic means nothing (a failed detector stores 0.0).
 NO_STATISTIC = frozenset({"failed", "insufficient data"})
+# Effect sizes by kind, and the detectors whose results give them.
+DISTRIBUTION_DISTANCE_DETECTORS = frozenset({"NumericDrift", "ScoreDrift", "CategoricalDrift"})
+PROPORTION_DIFFERENCE_DETECTORS = frozenset({"PositiveRateDrift", PERFORMANCE_DETECTOR})
+CLASSIFIER_DETECTOR = "ClassifierDrift"
+NOVELTY_DETECTOR = "NoveltyDrift"
 UNKNOWN_VERSION = "unknown"  # an override event that names no model version
 _IN_CHUNK = 900
 
-# ``model_version``, as on the service's own alerts and in the Alertmanager configs.
+# ``model_version``, as on the service's incidents and in the Alertmanager configs.
 VERSION_LABELS = ("model", "model_version")
-WINDOW_LABELS = ("model", "model_version", "window")
-DRIFT_LABELS = (*WINDOW_LABELS, "family", "detector", "feature")
-PERFORMANCE_LABELS = (*WINDOW_LABELS, "metric")
-SUBGROUP_LABELS = (*WINDOW_LABELS, "field", "value", "metric")
+TEST_LABELS = (*VERSION_LABELS, "family", "detector", "feature")
+PERFORMANCE_LABELS = (*VERSION_LABELS, "metric")
+SUBGROUP_LABELS = (*VERSION_LABELS, "field", "value", "metric")
 
 
 @dataclass(frozen=True)
@@ -129,24 +152,41 @@ FAMILIES: tuple[FamilySpec, ...] = (
                "status active (what scheduled checks cover).",
                ("model",)),  # model_version is the info label
     FamilySpec("monitor_check_interval_seconds", "gauge",
-               "Interval of the scheduled checks (0: scheduler off)."),
+               "How often the scheduler looks for checks to run (0: scheduler off)."),
     FamilySpec("monitor_check_last_success_timestamp_seconds", "gauge",
-               "Time the last successful check of a model version finished.", VERSION_LABELS),
+               "Time the newest scheduled check of a model version that stored results "
+               "finished.", VERSION_LABELS),
+    FamilySpec("monitor_check_last_failure_timestamp_seconds", "gauge",
+               "Time the newest scheduled check of a model version that failed finished.",
+               VERSION_LABELS),
     FamilySpec("monitor_check_window_studies", "gauge",
-               "Studies in the window of the latest successful check.", WINDOW_LABELS),
+               "Studies in the window of the newest scheduled check.", VERSION_LABELS),
     FamilySpec("monitor_health_score", "gauge",
-               "Combined health score of the latest check (1 quiet; amber < 0.8; red < 0.6).",
-               WINDOW_LABELS),
-    FamilySpec("monitor_drift_statistic", "gauge",
-               "Test statistic of each detector in the latest check (MMD², KS D, chi², "
-               "AUC, metric difference, ...).", DRIFT_LABELS),
-    FamilySpec("monitor_drift_p_value", "gauge",
-               "p-value of each detector in the latest check (absent where the detector has "
-               "no test or too little data).", DRIFT_LABELS),
-    FamilySpec("monitor_drift_detected", "gauge",
-               "Verdict of each detector in the latest check (1 drift, 0 none).", DRIFT_LABELS),
+               "Health score of the newest scheduled check (1 quiet; amber < 0.8; red < 0.6).",
+               VERSION_LABELS),
+    FamilySpec("monitor_sequential_evidence", "gauge",
+               "Sequential evidence of a detector family in the newest scheduled check: the "
+               "largest statistic of its streams divided by the page threshold (1 = at the "
+               "page level).", (*VERSION_LABELS, "family")),
+    FamilySpec("monitor_test_p_value", "gauge",
+               "p-value of each test in the newest scheduled check (absent where the test had "
+               "too little data or failed).", TEST_LABELS),
+    FamilySpec("monitor_test_distribution_distance_ratio", "gauge",
+               "Largest difference, over events, between an event's share in the window and in "
+               "the reference: Kolmogorov-Smirnov D for numeric features and scores, total "
+               "variation distance for categorical ones (newest scheduled check).",
+               TEST_LABELS),
+    FamilySpec("monitor_test_proportion_difference_ratio", "gauge",
+               "Window proportion minus reference proportion: positive rate, performance "
+               "metrics against radiologist reads (newest scheduled check).", TEST_LABELS),
+    FamilySpec("monitor_test_classifier_auc_ratio", "gauge",
+               "Cross-validated AUC of a classifier telling window from reference embeddings "
+               "(0.5: indistinguishable; newest scheduled check).", TEST_LABELS),
+    FamilySpec("monitor_test_novel_studies_ratio", "gauge",
+               "Share of the window's studies (one per patient) more unusual than the "
+               "reference's novelty level (newest scheduled check).", TEST_LABELS),
     FamilySpec("monitor_performance_ratio", "gauge",
-               "Performance against radiologist reads in the latest check window "
+               "Performance against radiologist reads in the newest scheduled check window "
                "(override_rate, sensitivity, specificity, ppv, npv).", PERFORMANCE_LABELS),
     FamilySpec("monitor_performance_ci_lower_ratio", "gauge",
                "Lower bound of the Wilson 95% interval of monitor_performance_ratio.",
@@ -157,20 +197,22 @@ FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("monitor_performance_baseline_ratio", "gauge",
                "The same metric in the version's baseline.", PERFORMANCE_LABELS),
     FamilySpec("monitor_performance_reads", "gauge",
-               "Reads in the metric's denominator in the latest check window.",
+               "Reads in the metric's denominator in the newest scheduled check window.",
                PERFORMANCE_LABELS),
     FamilySpec("monitor_subgroup_gap_ratio", "gauge",
                "Subgroup's metric minus the rest of the window's, for subgroups large enough "
-               "to test (latest check).", SUBGROUP_LABELS),
-    FamilySpec("monitor_subgroup_disparity_detected", "gauge",
-               "1 for each subgroup whose gap is significant after false-discovery control "
-               "(no series for the others).", SUBGROUP_LABELS),
+               "to test (newest scheduled check).", SUBGROUP_LABELS),
+    FamilySpec("monitor_subgroup_baseline_gap_ratio", "gauge",
+               "The same subgroup's gap in the version's baseline.", SUBGROUP_LABELS),
     FamilySpec("monitor_subgroup_values_omitted", "gauge",
                f"Subgroup values not exported (beyond the {MAX_SUBGROUP_VALUES} largest per "
-               "field).", (*WINDOW_LABELS, "field")),
+               "field).", (*VERSION_LABELS, "field")),
+    FamilySpec("monitor_open_incidents", "gauge",
+               "Incidents (findings of one version that share a cause) now open, by severity.",
+               (*VERSION_LABELS, "severity")),
     FamilySpec("monitor_alerts_firing", "gauge",
-               "Alerts of the service's own rules now firing, by model and severity.",
-               ("model", "severity")),
+               "Findings of the service's rules now firing, by model version and severity.",
+               (*VERSION_LABELS, "severity")),
 )
 FAMILY_BY_NAME = {spec.name: spec for spec in FAMILIES}
 
@@ -228,6 +270,29 @@ class SettledCount:
         return dict(counts)
 
 
+# --- which checks are the scheduled ones --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The checks the scheduler runs, which /metrics reports on.
+
+    ``window`` is ``Settings.check_window``: ``"grid"`` (the default) for the daily grid, whose
+    runs are the ``1d`` windows that cover exactly one local day in ``zone``; or a window
+    label (``7d``, ``last:500``), whose runs are those with that label.
+    """
+
+    window: str = GRID_SCHEDULE
+    zone: tzinfo = UTC
+
+    @property
+    def label(self) -> str:
+        return GRID_LABEL if self.window == GRID_SCHEDULE else self.window
+
+    def covers(self, start: datetime, end: datetime) -> bool:
+        return self.window != GRID_SCHEDULE or grid_day(start, end, self.zone) is not None
+
+
 # --- the store collector ------------------------------------------------------------------
 
 
@@ -242,9 +307,18 @@ class _Version:
 class _Run:
     id: int
     version_id: int
-    window: str
     n_studies: int
     health_score: float | None
+
+
+@dataclass(frozen=True)
+class _ScheduledRuns:
+    """Per version: its newest scheduled run with results, and when the newest scheduled runs
+    that stored results and that failed finished."""
+
+    latest: dict[int, _Run]
+    last_success: dict[int, float]
+    last_failure: dict[int, float]
 
 
 def exported_versions(versions: dict[int, _Version], live: set[int]) -> set[int]:
@@ -273,6 +347,12 @@ def _as_dict(details: Any) -> dict[str, Any]:
     return details if isinstance(details, dict) else {}
 
 
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def split_subgroup_feature(feature: str) -> tuple[str, str, str] | None:
     """``"site=north:sensitivity"`` -> ``("site", "north", "sensitivity")``."""
     field, sep, rest = feature.partition("=")
@@ -280,6 +360,21 @@ def split_subgroup_feature(feature: str) -> tuple[str, str, str] | None:
     if not sep or not sep2 or not field or not metric:
         return None
     return field, value, metric
+
+
+def total_variation_distance(counts: Mapping[str, Any]) -> float | None:
+    """Half the sum of absolute differences between the categories' shares in the window and
+    in the reference, from CategoricalDrift's ``details["counts"]`` ({category: {"reference":
+    n, "current": n}}): the largest difference in probability of any set of categories. None
+    when either side is empty."""
+    reference = {c: float(n.get("reference") or 0) for c, n in counts.items()
+                 if isinstance(n, Mapping)}
+    current = {c: float(n.get("current") or 0) for c, n in counts.items()
+               if isinstance(n, Mapping)}
+    total_ref, total_cur = sum(reference.values()), sum(current.values())
+    if total_ref <= 0 or total_cur <= 0:
+        return None
+    return 0.5 * sum(abs(current[c] / total_cur - reference[c] / total_ref) for c in reference)
 
 
 class StoreCollector(Collector):
@@ -292,8 +387,10 @@ class StoreCollector(Collector):
     registry
         Registered there when given (tests pass a fresh ``CollectorRegistry()``).
     check_interval_s
-        Exported as ``monitor_check_interval_seconds`` so the stale-check rule follows the
-        configured schedule.
+        Exported as ``monitor_check_interval_seconds``: the late-check rules stay quiet when
+        the scheduler is off.
+    schedule
+        Which checks are the scheduled ones (``Settings.check_window`` and ``.zone``).
     clock
         Seconds since the epoch; tests pass a fixed one.
     """
@@ -304,12 +401,14 @@ class StoreCollector(Collector):
         *,
         registry: CollectorRegistry | None = None,
         check_interval_s: float = 0.0,
+        schedule: Schedule | None = None,
         settle_seconds: float = SETTLE_SECONDS,
         max_subgroup_values: int = MAX_SUBGROUP_VALUES,
         clock: Callable[[], float] = time.time,
     ):
         self._sessions = sessions
         self.check_interval_s = check_interval_s
+        self.schedule = schedule or Schedule()
         self.max_subgroup_values = max_subgroup_values
         self._clock = clock
         self._inferences = SettledCount(Inference.id, Inference.received_at,
@@ -318,6 +417,7 @@ class StoreCollector(Collector):
         self._overrides = SettledCount(Override.id, Override.received_at,
                                        [Override.model, Override.model_version],
                                        settle_seconds=settle_seconds)
+        self._incident_table_seen = False
         if registry is not None:
             registry.register(self)
 
@@ -353,8 +453,10 @@ class StoreCollector(Collector):
         now = datetime.fromtimestamp(self._clock(), UTC)
         self._fill_ingestion(session, families, versions, now)
         live = self._fill_registry(session, families, versions)
-        self._fill_checks(session, families, versions, exported_versions(versions, live))
-        self._fill_alerts(session, families, versions)
+        exported = exported_versions(versions, live)
+        self._fill_checks(session, families, versions, exported)
+        self._fill_incidents(session, families, versions, exported)
+        self._fill_alerts(session, families, versions, exported)
 
     def _fill_ingestion(self, session: Session, families: dict[str, Metric],
                         versions: dict[int, _Version], now: datetime) -> None:
@@ -390,65 +492,84 @@ class StoreCollector(Collector):
                             {"model_version": versions[version_id].version})
         return live
 
-    def _latest_runs(self, session: Session, exported: set[int]) -> list[_Run]:
-        """The latest successful run of each (model version, window), by window end."""
-        latest = (
-            select(CheckRun.model_version_id, CheckRun.window_label,
-                   func.max(CheckRun.window_end).label("window_end"))
-            .where(CheckRun.status.in_(RESULT_STATUSES))
-            .group_by(CheckRun.model_version_id, CheckRun.window_label)
-            .subquery()
-        )
-        query = (
-            select(CheckRun.id, CheckRun.model_version_id, CheckRun.window_label,
-                   CheckRun.n_studies, CheckRun.health_score)
-            .join(latest, and_(CheckRun.model_version_id == latest.c.model_version_id,
-                               CheckRun.window_label == latest.c.window_label,
-                               CheckRun.window_end == latest.c.window_end))
-            .where(CheckRun.status.in_(RESULT_STATUSES))
-            .order_by(CheckRun.id)
-        )
-        runs: dict[tuple[int, str], _Run] = {}
-        for row in session.execute(query):
-            if row.model_version_id not in exported:
-                continue
-            runs[(row.model_version_id, row.window_label)] = _Run(
-                row.id, row.model_version_id, row.window_label, row.n_studies or 0,
-                row.health_score)
-        return sorted(runs.values(), key=lambda run: run.id)
+    def _scheduled_runs(self, session: Session, exported: set[int]) -> _ScheduledRuns:
+        """The newest scheduled runs of each exported version, from its ``RECENT_RUNS``
+        newest runs (by window end) of the schedule's label that stored results and as many
+        that failed."""
+        failed = case((CheckRun.status == FAILED_STATUS, 1), else_=0)
+        latest: dict[int, _Run] = {}
+        last_success: dict[int, float] = {}
+        last_failure: dict[int, float] = {}
+        for chunk in _chunks(sorted(exported)):
+            ranked = (
+                select(CheckRun.id, CheckRun.model_version_id, CheckRun.status,
+                       CheckRun.window_start, CheckRun.window_end, CheckRun.started_at,
+                       CheckRun.finished_at, CheckRun.n_studies, CheckRun.health_score,
+                       func.row_number().over(
+                           partition_by=(CheckRun.model_version_id, failed),
+                           order_by=(CheckRun.window_end.desc(), CheckRun.id.desc()),
+                       ).label("rank"))
+                .where(CheckRun.model_version_id.in_(chunk),
+                       CheckRun.window_label == self.schedule.label,
+                       CheckRun.status.in_((*RESULT_STATUSES, FAILED_STATUS)))
+                .subquery()
+            )
+            rows = session.execute(select(ranked).where(ranked.c.rank <= RECENT_RUNS)
+                                   .order_by(ranked.c.window_end.desc(), ranked.c.id.desc()))
+            for row in rows:
+                if not self.schedule.covers(row.window_start, row.window_end):
+                    continue
+                finished = _timestamp(row.finished_at or row.started_at)
+                version_id = row.model_version_id
+                if row.status == FAILED_STATUS:
+                    if finished is not None:
+                        last_failure[version_id] = max(last_failure.get(version_id, finished),
+                                                       finished)
+                    continue
+                if finished is not None:
+                    last_success[version_id] = max(last_success.get(version_id, finished),
+                                                   finished)
+                if version_id not in latest:  # newest window end first
+                    latest[version_id] = _Run(row.id, version_id, row.n_studies or 0,
+                                              row.health_score)
+        return _ScheduledRuns(latest, last_success, last_failure)
 
     def _fill_checks(self, session: Session, families: dict[str, Metric],
                      versions: dict[int, _Version], exported: set[int]) -> None:
-        last_success = families["monitor_check_last_success_timestamp_seconds"]
-        for version_id, finished in session.execute(
-            select(CheckRun.model_version_id, func.max(CheckRun.finished_at))
-            .where(CheckRun.status.in_(RESULT_STATUSES))
-            .group_by(CheckRun.model_version_id)
-        ):
-            version = versions.get(version_id)
-            stamp = _timestamp(finished)
-            if version is not None and stamp is not None:
-                last_success.add_metric([version.model, version.version], stamp)
-
-        runs = {run.id: run for run in self._latest_runs(session, exported)}
-        for run in runs.values():
-            labels = self._window_labels(run, versions)
+        scheduled = self._scheduled_runs(session, exported)
+        for name, stamps in (("monitor_check_last_success_timestamp_seconds",
+                              scheduled.last_success),
+                             ("monitor_check_last_failure_timestamp_seconds",
+                              scheduled.last_failure)):
+            for version_id, stamp in sorted(stamps.items()):
+                families[name].add_metric(self._version_labels(version_id, versions), stamp)
+        runs = {run.id: run for run in scheduled.latest.values()}
+        for run in sorted(runs.values(), key=lambda r: r.id):
+            labels = self._version_labels(run.version_id, versions)
             families["monitor_check_window_studies"].add_metric(labels, run.n_studies)
             if run.health_score is not None:
                 families["monitor_health_score"].add_metric(labels, run.health_score)
-        run_ids = sorted(runs)
         subgroups: dict[tuple[int, str, str], list[tuple[str, Any]]] = {}
-        for chunk in _chunks(run_ids):
+        evidence: dict[tuple[int, str], float] = {}
+        for chunk in _chunks(sorted(runs)):
             rows = session.execute(
                 select(CheckResult.check_run_id, CheckResult.detector, CheckResult.feature,
-                       CheckResult.statistic, CheckResult.p_value, CheckResult.drift,
+                       CheckResult.statistic, CheckResult.p_value, CheckResult.threshold,
                        CheckResult.n_current,
-                       CheckResult.details["status"].as_string().label("status"))
+                       CheckResult.details["status"].as_string().label("status"),
+                       CheckResult.details["of_family"].as_string().label("of_family"),
+                       CheckResult.details["ks_statistic"].as_float().label("ks_statistic"),
+                       CheckResult.details["n_novel_counted"].as_float().label("n_novel"),
+                       CheckResult.details["n_counted"].as_float().label("n_counted"),
+                       CheckResult.details["baseline_gap"].as_float().label("baseline_gap"))
                 .where(CheckResult.check_run_id.in_(chunk))
                 .order_by(CheckResult.check_run_id, CheckResult.detector, CheckResult.feature)
             )
             for row in rows:
                 run = runs[row.check_run_id]
+                if row.detector == STREAM_DETECTOR:
+                    self._note_evidence(evidence, run, row)
+                    continue
                 if row.detector in NOT_EXPORTED_DETECTORS or row.status == "failed":
                     continue
                 if row.detector == SUBGROUP_DETECTOR:
@@ -457,7 +578,22 @@ class StoreCollector(Collector):
                         field, value, metric = parts
                         subgroups.setdefault((run.id, field, metric), []).append((value, row))
                     continue
-                self._add_drift(families, self._window_labels(run, versions), row)
+                self._add_test(families, self._version_labels(run.version_id, versions), row)
+            categorical = session.execute(
+                select(CheckResult.check_run_id, CheckResult.feature,
+                       CheckResult.details["counts"].label("counts"))
+                .where(CheckResult.check_run_id.in_(chunk),
+                       CheckResult.detector == "CategoricalDrift",
+                       CheckResult.p_value.is_not(None))
+                .order_by(CheckResult.check_run_id, CheckResult.feature)
+            )
+            for run_id, feature, counts in categorical:
+                distance = total_variation_distance(_as_dict(counts))
+                if distance is not None:
+                    labels = [*self._version_labels(runs[run_id].version_id, versions),
+                              "metadata", "CategoricalDrift", feature]
+                    families["monitor_test_distribution_distance_ratio"].add_metric(
+                        labels, distance)
             performance = session.execute(
                 select(CheckResult.check_run_id, CheckResult.feature, CheckResult.details)
                 .where(CheckResult.check_run_id.in_(chunk),
@@ -465,24 +601,50 @@ class StoreCollector(Collector):
                 .order_by(CheckResult.check_run_id, CheckResult.feature)
             )
             for run_id, metric, details in performance:
-                labels = [*self._window_labels(runs[run_id], versions), metric]
+                labels = [*self._version_labels(runs[run_id].version_id, versions), metric]
                 self._add_performance(families, labels, _as_dict(details))
+        for (run_id, family), ratio in sorted(evidence.items()):
+            families["monitor_sequential_evidence"].add_metric(
+                [*self._version_labels(runs[run_id].version_id, versions), family], ratio)
         self._add_subgroups(families, subgroups, runs, versions)
 
     @staticmethod
-    def _window_labels(run: _Run, versions: dict[int, _Version]) -> list[str]:
-        version = versions[run.version_id]
-        return [version.model, version.version, run.window]
+    def _version_labels(version_id: int, versions: dict[int, _Version]) -> list[str]:
+        version = versions[version_id]
+        return [version.model, version.version]
 
     @staticmethod
-    def _add_drift(families: dict[str, Metric], window: list[str], row: Any) -> None:
+    def _note_evidence(evidence: dict[tuple[int, str], float], run: _Run, row: Any) -> None:
+        """Keep the largest statistic / page threshold of each family's streams."""
+        family = row.of_family
+        statistic, page_at = _finite(row.statistic), _finite(row.threshold)
+        if not family or statistic is None or page_at is None or page_at <= 0:
+            return
+        key = (run.id, str(family))
+        ratio = statistic / page_at
+        evidence[key] = max(evidence.get(key, ratio), ratio)
+
+    @staticmethod
+    def _add_test(families: dict[str, Metric], version: list[str], row: Any) -> None:
         family = DETECTOR_FAMILIES.get(row.detector, "other")
-        labels = [*window, family, row.detector, row.feature]
-        if row.status not in NO_STATISTIC:
-            families["monitor_drift_statistic"].add_metric(labels, row.statistic)
+        labels = [*version, family, row.detector, row.feature]
         if row.p_value is not None:
-            families["monitor_drift_p_value"].add_metric(labels, row.p_value)
-        families["monitor_drift_detected"].add_metric(labels, 1.0 if row.drift else 0.0)
+            families["monitor_test_p_value"].add_metric(labels, row.p_value)
+        if row.status in NO_STATISTIC:
+            return
+        effect: tuple[str, float | None] | None = None
+        if row.detector in DISTRIBUTION_DISTANCE_DETECTORS:
+            if row.detector != "CategoricalDrift":  # from its counts, in _fill_checks
+                effect = ("monitor_test_distribution_distance_ratio", _finite(row.ks_statistic))
+        elif row.detector in PROPORTION_DIFFERENCE_DETECTORS:
+            effect = ("monitor_test_proportion_difference_ratio", _finite(row.statistic))
+        elif row.detector == CLASSIFIER_DETECTOR:
+            effect = ("monitor_test_classifier_auc_ratio", _finite(row.statistic))
+        elif row.detector == NOVELTY_DETECTOR and row.n_counted:
+            effect = ("monitor_test_novel_studies_ratio",
+                      _finite((row.n_novel or 0) / row.n_counted))
+        if effect is not None and effect[1] is not None:
+            families[effect[0]].add_metric(labels, effect[1])
 
     @staticmethod
     def _add_performance(families: dict[str, Metric], labels: list[str],
@@ -498,7 +660,7 @@ class StoreCollector(Collector):
             ("monitor_performance_baseline_ratio", baseline.get("value")),
             ("monitor_performance_reads", current.get("n")),
         ):
-            if value is not None:
+            if _finite(value) is not None:
                 families[name].add_metric(labels, float(value))
 
     def _add_subgroups(self, families: dict[str, Metric],
@@ -506,32 +668,58 @@ class StoreCollector(Collector):
                        runs: dict[int, _Run], versions: dict[int, _Version]) -> None:
         omitted: Tally[tuple[str, ...]] = Tally()
         for (run_id, field, metric), members in sorted(subgroups.items()):
-            window = self._window_labels(runs[run_id], versions)
+            version = self._version_labels(runs[run_id].version_id, versions)
             if len(members) > self.max_subgroup_values:
                 members.sort(key=lambda item: (-item[1].n_current, item[0]))
             for value, row in members[: self.max_subgroup_values]:
-                labels = [*window, field, value, metric]
+                labels = [*version, field, value, metric]
                 families["monitor_subgroup_gap_ratio"].add_metric(labels, row.statistic)
-                if row.drift:
-                    families["monitor_subgroup_disparity_detected"].add_metric(labels, 1.0)
-            key = (*window, field)
+                if _finite(row.baseline_gap) is not None:
+                    families["monitor_subgroup_baseline_gap_ratio"].add_metric(
+                        labels, row.baseline_gap)
+                families["monitor_test_p_value"].add_metric(
+                    [*version, "bias", SUBGROUP_DETECTOR, row.feature], row.p_value)
+            key = (*version, field)
             omitted[key] = max(omitted[key], max(0, len(members) - self.max_subgroup_values))
         for key, n in sorted(omitted.items()):
             families["monitor_subgroup_values_omitted"].add_metric(list(key), n)
 
-    def _fill_alerts(self, session: Session, families: dict[str, Metric],
-                     versions: dict[int, _Version]) -> None:
-        firing: Tally[tuple[str, str]] = Tally()
-        for version in versions.values():
-            for severity in SEVERITIES:
-                firing[(version.model, severity)] += 0
-        for model, severity, n in session.execute(
-            select(Alert.model, Alert.severity, func.count())
-            .where(Alert.state == "firing").group_by(Alert.model, Alert.severity)
+    def _fill_incidents(self, session: Session, families: dict[str, Metric],
+                        versions: dict[int, _Version], exported: set[int]) -> None:
+        """Open incidents per version and severity: 0 for every exported version, so a
+        query can tell "none open" from "not reported". A database from before the incident
+        table (revision 0004) reports none rather than failing the scrape."""
+        if not self._incident_table_seen:
+            if not inspect(session.connection()).has_table(Incident.__tablename__):
+                return
+            self._incident_table_seen = True
+        open_now: Tally[tuple[str, str, str]] = Tally()
+        for version_id in exported:
+            for severity in INCIDENT_SEVERITIES:
+                open_now[(*self._version_labels(version_id, versions), severity)] += 0
+        for model, version, severity, n in session.execute(
+            select(Incident.model, Incident.model_version, Incident.severity, func.count())
+            .where(Incident.state == "open")
+            .group_by(Incident.model, Incident.model_version, Incident.severity)
         ):
-            firing[(model, severity)] += int(n)
-        for (model, severity), n in sorted(firing.items()):
-            families["monitor_alerts_firing"].add_metric([model, severity], n)
+            open_now[(model, version, severity)] += int(n)
+        for labels, n in sorted(open_now.items()):
+            families["monitor_open_incidents"].add_metric(list(labels), n)
+
+    def _fill_alerts(self, session: Session, families: dict[str, Metric],
+                     versions: dict[int, _Version], exported: set[int]) -> None:
+        firing: Tally[tuple[str, str, str]] = Tally()
+        for version_id in exported:
+            for severity in SEVERITIES:
+                firing[(*self._version_labels(version_id, versions), severity)] += 0
+        for model, version, severity, n in session.execute(
+            select(Alert.model, Alert.model_version, Alert.severity, func.count())
+            .where(Alert.state == "firing")
+            .group_by(Alert.model, Alert.model_version, Alert.severity)
+        ):
+            firing[(model, version or UNKNOWN_VERSION, severity)] += int(n)
+        for labels, n in sorted(firing.items()):
+            families["monitor_alerts_firing"].add_metric(list(labels), n)
 
 
 # --- per-process ingestion metrics --------------------------------------------------------
@@ -618,11 +806,13 @@ class ServiceMetrics:
 
 
 def build_service_metrics(sessions: sessionmaker[Session], *, check_interval_s: float = 0.0,
+                          schedule: Schedule | None = None,
                           process_metrics: bool = True) -> ServiceMetrics:
     """A fresh registry with the store collector, the ingestion metrics and (by default) the
     standard process, platform and garbage-collector metrics."""
     registry = CollectorRegistry(auto_describe=True)
-    store = StoreCollector(sessions, registry=registry, check_interval_s=check_interval_s)
+    store = StoreCollector(sessions, registry=registry, check_interval_s=check_interval_s,
+                           schedule=schedule)
     ingest = IngestMetrics(registry=registry)
     if process_metrics:
         ProcessCollector(registry=registry)

@@ -192,9 +192,24 @@ def test_promtool_checks_the_stack_prometheus_config(tmp_path: Path) -> None:
     assert jobs["monitor"]["static_configs"][0]["targets"] == ["monitor:8000"]
 
 
-def test_the_stack_alerting_config_sends_to_the_stack_alertmanager() -> None:
+def test_the_stack_alerting_config_sends_to_the_stack_alertmanager(
+        rendered: dict[str, object]) -> None:
+    """The service's incidents and Prometheus' alerts go to the one Alertmanager of the
+    stack: the service reads docker/monitor-alerting.yml, Prometheus alerts
+    alertmanager:9093, and both names resolve to services of the stack."""
     config = load_config_file(DOCKER / "monitor-alerting.yml")
     assert [c.url for c in config.notifications.alertmanager] == ["http://alertmanager:9093"]
+    services = rendered["services"]
+    assert isinstance(services, dict)
+    monitor = services["monitor"]
+    assert monitor["environment"]["MONITOR_ALERT_RULES_FILE"] == "/etc/monitor/alerting.yml"
+    mounts = {tuple(v.split(":")[:2]) if isinstance(v, str) else (v["source"], v["target"])
+              for v in monitor["volumes"]}
+    assert (str(DOCKER / "monitor-alerting.yml"), "/etc/monitor/alerting.yml") in mounts
+    prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    (alerting,) = prometheus["alerting"]["alertmanagers"]
+    assert alerting["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    assert "alertmanager" in services
 
 
 def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> None:
@@ -226,12 +241,17 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     used = {name for expr in exprs for name in re.findall(r"\b(monitor_[a-z0-9_]+)\b", expr)}
     assert used <= exported, sorted(used - exported)
     # The dashboard shows each of these.
-    for name in ("monitor_health_score", "monitor_drift_p_value", "monitor_drift_detected",
+    for name in ("monitor_health_score", "monitor_sequential_evidence", "monitor_test_p_value",
+                 "monitor_test_distribution_distance_ratio",
+                 "monitor_test_proportion_difference_ratio",
                  "monitor_performance_ci_lower_ratio", "monitor_subgroup_gap_ratio",
+                 "monitor_subgroup_baseline_gap_ratio",
                  "monitor_inferences_total", "monitor_ingest_rejected_batches_total",
                  "monitor_ingest_request_duration_seconds_bucket",
-                 "monitor_model_active_version_info", "monitor_alerts_firing",
+                 "monitor_model_active_version_info", "monitor_open_incidents",
                  "monitor_check_last_success_timestamp_seconds"):
         assert name in used, name
+    # Check-derived metrics are the newest scheduled check's: there is no window to choose.
     variables = {v["name"] for v in dashboard["templating"]["list"]}
-    assert variables == {"datasource", "model", "model_version", "window"}
+    assert variables == {"datasource", "model", "model_version"}
+    assert not [expr for expr in exprs if "window" in expr]

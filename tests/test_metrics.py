@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import sessionmaker
 
 from monitor.api.app import create_app
@@ -25,21 +26,25 @@ from monitor.collect.inprocess import InProcessCollector
 from monitor.metrics import (
     FAMILIES,
     REJECT_REASONS,
+    Schedule,
     StoreCollector,
     build_service_metrics,
     exposed_metric_names,
     reject_reason,
     split_subgroup_feature,
+    total_variation_distance,
 )
 from monitor.runtime import Runtime
 from monitor.store import results as store
 from monitor.store.db import make_engine, session_scope
-from monitor.store.models import Alert, Inference, ModelAlias, ModelVersion
+from monitor.store.models import Alert, Incident, Inference, ModelAlias, ModelVersion
 from tests.api.conftest import INGEST, VIEWER, store_test_tokens
 from tests.conftest import open_runtime, require_server
 from tests.factories import inference_event, override_event
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+# The newest complete day of the daily grid (UTC) at NOW ends here.
+MIDNIGHT = datetime(2026, 11, 22, tzinfo=UTC)
 MODEL = "cxr-triage"
 
 
@@ -78,17 +83,29 @@ def result(detector: str, feature: str, statistic: float, p_value: float | None,
 
 
 def store_run(runtime: Runtime, vid: int, results: list[dict[str, Any]], *,
-              window: str = "1d", end: datetime = NOW, status: str = "ok",
-              health: float | None = 0.9, n_studies: int = 300) -> int:
+              window: str = "1d", end: datetime = MIDNIGHT, status: str = "ok",
+              health: float | None = 0.9, n_studies: int = 300,
+              finished: datetime | None = None) -> int:
+    """A check run of ``window`` ending at ``end``; by default the grid day before MIDNIGHT."""
     span = timedelta(days=7) if window == "7d" else timedelta(days=1)
     run = {"model_version_id": vid,
            "window_kind": "count" if window.startswith("last:") else "time",
            "window_label": window, "window_start": end - span, "window_end": end,
-           "started_at": end, "finished_at": end + timedelta(minutes=1), "status": status,
-           "n_studies": n_studies, "health_score": health, "health_status": "green"}
+           "started_at": end, "finished_at": finished or end + timedelta(minutes=1),
+           "status": status, "n_studies": n_studies, "health_score": health,
+           "health_status": "green"}
     with session_scope(runtime.sessions) as session:
         run_id, _ = store.store_check_run(session, run=run, results=results)
     return run_id
+
+
+def stream(family: str, feature: str, statistic: float, page_at: float = 4.0,
+           level: str = "quiet") -> dict[str, Any]:
+    """A SequentialEvidence row as a grid check stores it (docs/paging.md)."""
+    return result("SequentialEvidence", feature, statistic, None, level == "page",
+                  threshold=page_at,
+                  details={"family": "sequential", "of_family": family, "level": level,
+                           "warning_at": page_at * 0.8, "page_at": page_at, "days": 3})
 
 
 def performance_details(value: float, low: float, high: float, n: int, baseline: float
@@ -157,122 +174,175 @@ def test_ingestion_counters_stay_exact_across_scrapes_while_rows_settle(
     assert other.get_sample_value("monitor_inferences_total", labels) == expected - 3
 
 
-def test_latest_check_results_become_drift_performance_and_subgroup_metrics(
+def test_the_newest_grid_check_becomes_p_values_effect_sizes_and_evidence(
     runtime: Runtime,
 ) -> None:
     log(runtime, 2, version="1.4.0")
     vid = version_id(runtime, "1.4.0")
     older = [result("MMDDrift", "embedding", 0.5, 0.001, True)]
-    store_run(runtime, vid, older, end=NOW - timedelta(hours=1), health=0.2)
+    store_run(runtime, vid, older, end=MIDNIGHT - timedelta(days=1), health=0.2)
+    vendor_counts = {"GE": {"reference": 60, "current": 30},
+                     "Agfa": {"reference": 40, "current": 50},
+                     "Fujifilm": {"reference": 0, "current": 20}}
     latest = [
         result("MMDDrift", "embedding", 0.0123, 0.41, False),
-        result("CategoricalDrift", "vendor", 31.5, 1e-6, True),
-        result("NumericDrift", "kvp", 0.02, None, False,
+        result("ClassifierDrift", "embedding", 0.61, 0.02, True, details={"auc": 0.61}),
+        result("NoveltyDrift", "embedding", 9.0, 0.001, True, n_current=120,
+               details={"n_novel_counted": 9, "n_counted": 90}),
+        result("CategoricalDrift", "vendor", 31.5, 1e-6, True,
+               details={"counts": vendor_counts, "status": "ok"}),
+        result("NumericDrift", "kvp", 0.3, 0.04, True,
+               details={"ks_statistic": 0.12, "status": "ok"}),
+        result("NumericDrift", "age_years", 0.02, None, False,
                details={"status": "insufficient data"}),
-        result("ClassifierDrift", "embedding", 0.0, None, False,
+        result("ScoreDrift", "score", 0.08, 0.2, False, details={"ks_statistic": 0.08}),
+        result("PositiveRateDrift", "positive_rate", 0.031, 0.3, False),
+        result("ClassifierDrift", "embedding-failed", 0.0, None, False,
                details={"status": "failed", "error": "boom"}),
         result("PerformanceDrift", "sensitivity", -0.12, 0.003, True, n_current=84,
                details=performance_details(0.71, 0.61, 0.79, 84, 0.83)),
         result("PerformanceDrift", "override_rate", 0.01, 0.3, False, n_current=150,
                details=performance_details(0.11, 0.07, 0.17, 150, 0.10)),
-        result("SubgroupBias", "site=north:sensitivity", -0.21, 0.0004, True, n_current=61),
+        result("SubgroupBias", "site=north:sensitivity", -0.21, 0.0004, True, n_current=61,
+               details={"baseline_gap": -0.02}),
         result("SubgroupBias", "site=south:sensitivity", 0.05, 0.6, False, n_current=40),
         result("SubgroupBias", "scanner_model=DRX:Evolution:override_rate", 0.02, 0.7, False,
                n_current=90),
         result("SubgroupBias", "site=west:sensitivity", -0.4, None, False, n_current=9,
                details={"status": "insufficient data"}),
         result("Attribution", "metadata", 0.7, None, False, threshold=0.0),
+        stream("metadata", "CategoricalDrift/vendor", 5.0, page_at=4.0, level="page"),
+        stream("metadata", "NumericDrift/kvp", 1.0, page_at=4.0),
+        stream("embedding", "MMDDrift/embedding", -0.5, page_at=5.0),
+        stream("bias", "SubgroupBias/site=north:sensitivity", 3.6, page_at=4.5,
+               level="warning"),
     ]
     store_run(runtime, vid, latest, health=0.55, n_studies=321)
     registry, _ = collector(runtime)
     value = registry.get_sample_value
-    window = {"model": MODEL, "model_version": "1.4.0", "window": "1d"}
+    version = {"model": MODEL, "model_version": "1.4.0"}
 
-    def drift(family: str, detector: str, feature: str) -> dict[str, str]:
-        return {**window, "family": family, "detector": detector, "feature": feature}
+    def test(family: str, detector: str, feature: str) -> dict[str, str]:
+        return {**version, "family": family, "detector": detector, "feature": feature}
 
-    mmd = drift("embedding", "MMDDrift", "embedding")
-    assert value("monitor_drift_p_value", mmd) == 0.41
-    assert value("monitor_drift_statistic", mmd) == 0.0123
-    assert value("monitor_drift_detected", mmd) == 0
-    vendor = drift("metadata", "CategoricalDrift", "vendor")
-    assert value("monitor_drift_detected", vendor) == 1
-    assert value("monitor_drift_p_value", vendor) == 1e-6
-    kvp = drift("metadata", "NumericDrift", "kvp")
-    assert value("monitor_drift_statistic", kvp) is None  # insufficient data: no statistic
-    assert value("monitor_drift_detected", kvp) == 0
-    classifier = drift("embedding", "ClassifierDrift", "embedding")
-    assert value("monitor_drift_detected", classifier) is None
-    sensitivity = drift("performance", "PerformanceDrift", "sensitivity")
-    assert value("monitor_drift_detected", sensitivity) == 1
-    assert value("monitor_health_score", window) == 0.55
-    assert value("monitor_check_window_studies", window) == 321
+    p_value, distance = "monitor_test_p_value", "monitor_test_distribution_distance_ratio"
+    difference = "monitor_test_proportion_difference_ratio"
+    mmd = test("embedding", "MMDDrift", "embedding")
+    assert value(p_value, mmd) == 0.41
+    assert value(distance, mmd) is None  # MMD² has no comparable kind: not exported
+    classifier = test("embedding", "ClassifierDrift", "embedding")
+    assert value("monitor_test_classifier_auc_ratio", classifier) == 0.61
+    novelty = test("embedding", "NoveltyDrift", "embedding")
+    assert value("monitor_test_novel_studies_ratio", novelty) == pytest.approx(0.1)
+    vendor = test("metadata", "CategoricalDrift", "vendor")
+    assert value(p_value, vendor) == 1e-6
+    # shares: GE 0.6 -> 0.3, Agfa 0.4 -> 0.5, Fujifilm 0 -> 0.2: half of 0.3 + 0.1 + 0.2
+    assert value(distance, vendor) == pytest.approx(0.3)
+    assert value(distance, test("metadata", "NumericDrift", "kvp")) == 0.12  # KS D
+    age = test("metadata", "NumericDrift", "age_years")
+    assert value(p_value, age) is None and value(distance, age) is None  # insufficient
+    assert value(distance, test("prediction", "ScoreDrift", "score")) == 0.08
+    assert value(difference, test("prediction", "PositiveRateDrift", "positive_rate")) == 0.031
+    assert value(p_value, test("embedding", "ClassifierDrift", "embedding-failed")) is None
+    sensitivity = test("performance", "PerformanceDrift", "sensitivity")
+    assert value(p_value, sensitivity) == 0.003
+    assert value(difference, sensitivity) == -0.12
+    assert value("monitor_health_score", version) == 0.55
+    assert value("monitor_check_window_studies", version) == 321
 
-    perf = {**window, "metric": "sensitivity"}
+    evidence = "monitor_sequential_evidence"
+    assert value(evidence, {**version, "family": "metadata"}) == 1.25  # max(5/4, 1/4)
+    assert value(evidence, {**version, "family": "embedding"}) == -0.1
+    assert value(evidence, {**version, "family": "bias"}) == pytest.approx(0.8)
+    assert value(evidence, {**version, "family": "performance"}) is None  # no stream today
+
+    perf = {**version, "metric": "sensitivity"}
     assert value("monitor_performance_ratio", perf) == 0.71
     assert value("monitor_performance_ci_lower_ratio", perf) == 0.61
     assert value("monitor_performance_ci_upper_ratio", perf) == 0.79
     assert value("monitor_performance_baseline_ratio", perf) == 0.83
     assert value("monitor_performance_reads", perf) == 84
-    assert value("monitor_performance_ratio", {**window, "metric": "override_rate"}) == 0.11
+    assert value("monitor_performance_ratio", {**version, "metric": "override_rate"}) == 0.11
 
-    north = {**window, "field": "site", "value": "north", "metric": "sensitivity"}
+    north = {**version, "field": "site", "value": "north", "metric": "sensitivity"}
     assert value("monitor_subgroup_gap_ratio", north) == -0.21
-    assert value("monitor_subgroup_disparity_detected", north) == 1
+    assert value("monitor_subgroup_baseline_gap_ratio", north) == -0.02
+    assert value(p_value, test("bias", "SubgroupBias", "site=north:sensitivity")) == 0.0004
     south = {**north, "value": "south"}
     assert value("monitor_subgroup_gap_ratio", south) == 0.05
-    assert value("monitor_subgroup_disparity_detected", south) is None  # only findings
+    assert value("monitor_subgroup_baseline_gap_ratio", south) is None
     west = {**north, "value": "west"}
     assert value("monitor_subgroup_gap_ratio", west) is None  # too small to test
-    colon = {**window, "field": "scanner_model", "value": "DRX:Evolution",
+    colon = {**version, "field": "scanner_model", "value": "DRX:Evolution",
              "metric": "override_rate"}
     assert value("monitor_subgroup_gap_ratio", colon) == 0.02
 
-    finished = (NOW + timedelta(minutes=1)).timestamp()
-    assert value("monitor_check_last_success_timestamp_seconds",
-                 {"model": MODEL, "model_version": "1.4.0"}) == finished
-    text = generate_latest(registry).decode()
-    assert "Attribution" not in text
+    finished = (MIDNIGHT + timedelta(minutes=1)).timestamp()
+    assert value("monitor_check_last_success_timestamp_seconds", version) == finished
+    assert value("monitor_check_last_failure_timestamp_seconds", version) is None
+    text_out = generate_latest(registry).decode()
+    assert "Attribution" not in text_out
+    assert "SequentialEvidence" not in text_out  # evidence is per family, not per test
+    assert 'window="' not in text_out
 
 
-def test_latest_run_is_per_window_and_failed_or_ended_versions_are_left_out(
+def test_only_scheduled_checks_are_exported_and_ended_versions_are_left_out(
     runtime: Runtime,
 ) -> None:
     log(runtime, 1, version="1.4.0")
     log(runtime, 1, version="1.2.0")
     vid, old = version_id(runtime, "1.4.0"), version_id(runtime, "1.2.0")
-    store_run(runtime, vid, [result("MMDDrift", "embedding", 0.1, 0.2, False)], window="1d")
-    store_run(runtime, vid, [result("MMDDrift", "embedding", 0.3, 0.01, True)], window="7d")
-    store_run(runtime, vid, [result("MMDDrift", "embedding", 0.9, 0.0, True)], window="1d",
-              end=NOW + timedelta(hours=1), status="failed")
-    store_run(runtime, vid, [result("MMDDrift", "embedding", 0.2, 0.04, True)], window="last:500",
-              status="partial")
-    store_run(runtime, old, [result("MMDDrift", "embedding", 0.9, 0.001, True)])
+
+    def mmd(p: float) -> list[dict[str, Any]]:
+        return [result("MMDDrift", "embedding", 0.1, p, p < 0.05)]
+
+    day = timedelta(days=1)
+    store_run(runtime, vid, mmd(0.3), end=MIDNIGHT - day)
+    store_run(runtime, vid, mmd(0.2), end=MIDNIGHT, status="partial")  # results stored
+    store_run(runtime, vid, mmd(0.01), window="7d", end=MIDNIGHT + day)  # another label
+    store_run(runtime, vid, mmd(0.04), end=NOW)  # a rolling 1d window ending at noon
+    failed_at = MIDNIGHT + timedelta(hours=1)
+    store_run(runtime, vid, [], end=MIDNIGHT + day, status="failed", finished=failed_at)
+    store_run(runtime, old, mmd(0.001))
     with session_scope(runtime.sessions) as session:
         session.execute(update(ModelVersion).where(ModelVersion.id == old)
                         .values(status="rolled_back"))
     registry, _ = collector(runtime)
+    version = {"model": MODEL, "model_version": "1.4.0"}
 
-    def p(window: str, version: str = "1.4.0") -> float | None:
-        return registry.get_sample_value("monitor_drift_p_value", {
-            "model": MODEL, "model_version": version, "window": window, "family": "embedding",
+    def p(registry: CollectorRegistry, version: str = "1.4.0") -> float | None:
+        return registry.get_sample_value("monitor_test_p_value", {
+            "model": MODEL, "model_version": version, "family": "embedding",
             "detector": "MMDDrift", "feature": "embedding"})
 
-    assert p("1d") == 0.2  # the failed later run is not a result
-    assert p("7d") == 0.01
-    assert p("last:500") == 0.04  # a partial run stored results
-    assert p("1d", "1.2.0") is None  # rolled back: its last verdict must not page forever
+    assert p(registry) == 0.2  # the newest grid day; the failed later day is not a result
+    assert registry.get_sample_value("monitor_check_last_success_timestamp_seconds",
+                                     version) == (MIDNIGHT + timedelta(minutes=1)).timestamp()
+    assert registry.get_sample_value("monitor_check_last_failure_timestamp_seconds",
+                                     version) == failed_at.timestamp()
+    assert p(registry, "1.2.0") is None  # rolled back: its last evidence must not page forever
+
+    # A scheduler on a window label reports the runs of that label.
+    weekly, _ = collector(runtime, schedule=Schedule("7d"))
+    assert p(weekly) == 0.01
+    assert weekly.get_sample_value("monitor_check_last_failure_timestamp_seconds",
+                                   version) is None
+    # The grid's midnights are the site's: in Berlin a UTC-midnight window is not a grid day.
+    berlin, _ = collector(runtime, schedule=Schedule("grid", ZoneInfo("Europe/Berlin")))
+    assert p(berlin) is None
+    store_run(runtime, vid, mmd(0.5), end=MIDNIGHT - timedelta(hours=1))  # Berlin midnight
+    assert p(berlin) == 0.5
 
     # Once the model has a live version, only live versions export check results.
     log(runtime, 1, version="1.5.0")
     candidate = version_id(runtime, "1.5.0")
-    store_run(runtime, candidate, [result("MMDDrift", "embedding", 0.3, 0.02, True)])
-    assert p("1d", "1.5.0") == 0.02
+    store_run(runtime, candidate, mmd(0.02))
+    assert p(registry, "1.5.0") == 0.02
     with session_scope(runtime.sessions) as session:
         session.add(ModelAlias(model=MODEL, alias="production", model_version_id=vid,
                                updated_at=NOW))
-    assert p("1d", "1.5.0") is None
-    assert p("1d") == 0.2
+    assert p(registry, "1.5.0") is None
+    assert p(registry) == 0.2
 
 
 def test_subgroup_values_are_capped_keeping_the_largest_groups(runtime: Runtime) -> None:
@@ -284,16 +354,27 @@ def test_subgroup_values_are_capped_keeping_the_largest_groups(runtime: Runtime)
         for site, n in sizes.items()
     ])
     registry, _ = collector(runtime, max_subgroup_values=2)
-    window = {"model": MODEL, "model_version": "1.4.0", "window": "1d"}
+    version = {"model": MODEL, "model_version": "1.4.0"}
     kept = {site for site in sizes if registry.get_sample_value(
-        "monitor_subgroup_gap_ratio", {**window, "field": "site", "value": site,
+        "monitor_subgroup_gap_ratio", {**version, "field": "site", "value": site,
                                        "metric": "sensitivity"}) is not None}
     assert kept == {"b", "c"}
+    tested = {site for site in sizes if registry.get_sample_value("monitor_test_p_value", {
+        **version, "family": "bias", "detector": "SubgroupBias",
+        "feature": f"site={site}:sensitivity"}) is not None}
+    assert tested == kept
     assert registry.get_sample_value("monitor_subgroup_values_omitted",
-                                     {**window, "field": "site"}) == 2
+                                     {**version, "field": "site"}) == 2
 
 
-def test_alerts_firing_by_severity_and_the_active_version(runtime: Runtime) -> None:
+def incident(severity: str, state: str = "open", *, version: str = "1.4.0",
+             cause: str = "XR-1") -> Incident:
+    return Incident(model=MODEL, model_version=version, cause_field="station",
+                    cause_value=cause, cause_label=cause, state=state, severity=severity,
+                    opened_at=NOW, quiet_windows=0, updated_at=NOW)
+
+
+def test_incidents_alerts_and_active_versions_by_model_version(runtime: Runtime) -> None:
     log(runtime, 1, version="1.4.0")
     log(runtime, 1, version="1.3.0")
     log(runtime, 1, version="2.0.0", model="ct-bleed")
@@ -306,18 +387,56 @@ def test_alerts_firing_by_severity_and_the_active_version(runtime: Runtime) -> N
                                updated_at=now))
         for i, (severity, state) in enumerate([("critical", "firing"), ("critical", "firing"),
                                                ("warning", "resolved"), ("info", "firing")]):
-            session.add(Alert(key=f"k{i}", rule="drift", model=MODEL, model_version="1.4.0",
-                              severity=severity, state=state, started_at=now, updated_at=now))
+            session.add(Alert(key=f"k{i}", rule="sequential-page", model=MODEL,
+                              model_version="1.4.0", severity=severity, state=state,
+                              started_at=now, updated_at=now))
+        session.add_all([incident("critical", cause="XR-1"), incident("warning", cause="XR-2"),
+                         incident("warning", cause="XR-3"),
+                         incident("critical", "resolved", cause="XR-4"),
+                         incident("critical", "accepted", cause="XR-5"),
+                         incident("warning", version="1.3.0")])
     registry, _ = collector(runtime)
     value = registry.get_sample_value
-    assert value("monitor_alerts_firing", {"model": MODEL, "severity": "critical"}) == 2
-    assert value("monitor_alerts_firing", {"model": MODEL, "severity": "warning"}) == 0
-    assert value("monitor_alerts_firing", {"model": MODEL, "severity": "info"}) == 1
-    assert value("monitor_alerts_firing", {"model": "ct-bleed", "severity": "critical"}) == 0
+    prod = {"model": MODEL, "model_version": "1.4.0"}
+    assert value("monitor_open_incidents", {**prod, "severity": "critical"}) == 1
+    assert value("monitor_open_incidents", {**prod, "severity": "warning"}) == 2
+    # 1.3.0 is not live, but its open incident still counts
+    assert value("monitor_open_incidents", {"model": MODEL, "model_version": "1.3.0",
+                                            "severity": "warning"}) == 1
+    ct = {"model": "ct-bleed", "model_version": "2.0.0"}
+    assert value("monitor_open_incidents", {**ct, "severity": "critical"}) == 0  # zero-filled
+    assert value("monitor_alerts_firing", {**prod, "severity": "critical"}) == 2
+    assert value("monitor_alerts_firing", {**prod, "severity": "warning"}) == 0
+    assert value("monitor_alerts_firing", {**prod, "severity": "info"}) == 1
+    assert value("monitor_alerts_firing", {**ct, "severity": "critical"}) == 0
     info = "monitor_model_active_version_info"
-    assert value(info, {"model": MODEL, "model_version": "1.4.0"}) == 1
+    assert value(info, prod) == 1
     assert value(info, {"model": MODEL, "model_version": "1.3.0"}) is None
-    assert value(info, {"model": "ct-bleed", "model_version": "2.0.0"}) == 1
+    assert value(info, ct) == 1
+
+
+def test_a_store_without_the_incident_table_still_answers(sqlite_runtime: Runtime) -> None:
+    """A database from before revision 0004: every other metric is reported."""
+    log(sqlite_runtime, 2)
+    with session_scope(sqlite_runtime.sessions) as session:
+        session.execute(text("DROP TABLE incident"))
+    registry, _ = collector(sqlite_runtime)
+    assert registry.get_sample_value("monitor_store_up") == 1
+    assert registry.get_sample_value("monitor_inferences_total",
+                                     {"model": MODEL, "model_version": "1.4.0"}) == 2
+    assert not [s for f in registry.collect() if f.name == "monitor_open_incidents"
+                for s in f.samples]
+
+
+@pytest.mark.parametrize(("counts", "distance"), [
+    ({"a": {"reference": 5, "current": 5}}, 0.0),
+    ({"a": {"reference": 5, "current": 0}, "b": {"reference": 0, "current": 7}}, 1.0),
+    ({"a": {"reference": 1, "current": 1}, "b": {"reference": 3, "current": 1}}, 0.25),
+    ({"a": {"reference": 0, "current": 3}}, None),
+])
+def test_total_variation_distance(counts: dict[str, Any], distance: float | None) -> None:
+    assert total_variation_distance(counts) == (
+        None if distance is None else pytest.approx(distance))
 
 
 def test_an_unreadable_store_reports_store_up_zero(tmp_path: Path) -> None:
@@ -465,12 +584,14 @@ def test_promtool_accepts_the_exposition(sqlite_runtime: Runtime, tmp_path: Path
         result("PerformanceDrift", "sensitivity", -0.1, 0.01, True,
                details=performance_details(0.7, 0.6, 0.8, 90, 0.8)),
         result("SubgroupBias", "site=north:sensitivity", -0.2, 0.001, True),
+        stream("performance", "PerformanceDrift/sensitivity", 3.0),
     ])
     metrics = build_service_metrics(sqlite_runtime.sessions, check_interval_s=3600)
     metrics.ingest.observe(kind="inference", status=200, seconds=0.02)
     text = generate_latest(metrics.registry)
     names = {family.name for family in text_string_to_metric_families(text.decode())}
-    assert {"monitor_drift_p_value", "monitor_subgroup_gap_ratio",
+    assert {"monitor_test_p_value", "monitor_subgroup_gap_ratio", "monitor_sequential_evidence",
+            "monitor_test_proportion_difference_ratio", "monitor_open_incidents",
             "monitor_performance_ratio"} <= names
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                              timeout=60, check=False)

@@ -15,7 +15,7 @@ from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitor.api.auth import Reader
-from monitor.metrics import INGEST_KINDS, ServiceMetrics, build_service_metrics
+from monitor.metrics import INGEST_KINDS, Schedule, ServiceMetrics, build_service_metrics
 
 router = APIRouter()
 _build_lock = threading.Lock()
@@ -29,9 +29,10 @@ def service_metrics(app: Any) -> ServiceMetrics:
         with _build_lock:
             metrics = getattr(app.state, "metrics", None)
             if metrics is None:
-                runtime = app.state.runtime
+                settings = app.state.runtime.settings
                 metrics = build_service_metrics(
-                    runtime.sessions, check_interval_s=runtime.settings.check_interval_s)
+                    app.state.runtime.sessions, check_interval_s=settings.check_interval_s,
+                    schedule=Schedule(settings.check_window, settings.zone))
                 app.state.metrics = metrics
     return metrics
 
