@@ -1,15 +1,42 @@
-"""Alerts: what is firing and what fired recently; acknowledge and silence (operator token)."""
+"""Alerts: the open incidents, most severe first and then the longest open, each with its
+cause, effect and direction and the findings under it; accepting an incident as a validated
+change (operator token, reason, a confirming click); resolved and accepted incidents;
+findings outside any incident; acknowledging and silencing findings (operator token)."""
 
 from __future__ import annotations
+
+from datetime import date, datetime
 
 import pandas as pd
 import streamlit as st
 
 from dashboards import actions
-from dashboards.common import Context, context, md, query, refresh, runtime_for, show_error
-from monitor.errors import MonitorError
+from dashboards.common import (
+    Context,
+    context,
+    fmt_day,
+    fmt_time,
+    md,
+    query,
+    refresh,
+    runtime_for,
+    show_error,
+)
+from monitor.alerting.config import load_config
+from monitor.errors import MonitorError, ValidationError
+from monitor.store.dashboard import (
+    ACCEPTABLE_CAUSES,
+    CLOSED_INCIDENT_STATES,
+    effect_direction,
+    evidence_level,
+    strongest_evidence,
+)
+from monitor.store.db import session_scope
+from monitor.store.incidents import IncidentInfo
 
 ACTIVE_STATES = ("firing", "pending")
+MESSAGE_KEY = "alert_action_message"
+SEVERITY_BADGES = {"critical": ":red-badge[critical]", "warning": ":orange-badge[warning]"}
 
 
 def alert_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -20,6 +47,7 @@ def alert_table(frame: pd.DataFrame) -> pd.DataFrame:
         "rule": frame["rule"],
         "version": frame["model_version"],
         "summary": frame["summary"],
+        "incident": frame["incident_id"],
         "windows": frame["consecutive"],
         "since": frame["fired_at"].fillna(frame["started_at"]),
         "acknowledged by": frame["acknowledged_by"],
@@ -29,18 +57,229 @@ def alert_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 DATE_COLUMNS = {name: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")
-                for name in ("since", "silenced until", "resolved")}
+                for name in ("since", "silenced until", "resolved", "opened", "closed")}
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+def incident_table(found: list[IncidentInfo]) -> pd.DataFrame:
+    """One row per incident, in the order given. Tables draw text, not Markdown: values
+    need no escaping here."""
+    rows = []
+    for info in found:
+        top = strongest_evidence(info)
+        rows.append({
+            "id": info.id, "severity": info.severity, "state": info.state,
+            "version": info.model_version, "cause": info.cause_label,
+            "since": fmt_day(info.first_evidence_day), "opened": info.opened_at,
+            "effect": (top or {}).get("effect") or "", "direction": effect_direction(top),
+            "evidence": evidence_level(top), "findings": len(info.findings),
+            "summary": info.summary or "",
+        })
+    return pd.DataFrame(rows, columns=["id", "severity", "state", "version", "cause", "since",
+                                       "opened", "effect", "direction", "evidence", "findings",
+                                       "summary"])
+
+
+def evidence_table(info: IncidentInfo) -> pd.DataFrame:
+    rows = [{"stream": row.get("stream") or f"{row.get('detector')}/{row.get('feature')}",
+             "family": row.get("family"), "level": row.get("level"),
+             "statistic": row.get("statistic"), "threshold": row.get("threshold"),
+             "since": row.get("since"), "effect": row.get("effect"),
+             "direction": effect_direction(row), "rule": row.get("rule")}
+            for row in info.evidence if isinstance(row, dict)]
+    return pd.DataFrame(rows, columns=["stream", "family", "level", "statistic", "threshold",
+                                       "since", "effect", "direction", "rule"])
+
+
+def findings_table(info: IncidentInfo) -> pd.DataFrame:
+    rows = [{"id": a.id, "severity": a.severity, "state": a.state, "rule": a.rule,
+             "stream": "/".join(str(a.labels.get(k, "")) for k in ("detector", "feature")),
+             "summary": a.summary or "", "since": a.fired_at or a.started_at,
+             "windows": a.consecutive, "acknowledged by": a.acknowledged_by,
+             "resolved": a.resolved_at}
+            for a in info.findings]
+    return pd.DataFrame(rows, columns=["id", "severity", "state", "rule", "stream", "summary",
+                                       "since", "windows", "acknowledged by", "resolved"])
+
+
+def incident_title(info: IncidentInfo) -> str:
+    """An expander's label (Markdown: every stored value escaped)."""
+    since = f" since {fmt_day(info.first_evidence_day)}" if info.first_evidence_day else ""
+    return (f"#{info.id} {info.severity} · {md(info.cause_label)} on "
+            f"{md(info.model_version)}{since}")
+
+
+def incident_details(ctx: Context, info: IncidentInfo) -> None:
+    """Inside an incident's expander: its summary, evidence, findings and, where its cause
+    is a stratum, accepting it."""
+    badge = SEVERITY_BADGES.get(info.severity, md(info.severity))
+    st.markdown(f"{badge} **{md(info.state)}** · {md(info.summary or '')}")
+    st.caption(f"Opened {fmt_time(info.opened_at)}; paged {fmt_time(info.paged_at)}; "
+               f"cause {md(info.cause_field)} = {md(info.cause_value)}.")
+    evidence = evidence_table(info)
+    if not evidence.empty:
+        st.markdown("**Evidence**")
+        st.dataframe(evidence, hide_index=True, width="stretch", column_config={
+            "statistic": st.column_config.NumberColumn(format="%.2f"),
+            "threshold": st.column_config.NumberColumn(format="%.2f")})
+    st.markdown(f"**Findings ({len(info.findings)})**")
+    if info.findings:
+        st.dataframe(findings_table(info), hide_index=True, width="stretch",
+                     column_config=DATE_COLUMNS)
+    else:
+        st.caption("No finding is attached to this incident.")
+    if info.state == "open" and info.cause_field in ACCEPTABLE_CAUSES:
+        accept_form(ctx, info)
+
+
+def _local_today(ctx: Context) -> date:
+    return datetime.now(ctx.settings.zone).date()
+
+
+def _confirm_key(incident_id: int) -> str:
+    return f"accept_confirming_{incident_id}"
+
+
+def _checked_reason(reason: str | None, incident_id: int) -> str:
+    if reason is None or not reason.strip():
+        raise ValidationError(f"a reason is required to accept incident {incident_id}",
+                              field="reason")
+    return reason.strip()
+
+
+def accept_incident(ctx: Context, incident_id: int, *, credential: str, since: date,
+                    reason: str) -> tuple[str, IncidentInfo]:
+    """Accept an open incident as a validated change through
+    ``monitor.alerting.incidents.accept_incident`` (re-baselines the stratum from ``since``,
+    audited): the operator's name and the accepted incident."""
+    from monitor.alerting.incidents import accept_incident as accept  # the engine's side
+
+    runtime = runtime_for(ctx.database_url, ctx.settings)
+    actor = actions.authenticate_operator(runtime, credential)
+    reason = _checked_reason(reason, incident_id)
+    with session_scope(runtime.sessions) as session:
+        info = accept(session, incident_id, actor=actor, since=since, reason=reason,
+                      config=load_config(ctx.settings), zone=ctx.settings.zone)
+    return actor, info
+
+
+def _ask_confirmation(ctx: Context, info: IncidentInfo, *, credential: str,
+                      reason: str) -> None:
+    """The first step: token and reason checked, nothing changed yet."""
+    runtime = runtime_for(ctx.database_url, ctx.settings)
+    try:
+        actions.authenticate_operator(runtime, credential)
+        _checked_reason(reason, info.id)
+    except MonitorError as exc:
+        show_error(exc)
+        return
+    st.session_state[_confirm_key(info.id)] = True
+    st.rerun()
+
+
+def _accept(ctx: Context, info: IncidentInfo, *, credential: str, since: date,
+            reason: str) -> None:
+    try:
+        actor, accepted = accept_incident(ctx, info.id, credential=credential, since=since,
+                                          reason=reason)
+    except MonitorError as exc:
+        show_error(exc)
+        return
+    st.session_state.pop(_confirm_key(info.id), None)
+    refresh()
+    st.session_state[MESSAGE_KEY] = (
+        f"Incident #{info.id} ({md(accepted.cause_label)}) accepted as a validated change "
+        f"from {since:%Y-%m-%d} by {md(actor)}: its studies from that day are the baseline "
+        "now.")
+    st.rerun()
+
+
+def accept_form(ctx: Context, info: IncidentInfo) -> None:
+    """Day, token and reason, then "Accept as validated change…" and a confirming click. No
+    st.form: Enter in a field submits nothing."""
+    key = info.id
+    st.markdown("**Accept as validated change**")
+    st.caption(f"When the team has validated this change of {md(info.cause_label)}: its "
+               "studies from the chosen day replace its old ones in the version's baseline, "
+               "the incident is closed as accepted and stops paging. The audit log records "
+               "your name and reason.")
+    today = _local_today(ctx)
+    first = info.first_evidence_day
+    default = min(first, today) if first is not None else today
+    since = st.date_input("Validated from (site day)", value=default, max_value=today,
+                          key=f"accept_since_{key}")
+    credential = st.text_input("Operator token", type="password", key=f"accept_token_{key}",
+                               help="A token with the operator role; while the token store "
+                               "is empty (the demo), your name.")
+    reason = st.text_area("Reason", key=f"accept_reason_{key}", height=68,
+                          help="Required: what was validated, by whom; recorded in the "
+                          "audit log.")
+    if not isinstance(since, date):
+        st.caption("Choose the day the validated change took effect.")
+        return
+    if st.session_state.get(_confirm_key(key)):
+        st.info(f"**Confirm:** accept incident #{key} ({md(info.cause_label)} on "
+                f"{md(info.model_version)}) as a validated change from {since:%Y-%m-%d}, "
+                f"with the reason \"{md(reason.strip())}\". Its studies from that day become "
+                "the baseline.", icon=":material/help:")
+        cols = st.columns([1, 1, 4])
+        if cols[0].button("Confirm accept", type="primary", key=f"accept_confirm_{key}"):
+            _accept(ctx, info, credential=credential, since=since, reason=reason)
+        if cols[1].button("Cancel", key=f"accept_cancel_{key}"):
+            st.session_state.pop(_confirm_key(key), None)
+            st.rerun()
+        return
+    if st.button("Accept as validated change…", key=f"accept_start_{key}",
+                 help="Asks for a confirmation first."):
+        _ask_confirmation(ctx, info, credential=credential, reason=reason)
+
+
+def open_incidents_section(ctx: Context, found: list[IncidentInfo]) -> None:
+    st.subheader("Open incidents")
+    st.caption("Most severe first, then the longest open. An incident groups the findings of "
+               "one version that share a cause (a scanner, site, software version, subgroup "
+               "or the version itself); it notifies when it opens, when it escalates to "
+               "critical and when it closes. Since: the first day of its evidence.")
+    if not found:
+        st.success("No open incident.")
+        return
+    st.dataframe(incident_table(found), hide_index=True, width="stretch",
+                 column_config=DATE_COLUMNS)
+    for info in found:
+        with st.expander(incident_title(info)):
+            incident_details(ctx, info)
+
+
+def closed_incidents_section(found: list[IncidentInfo]) -> None:
+    st.subheader("Resolved and accepted incidents")
+    if not found:
+        st.caption("No incident resolved or accepted in this range.")
+        return
+    table = incident_table(found)
+    table["closed"] = [i.resolved_at or i.accepted_at for i in found]
+    table["why"] = [i.resolved_reason or "" for i in found]
+    table["accepted by"] = [i.accepted_by or "" for i in found]
+    table["accept reason"] = [i.accept_reason or "" for i in found]
+    st.dataframe(table[["id", "state", "severity", "version", "cause", "since", "opened",
+                        "closed", "why", "accepted by", "accept reason", "effect",
+                        "findings"]],
+                 hide_index=True, width="stretch", column_config=DATE_COLUMNS)
+
+
+# --------------------------------------------------------------------------- findings
 
 
 def action_form(ctx: Context, active: pd.DataFrame) -> None:
-    st.subheader("Acknowledge or silence")
+    st.subheader("Acknowledge or silence a finding")
     if active.empty:
         st.caption("Nothing to act on.")
         return
     labels = {int(r.alert_id): f"#{r.alert_id} {r.severity} {r.rule} ({r.model_version})"
               for r in active.itertuples()}
     with st.form("alert_action", clear_on_submit=False):
-        alert_id = st.selectbox("Alert", list(labels), format_func=labels.get,
+        alert_id = st.selectbox("Finding", list(labels), format_func=labels.get,
                                 key="alert_action_id")
         action = st.radio("Action", ["acknowledge", "silence"], horizontal=True,
                           key="alert_action_kind")
@@ -69,7 +308,7 @@ def action_form(ctx: Context, active: pd.DataFrame) -> None:
             show_error(exc)
             return
         refresh()
-        st.session_state["alert_action_message"] = message
+        st.session_state[MESSAGE_KEY] = message
         st.rerun()
 
 
@@ -78,30 +317,40 @@ def render(ctx: Context) -> None:
     every_model = st.toggle("All models", value=False, key="alerts_all_models")
     model = None if every_model else ctx.filters.model
     st.caption(f"model **{md(model or 'all')}**")
-    if message := st.session_state.pop("alert_action_message", None):
+    if message := st.session_state.pop(MESSAGE_KEY, None):
         st.success(message)
+    opened = query(ctx.settings, "incidents", model=model)
+    closed = query(ctx.settings, "incidents", model=model, states=CLOSED_INCIDENT_STATES,
+                   closed_since=ctx.filters.start)
     active = query(ctx.settings, "alerts_frame", model=model, states=ACTIVE_STATES)
     recent = query(ctx.settings, "alerts_frame", model=model, since=ctx.filters.start)
     firing = active[active["state"] == "firing"]
-    cols = st.columns(5)
-    cols[0].metric("Firing", f"{len(firing)}")
-    cols[1].metric("Critical firing", f"{int((firing['severity'] == 'critical').sum())}")
-    cols[2].metric("Pending", f"{int((active['state'] == 'pending').sum())}",
+    cols = st.columns(6)
+    cols[0].metric("Open incidents", f"{len(opened)}")
+    cols[1].metric("Critical incidents",
+                   f"{sum(1 for i in opened if i.severity == 'critical')}")
+    cols[2].metric("Findings firing", f"{len(firing)}",
+                   help="Alerts: the state of one rule on one evidence stream; the findings "
+                   "of one cause form an incident.")
+    cols[3].metric("Pending", f"{int((active['state'] == 'pending').sum())}",
                    help="The condition holds but not yet for enough consecutive windows.")
-    cols[3].metric("Unacknowledged", f"{int(firing['acknowledged_by'].isna().sum())}")
-    cols[4].metric("Silenced", f"{int(active['silenced'].sum())}")
+    cols[4].metric("Unacknowledged", f"{int(firing['acknowledged_by'].isna().sum())}")
+    cols[5].metric("Silenced", f"{int(active['silenced'].sum())}")
 
-    st.subheader("Firing and pending")
-    if active.empty:
-        st.success("No alert is firing.")
-    else:
-        st.dataframe(alert_table(active), hide_index=True, width="stretch",
+    open_incidents_section(ctx, opened)
+    closed_incidents_section(closed)
+    outside = active[active["incident_id"].isna()]
+    if not outside.empty:
+        st.subheader("Findings outside any incident")
+        st.caption("Firing or pending findings not grouped into an incident (model-level "
+                   "rules such as the health score, or findings from before incidents).")
+        st.dataframe(alert_table(outside), hide_index=True, width="stretch",
                      column_config=DATE_COLUMNS)
     action_form(ctx, active)
-    st.subheader("Recent alerts")
+    st.subheader("Recent findings")
     resolved = recent[~recent["state"].isin(ACTIVE_STATES)]
     if resolved.empty:
-        st.caption("No resolved alert in this range.")
+        st.caption("No resolved finding in this range.")
     else:
         st.dataframe(alert_table(resolved), hide_index=True, width="stretch",
                      column_config=DATE_COLUMNS)

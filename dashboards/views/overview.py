@@ -34,9 +34,12 @@ def model_card(status: ModelStatus) -> None:
                        help="1 = every detector family quiet; green ≥ 0.8, amber ≥ 0.6, "
                        "red below. The line: the active version's recent checks.",
                        chart_data=list(status.health_history) or None, chart_type="area")
-        cols[2].metric("Alerts firing", f"{status.alerts_firing}",
-                       delta=f"{status.critical_firing} critical" if status.critical_firing
-                       else None, delta_color="inverse")
+        cols[2].metric("Open incidents", f"{status.incidents_open}",
+                       delta=f"{status.critical_incidents} critical"
+                       if status.critical_incidents else None, delta_color="inverse",
+                       help=f"Findings of one version that share a cause form one incident; "
+                       f"{status.alerts_firing} finding(s) firing. The Alerts page lists "
+                       "them.")
         cols[3].metric("Studies", f"{status.studies:,}", help="Inferences logged in the "
                        "chosen time range, every version and site.")
         cols[4].metric("Last check", fmt_ago(status.last_check_at),
@@ -44,8 +47,8 @@ def model_card(status: ModelStatus) -> None:
                        "version finished.")
         aliases = ", ".join(f"{md(a)} → {md(v)}" for a, v in sorted(status.aliases.items()))
         cols[5].metric("Versions", f"{len(status.versions)}", help=aliases or None)
-        if status.reasons:
-            st.caption("Why: " + "; ".join(status.reasons))  # our own words
+        if status.reasons:  # incidents' causes and effects come from the data: escaped
+            st.caption("Why:  \n" + "  \n".join(md(reason) for reason in status.reasons))
 
 
 def render(ctx: Context) -> None:

@@ -9,8 +9,8 @@ filter values. Days are UTC calendar days.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, aliased
 from monitor.detect.sequential import STREAM_DETECTOR
 from monitor.detect.stats import wilson_interval
 from monitor.errors import ValidationError
+from monitor.store.incidents import AlertInfo, IncidentInfo, list_incidents
 from monitor.store.models import (
     Alert,
     AuditEntry,
@@ -72,8 +73,10 @@ class FilterOptions:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """One model at a glance. ``rag`` is red when a critical alert fires or the active
-    version's latest health is red; amber on a firing warning, amber health, or no check yet."""
+    """One model at a glance. ``rag`` is red when a critical incident is open (or a critical
+    finding fires outside any incident) or the active version's latest health is red; amber
+    on a warning incident or finding, amber health, or no check yet. ``reasons`` say why in
+    words, the open incidents first (plain text: escape it where Markdown renders)."""
 
     model: str
     active_version: str | None
@@ -89,6 +92,8 @@ class ModelStatus:
     reasons: tuple[str, ...] = field(default_factory=tuple)
     # the active version's last HEALTH_HISTORY health scores, of its most checked window length
     health_history: tuple[float, ...] = field(default_factory=tuple)
+    incidents_open: int = 0
+    critical_incidents: int = 0
 
 
 HEALTH_HISTORY = 30
@@ -244,8 +249,8 @@ def _latest_run(session: Session, version_ids: Sequence[int]) -> CheckRun | None
 
 def model_statuses(session: Session, *, start: datetime | None = None,
                    end: datetime | None = None) -> list[ModelStatus]:
-    """Every model: active version, its latest health, firing alerts, last check, studies in
-    the range, and a red/amber/green verdict with the reasons for it."""
+    """Every model: active version, its latest health, open incidents, firing alerts, last
+    check, studies in the range, and a red/amber/green verdict with the reasons for it."""
     statuses = []
     models = list(session.scalars(select(ModelVersion.model).group_by(ModelVersion.model)
                                   .order_by(ModelVersion.model)))
@@ -262,23 +267,37 @@ def model_statuses(session: Session, *, start: datetime | None = None,
             .group_by(Alert.severity)
         ).all()
         by_severity = dict(firing)
+        stray = dict(session.execute(
+            select(Alert.severity, func.count()).where(Alert.model == model,
+                                                       Alert.state == "firing",
+                                                       Alert.incident_id.is_(None))
+            .group_by(Alert.severity)).all())
+        open_incidents = sorted(list_incidents(session, model=model, state="open"),
+                                key=_incident_order)
+        severities = [i.severity for i in open_incidents]
         studies = session.scalar(_where_inferences(
             select(func.count()).select_from(Inference), session,
             Filters(model=model, start=start, end=end))) or 0
-        reasons: list[str] = []
-        if by_severity.get("critical"):
-            reasons.append(f"{by_severity['critical']} critical alert(s) firing")
+        reasons = [incident_headline(i) for i in open_incidents[:MAX_INCIDENTS_NAMED]]
+        if len(open_incidents) > MAX_INCIDENTS_NAMED:
+            reasons.append(f"{len(open_incidents) - MAX_INCIDENTS_NAMED} more open "
+                           "incident(s)")
+        if stray.get("critical"):
+            reasons.append(f"{stray['critical']} critical finding(s) firing outside any "
+                           "incident")
         if run is not None and run.health_status == "red":
             reasons.append(f"health {run.health_score:.2f} (red)")
-        rag: Literal["red", "amber", "green"] = "red" if reasons else "green"
-        if rag == "green":
-            if by_severity.get("warning"):
-                reasons.append(f"{by_severity['warning']} warning(s) firing")
+        red = ("critical" in severities or bool(stray.get("critical"))
+               or (run is not None and run.health_status == "red"))
+        if not red:
+            if stray.get("warning"):
+                reasons.append(f"{stray['warning']} warning finding(s) firing outside any "
+                               "incident")
             if run is not None and run.health_status == "amber":
                 reasons.append(f"health {run.health_score:.2f} (amber)")
             if run is None:
                 reasons.append("no completed check for the active version")
-            rag = "amber" if reasons else "green"
+        rag: Literal["red", "amber", "green"] = "red" if red else "amber" if reasons else "green"
         history: tuple[float, ...] = ()
         if run is not None:
             done = and_(CheckRun.model_version_id.in_(ids), CheckRun.status.in_(DONE_STATUSES),
@@ -304,6 +323,8 @@ def model_statuses(session: Session, *, start: datetime | None = None,
             rag=rag,
             reasons=tuple(reasons),
             health_history=history,
+            incidents_open=len(open_incidents),
+            critical_incidents=severities.count("critical"),
         ))
     return statuses
 
@@ -1002,18 +1023,19 @@ def recent_overridden(session: Session, filters: Filters, *, limit: int = 25) ->
 ALERT_COLUMNS = ["alert_id", "rule", "model", "model_version", "severity", "state", "summary",
                  "consecutive", "firing_windows", "started_at", "fired_at", "updated_at",
                  "resolved_at", "acknowledged_by", "acknowledged_at", "silenced_until", "labels",
-                 "last_check_run_id"]
+                 "last_check_run_id", "incident_id"]
 
 
 def alerts_frame(session: Session, *, model: str | None = None,
                  states: Sequence[str] | None = None, since: datetime | None = None,
                  limit: int = 200) -> pd.DataFrame:
-    """Alerts, newest update first: ``ALERT_COLUMNS`` plus ``silenced`` (silence in force)."""
+    """Alerts (findings), newest update first: ``ALERT_COLUMNS`` plus ``silenced`` (silence in
+    force); ``incident_id`` is the incident a finding belongs to, if any."""
     query = select(Alert.id, Alert.rule, Alert.model, Alert.model_version, Alert.severity,
                    Alert.state, Alert.summary, Alert.consecutive, Alert.firing_windows,
                    Alert.started_at, Alert.fired_at, Alert.updated_at, Alert.resolved_at,
                    Alert.acknowledged_by, Alert.acknowledged_at, Alert.silenced_until,
-                   Alert.labels, Alert.last_check_run_id)
+                   Alert.labels, Alert.last_check_run_id, Alert.incident_id)
     if model is not None:
         query = query.where(Alert.model == model)
     if states:
@@ -1028,6 +1050,120 @@ def alerts_frame(session: Session, *, model: str | None = None,
     now = pd.Timestamp(datetime.now(UTC))
     frame["silenced"] = frame["silenced_until"].notna() & (frame["silenced_until"] > now)
     return frame
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+OPEN_INCIDENT_STATES = ("open",)
+CLOSED_INCIDENT_STATES = ("resolved", "accepted")
+INCIDENT_SEVERITY_RANK = {"critical": 0, "warning": 1}
+# The causes an operator can accept as a validated change (a stratum of the fleet that can be
+# re-baselined): ``monitor.alerting.incidents.STRATUM_FIELDS``.
+ACCEPTABLE_CAUSES = ("station", "scanner_model", "software_version", "site", "vendor")
+MAX_INCIDENTS_NAMED = 3  # in a model's "why" on the overview
+_LEVEL_RANK = {"page": 2, "warning": 1}
+
+
+def _incident_order(info: IncidentInfo) -> tuple[int, datetime, int]:
+    """Most severe first, then the oldest (the longest open) first."""
+    return (INCIDENT_SEVERITY_RANK.get(info.severity, len(INCIDENT_SEVERITY_RANK)),
+            info.opened_at, info.id)
+
+
+def _closed_at(info: IncidentInfo) -> datetime:
+    return info.resolved_at or info.accepted_at or info.opened_at
+
+
+def incidents(session: Session, *, model: str | None = None, version: str | None = None,
+              states: Sequence[str] = OPEN_INCIDENT_STATES, closed_since: datetime | None = None,
+              limit: int = 200) -> list[IncidentInfo]:
+    """Incidents in ``states`` with their findings (alerts), two queries in all. Open ones
+    most severe first, then the oldest first; resolved and accepted ones (``closed_since``:
+    only those closed since then) the most recently closed first."""
+    found: list[IncidentInfo] = []
+    for state in states:
+        found += list_incidents(session, model=model, version=version, state=state,
+                                limit=limit)
+    if closed_since is not None:
+        found = [i for i in found if i.state == "open" or _closed_at(i) >= closed_since]
+    if not found:
+        return []
+    by_incident: dict[int, list[AlertInfo]] = {}
+    for row in session.scalars(select(Alert).where(
+            Alert.incident_id.in_([i.id for i in found])).order_by(Alert.id)):
+        by_incident.setdefault(int(row.incident_id or 0), []).append(AlertInfo.of(row))
+    rank = {"critical": 0, "warning": 1}
+    out = []
+    for info in found:
+        findings = sorted(by_incident.get(info.id, []), key=lambda a: (
+            a.state not in ("pending", "firing"), rank.get(a.severity, 2), a.id))
+        out.append(replace(info, findings=tuple(findings)))
+    opened = sorted((i for i in out if i.state == "open"), key=_incident_order)
+    closed = sorted((i for i in out if i.state != "open"), key=_closed_at, reverse=True)
+    return [*opened, *closed][:limit]
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _evidence_strength(row: Mapping[str, Any]) -> tuple[int, float]:
+    statistic, threshold = _number(row.get("statistic")), _number(row.get("threshold"))
+    ratio = (statistic / threshold if statistic is not None and threshold
+             else statistic if statistic is not None else 0.0)
+    return _LEVEL_RANK.get(str(row.get("level")), 0), ratio
+
+
+def strongest_evidence(info: IncidentInfo) -> dict[str, Any] | None:
+    """The incident's strongest evidence row: at the page level before warning, then the
+    largest statistic relative to its threshold."""
+    rows = [row for row in info.evidence if isinstance(row, Mapping)]
+    return dict(max(rows, key=_evidence_strength)) if rows else None
+
+
+def effect_direction(row: Mapping[str, Any] | None) -> str:
+    """Which way the evidence points: for a subgroup, whether the group does worse than in
+    the baseline; for a performance metric, lower or higher than the baseline's; for a
+    distribution, that it shifted (it has no sign)."""
+    if not row:
+        return ""
+    if row.get("detector") == BIAS_DETECTOR:
+        direction = row.get("direction")
+        if direction in ("worse", "better"):
+            return str(direction)
+        return "worse" if row.get("gap_change") is not None else ""
+    baseline, current = row.get("baseline"), row.get("current")
+    if isinstance(baseline, Mapping) and isinstance(current, Mapping):
+        before, after = _number(baseline.get("value")), _number(current.get("value"))
+        if before is not None and after is not None and before != after:
+            return "lower" if after < before else "higher"
+    return "shifted" if row.get("family") in ("embedding", "metadata", "prediction") else ""
+
+
+def evidence_level(row: Mapping[str, Any] | None) -> str:
+    """"page (Z 5.6, pages at 3.9)" for a sequential finding."""
+    if not row:
+        return ""
+    statistic, threshold = _number(row.get("statistic")), _number(row.get("threshold"))
+    level = str(row.get("level") or row.get("severity") or "")
+    if statistic is None or threshold is None:
+        return level
+    return f"{level} (Z {statistic:.1f}, pages at {threshold:.1f})"
+
+
+def incident_headline(info: IncidentInfo) -> str:
+    """An incident in words: "critical: XR-SOUTH-1 (SIEMENS Ysio Max) on 1.4.0 since
+    2026-10-11 - embedding MMD p<1e-4" (plain text: escape it where Markdown renders)."""
+    since = (f" since {info.first_evidence_day.isoformat()}"
+             if info.first_evidence_day is not None else "")
+    top = strongest_evidence(info)
+    effect = f" - {top['effect']}" if top and top.get("effect") else ""
+    return f"{info.severity}: {info.cause_label} on {info.model_version}{since}{effect}"
 
 
 # --------------------------------------------------------------------------- versions
