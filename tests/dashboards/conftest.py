@@ -2,8 +2,8 @@
 they raise (evaluated at each window's end, as a live service would), one pending rollback
 recommendation and three tokens in the token store (an operator, a reader, an ingester); and
 the ``MONITOR_*`` environment the dashboard reads its settings from. ``evidence_env`` adds
-eight daily grid checks with sequential evidence (``tests.dashboards.seed``) before the
-alerts are evaluated."""
+eight daily grid checks with sequential evidence before the alerts are evaluated, and six
+incidents of 1.3.0 after (``tests.dashboards.seed``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from monitor.store.db import session_scope
 from monitor.store.models import CheckRun, RollbackRecommendation
 from monitor.store.tokens import add_token
 from tests.conftest import TEST_SECRET
-from tests.dashboards.seed import FIRST_DAY, seed_daily_evidence
+from tests.dashboards.seed import FIRST_DAY, seed_daily_evidence, seed_incidents
 from tests.simdb import SimulatedTemplate
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
@@ -38,6 +38,7 @@ class DashboardData:
     template: SimulatedTemplate
     recommendation_id: int
     daily_run_ids: list[int] = field(default_factory=list)  # seeded grid days, in day order
+    incident_ids: dict[str, int] = field(default_factory=dict)  # seeded incidents by name
 
     @property
     def database_url(self) -> str:
@@ -80,8 +81,10 @@ def evidence_data(simulated_runtime: Runtime,
                   simulated_template: SimulatedTemplate) -> DashboardData:
     daily = seed_daily_evidence(simulated_runtime, simulated_template.day(FIRST_DAY))
     recommendation_id = raise_alerts(simulated_runtime)
+    incidents = seed_incidents(simulated_runtime, simulated_template.start)
     add_tokens(simulated_runtime)
-    return DashboardData(simulated_runtime, simulated_template, recommendation_id, daily)
+    return DashboardData(simulated_runtime, simulated_template, recommendation_id, daily,
+                         incidents)
 
 
 def dashboard_environment(data: DashboardData) -> dict[str, str]:
@@ -108,7 +111,7 @@ def dashboard_env(dashboard_data: DashboardData, monkeypatch: pytest.MonkeyPatch
 @pytest.fixture
 def evidence_env(evidence_data: DashboardData, monkeypatch: pytest.MonkeyPatch
                  ) -> Iterator[DashboardData]:
-    """``dashboard_env`` with the seeded daily grid checks."""
+    """``dashboard_env`` with the seeded daily grid checks and incidents."""
     for name, value in dashboard_environment(evidence_data).items():
         monkeypatch.setenv(name, value)
     yield evidence_data

@@ -66,7 +66,9 @@ PAGES = {
                               "scanner FUJIFILM Corporation FDR Smart X")),
     "bias": ("bias", ("age_band = 80+", "Subgroup table")),
     "overrides": ("overrides", ("Override rate", "Most recent overridden studies")),
-    "alerts": ("alerts", ("Critical firing", "Acknowledge or silence", "Recent alerts")),
+    "alerts": ("alerts", ("Open incidents", "Critical incidents", "XR-SOUTH-1 (SIEMENS Ysio Max",
+                          "Resolved and accepted incidents", "Acknowledge or silence a finding",
+                          "Recent findings")),
     "versions": ("versions", (f"roll cxr-triage production back from {PRODUCTION} to "
                               f"{PREVIOUS}", "Approve rollback…", "Audit log")),
 }

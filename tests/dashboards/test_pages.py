@@ -19,11 +19,15 @@ from dashboards.actions import authenticate_operator
 from dashboards.guard import LOGIN_FIELD_KEY, TOKEN_KEY
 from dashboards.views.report import report_file
 from monitor.api.errors import Forbidden, Unauthorized
+from monitor.safe_output import markdown_text
+from monitor.store import dashboard as q
 from monitor.store.db import session_scope
+from monitor.store.incidents import IncidentInfo, list_incidents
 from monitor.store.models import (
     Alert,
     AuditEntry,
     CheckResult,
+    Incident,
     Inference,
     ModelAlias,
     ModelVersion,
@@ -105,12 +109,37 @@ def test_overview_shows_every_study_and_the_red_status(dashboard_env: DashboardD
     firing = scalar(dashboard_env, select(func.count()).select_from(Alert).where(
         Alert.state == "firing"))
     assert firing > 0
-    assert metric(at, "Alerts firing") == str(firing)
+    open_incidents = scalar(dashboard_env, select(func.count()).select_from(Incident).where(
+        Incident.state == "open"))
+    assert metric(at, "Open incidents") == str(open_incidents)
     # the latest check of 1.4.0 (the late window: subgroup drop and override rise) is red
     assert ":red-badge[" in texts(at.markdown)
-    assert "critical alert(s) firing" in texts(at.caption)
+    assert "Why:" in texts(at.caption)
     production = dashboard_env.template.deployment.truth.model_version == PRODUCTION
     assert metric(at, "Studies in view") == f"{int(production.sum()):,}"
+
+
+def _open_incidents_in_order(data: DashboardData) -> list[IncidentInfo]:
+    """The model's open incidents, most severe first, then the oldest: sorted here, from the
+    store's rows, not by the query the page uses."""
+    with session_scope(data.runtime.sessions) as session:
+        found = list_incidents(session, model=MODEL, state="open")
+    rank = {"critical": 0, "warning": 1}
+    return sorted(found, key=lambda i: (rank[i.severity], i.opened_at, i.id))
+
+
+def test_overview_names_the_top_incidents_in_words(evidence_env: DashboardData) -> None:
+    at = open_page()
+    why = next(c.value for c in at.caption if str(c.value).startswith("Why:"))
+    top = _open_incidents_in_order(evidence_env)[:3]
+    named = [markdown_text(q.incident_headline(info)) for info in top]
+    positions = [why.find(text) for text in named]
+    assert -1 not in positions and positions == sorted(positions), (why, named)
+    ids = evidence_env.incident_ids
+    headline = q.incident_headline(next(i for i in top if i.id == ids["software-update"]))
+    assert headline == ("critical: XR-SOUTH-1 (SIEMENS Ysio Max, software VF12B) on "
+                        f"{PREVIOUS} since 2026-10-11 - embedding MMD p<1e-4")
+    assert metric(at, "Open incidents") == str(len(_open_incidents_in_order(evidence_env)))
 
 
 def test_overview_follows_the_version_and_site_filters(dashboard_env: DashboardData) -> None:
@@ -336,7 +365,7 @@ def test_alerts_page_acknowledges_and_silences_for_operators_only(
     at = open_page("alerts")
     firing = scalar(dashboard_env, select(func.count()).select_from(Alert).where(
         Alert.model == MODEL, Alert.state == "firing"))
-    assert metric(at, "Firing") == str(firing)
+    assert metric(at, "Findings firing") == str(firing)
     alert_id = scalar(dashboard_env, select(Alert.id).where(Alert.state == "firing",
                                                             Alert.severity == "critical"))
 
@@ -365,6 +394,71 @@ def test_alerts_page_acknowledges_and_silences_for_operators_only(
         AuditEntry.alert_id == alert_id, AuditEntry.actor == OPERATOR))
     assert sorted(audited) == [("acknowledge_alert", "on it"),
                                ("silence_alert", "known cause")]
+
+
+def test_alerts_page_lists_incidents_by_severity_then_age(evidence_env: DashboardData
+                                                         ) -> None:
+    at = open_page("alerts")
+    expected = _open_incidents_in_order(evidence_env)
+    table = frame_with(at, "cause")
+    assert table["id"].tolist() == [i.id for i in expected]
+    assert metric(at, "Open incidents") == str(len(expected))
+    assert metric(at, "Critical incidents") == str(
+        sum(1 for i in expected if i.severity == "critical"))
+    ids = evidence_env.incident_ids
+    seeded = [ids[name] for name in ("software-update", "version", "subgroup-80+",
+                                     "new-vendor")]
+    # critical before warning; within each, the oldest first (not the ids' order)
+    assert [i for i in table["id"] if i in seeded] == seeded
+    assert seeded != sorted(seeded)
+    rows = table.set_index("id")
+    assert rows.loc[ids["software-update"], "since"] == "2026-10-11"
+    assert rows.loc[ids["software-update"], "effect"] == "embedding MMD p<1e-4"
+    assert rows.loc[ids["software-update"], "direction"] == "shifted"
+    assert rows.loc[ids["software-update"], "evidence"] == "page (Z 6.2, pages at 3.9)"
+    assert rows.loc[ids["software-update"], "findings"] == 2
+    assert "gap 11 pts worse" in rows.loc[ids["subgroup-80+"], "effect"]
+    assert rows.loc[ids["subgroup-80+"], "direction"] == "worse"
+    assert rows.loc[ids["version"], "direction"] == "lower"
+    # one expander per incident, in the same order, holding its findings
+    expanders = [e for e in at.expander if str(e.label).startswith("#")]
+    assert [int(str(e.label)[1:].split(" ")[0]) for e in expanders] == table["id"].tolist()
+    with session_scope(evidence_env.runtime.sessions) as session:
+        for expander, info in zip(expanders, expected, strict=True):
+            alerts = sorted(session.scalars(select(Alert.id).where(
+                Alert.incident_id == info.id)))
+            shown = [d.value for d in expander.dataframe if "rule" in d.value.columns
+                     and "stream" in d.value.columns and "id" in d.value.columns]
+            assert sorted(shown[0]["id"]) == alerts if alerts else not shown
+    # resolved and accepted ones in their own section
+    closed = frame_with(at, "closed").set_index("id")
+    assert closed.loc[ids["accepted-firmware"], "state"] == "accepted"
+    assert closed.loc[ids["accepted-firmware"], "accepted by"] == "olivia"
+    assert closed.loc[ids["site-south"], "why"] == "cause gone"
+    assert not set(closed.index) & set(table["id"])
+
+
+def test_alerts_page_offers_accepting_only_for_a_stratum(evidence_env: DashboardData) -> None:
+    at = open_page("alerts")
+    ids = evidence_env.incident_ids
+    offered = {int(b.key.rsplit("_", 1)[1]) for b in at.button
+               if b.key and b.key.startswith("accept_start_")}
+    assert {ids["software-update"], ids["new-vendor"]} <= offered
+    assert not offered & {ids["version"], ids["subgroup-80+"], ids["site-south"],
+                          ids["accepted-firmware"]}
+
+
+def test_alerts_page_escapes_stored_text(evidence_env: DashboardData) -> None:
+    hostile = "XR-1 **bold** [link](http://x.example) :red[alarm] <b>html</b>"
+    with session_scope(evidence_env.runtime.sessions) as session:
+        incident = session.get(Incident, evidence_env.incident_ids["new-vendor"])
+        incident.cause_label = hostile
+        incident.summary = hostile
+    at = open_page("alerts")
+    labels = [str(e.label) for e in at.expander]
+    assert any(markdown_text(hostile) in label for label in labels)
+    assert not any(hostile in label for label in labels)
+    assert not [m for m in at.markdown if hostile in str(m.value)]
 
 
 def _fill(at: AppTest, rec_id: int, *, token: str, reason: str) -> None:
@@ -556,7 +650,7 @@ def test_pages_ask_for_a_read_token(dashboard_env: DashboardData) -> None:
 
 def test_operator_token_is_also_a_read_token(dashboard_env: DashboardData) -> None:
     at = open_page("alerts", token=OPERATOR_TOKEN)
-    assert metric(at, "Firing")
+    assert metric(at, "Findings firing")
 
 
 def test_empty_database_says_what_to_do(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

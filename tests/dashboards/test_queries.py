@@ -5,6 +5,7 @@ draw them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -16,8 +17,9 @@ from monitor.runtime import Runtime
 from monitor.simulate import SimulatedDeployment
 from monitor.store import dashboard as q
 from monitor.store.db import session_scope
+from monitor.store.incidents import IncidentInfo
 from monitor.store.results import store_check_run
-from tests.dashboards.seed import DAILY_Z, seed_daily_evidence
+from tests.dashboards.seed import DAILY_Z, seed_daily_evidence, seed_incidents
 from tests.factories import override_event
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION, populate, simulate
 
@@ -286,3 +288,61 @@ def test_sequential_evidence_reads_back_per_stream_and_per_family(
     assert last.loc["embedding", "ratio"] > 1 > last.loc["prediction", "ratio"]
     assert run(runtime, "sequential_series", production, window_label="7d").empty
     assert q.family_evidence(sequential.iloc[0:0]).empty
+
+
+def test_incidents_read_back_in_page_order_with_their_findings(
+        loaded: tuple[Runtime, SimulatedDeployment]) -> None:
+    runtime, deployment = loaded
+    ids = seed_incidents(runtime, deployment.start)
+    opened = run(runtime, "incidents", model=MODEL)
+    assert [i.id for i in opened] == [ids["software-update"], ids["version"],
+                                      ids["subgroup-80+"], ids["new-vendor"]]
+    assert [len(i.findings) for i in opened] == [2, 1, 1, 1]
+    assert all(a.incident_id == i.id and a.state == "firing" for i in opened
+               for a in i.findings)
+    closed = run(runtime, "incidents", model=MODEL, states=q.CLOSED_INCIDENT_STATES)
+    assert [i.id for i in closed] == [ids["accepted-firmware"], ids["site-south"]]  # newest
+    later = deployment.start + timedelta(days=9, hours=12)
+    assert [i.id for i in run(runtime, "incidents", model=MODEL,
+                              states=q.CLOSED_INCIDENT_STATES, closed_since=later)] == [
+        ids["accepted-firmware"]]
+    assert run(runtime, "incidents", model="another-model") == []
+
+    (status,) = run(runtime, "model_statuses")
+    assert status.rag == "red"
+    assert (status.incidents_open, status.critical_incidents) == (4, 2)
+    assert status.reasons[:4] == (
+        f"critical: XR-SOUTH-1 (SIEMENS Ysio Max, software VF12B) on {PREVIOUS} since "
+        "2026-10-11 - embedding MMD p<1e-4",
+        f"critical: version {PREVIOUS} on {PREVIOUS} since 2026-10-19 - sensitivity 88% -> "
+        "79% (p=0.002)",
+        f"warning: age 80+ on {PREVIOUS} since 2026-10-12 - age_band=80+ sensitivity 71% vs "
+        "86% for the rest, gap 11 pts worse than in the baseline (95% CI -18 to -4)",
+        "1 more open incident(s)")
+
+
+def test_an_incidents_strongest_evidence_gives_its_effect_and_direction() -> None:
+    page = {"level": "page", "statistic": 4.4, "threshold": 4.0, "family": "embedding",
+            "detector": "MMDDrift", "effect": "embedding MMD p<1e-4"}
+    warning = {"level": "warning", "statistic": 9.0, "threshold": 10.0, "family": "metadata",
+               "detector": "NumericDrift", "effect": "kvp median 125 -> 110"}
+    stronger = {**page, "statistic": 6.0, "effect": "stronger"}
+    info = IncidentInfo(
+        id=1, model=MODEL, model_version=PRODUCTION, cause_field="station",
+        cause_value="XR-1", cause_label="XR-1", state="open", severity="critical",
+        summary=None, opened_at=datetime(2026, 10, 12, tzinfo=UTC), first_evidence_day=None,
+        paged_at=None, resolved_at=None, resolved_reason=None, accepted_by=None,
+        accepted_at=None, accept_reason=None, evidence=[warning, page, stronger])
+    # the page level before warning, then the larger statistic relative to its threshold
+    assert q.strongest_evidence(info) == stronger
+    assert q.incident_headline(info) == f"critical: XR-1 on {PRODUCTION} - stronger"
+    assert q.evidence_level(stronger) == "page (Z 6.0, pages at 4.0)"
+    assert q.strongest_evidence(replace(info, evidence=[])) is None
+    assert q.effect_direction(page) == "shifted"
+    bias = {"detector": "SubgroupBias", "family": "bias", "direction": "worse"}
+    assert q.effect_direction(bias) == "worse"
+    performance = {"detector": "PerformanceDrift", "family": "performance",
+                   "baseline": {"value": 0.88}, "current": {"value": 0.79}}
+    assert q.effect_direction(performance) == "lower"
+    assert q.effect_direction({**performance, "current": {"value": 0.91}}) == "higher"
+    assert q.effect_direction(None) == ""
