@@ -269,8 +269,8 @@ def test_a_group_doing_better_never_fires(record_property):
                               "specificity")
         assert not better.details["standing"] and better.details["gap_direction"] == "better"
         standing_better_p.append(better.p_value)
-    # measured: smallest p 1.0 when improved (both tests, capped); a group better from the start and unchanged is
-    # a no-change case, under the level like any other (0.03)
+    # measured: smallest p 1.0 when improved (both tests, capped); a group better from the
+    # start and unchanged is a no-change case, under the level like any other (0.03)
     record_property("smallest_p_improved", min(improved_p))
     assert min(improved_p) > 0.5
     assert rate(record_property, "standing_better_p_below_0.05",
