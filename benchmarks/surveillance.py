@@ -701,8 +701,8 @@ def render(records: Sequence[RunRecord], *, command: str, seconds: float,
             lines += [f"False incidents over the episode runs ({exposure_e:.2f} "
                       f"model-version-months): pages {rate_text(false_p, exposure_e)}, "
                       f"warnings {rate_text(false_w, exposure_e)}.", ""]
-        causes = {(r.config.name, n.label or f"{n.cause_field}={n.cause_value}", n.level)
-                  for r in episodes for n in r.ours if r.episodes
+        causes = {(r.config.name, f"{n.version} {n.label or n.cause_value}", n.level)
+                  for r in episodes + accepted for n in r.ours if r.episodes
                   and not names_episode(n, r.episodes[0])}
         if causes:
             lines += ["Incidents that did not name their episode: " + "; ".join(
