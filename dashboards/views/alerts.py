@@ -22,6 +22,7 @@ from dashboards.common import (
     runtime_for,
     show_error,
 )
+from monitor.alerting import incidents
 from monitor.alerting.config import load_config
 from monitor.errors import MonitorError, ValidationError
 from monitor.store.dashboard import (
@@ -154,14 +155,13 @@ def accept_incident(ctx: Context, incident_id: int, *, credential: str, since: d
     """Accept an open incident as a validated change through
     ``monitor.alerting.incidents.accept_incident`` (re-baselines the stratum from ``since``,
     audited): the operator's name and the accepted incident."""
-    from monitor.alerting.incidents import accept_incident as accept  # the engine's side
-
     runtime = runtime_for(ctx.database_url, ctx.settings)
     actor = actions.authenticate_operator(runtime, credential)
     reason = _checked_reason(reason, incident_id)
     with session_scope(runtime.sessions) as session:
-        info = accept(session, incident_id, actor=actor, since=since, reason=reason,
-                      config=load_config(ctx.settings), zone=ctx.settings.zone)
+        info = incidents.accept_incident(
+            session, incident_id, actor=actor, since=since, reason=reason,
+            config=load_config(ctx.settings), zone=ctx.settings.zone)
     return actor, info
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from sqlalchemy import Float, Integer, and_, case, cast, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
+from monitor.alerting.incidents import STRATUM_FIELDS
 from monitor.detect.sequential import STREAM_DETECTOR
 from monitor.detect.stats import wilson_interval
 from monitor.errors import ValidationError
@@ -1058,9 +1059,9 @@ def alerts_frame(session: Session, *, model: str | None = None,
 OPEN_INCIDENT_STATES = ("open",)
 CLOSED_INCIDENT_STATES = ("resolved", "accepted")
 INCIDENT_SEVERITY_RANK = {"critical": 0, "warning": 1}
-# The causes an operator can accept as a validated change (a stratum of the fleet that can be
-# re-baselined): ``monitor.alerting.incidents.STRATUM_FIELDS``.
-ACCEPTABLE_CAUSES = ("station", "scanner_model", "software_version", "site", "vendor")
+# The causes an operator can accept as a validated change: a stratum of the fleet, which can
+# be re-baselined.
+ACCEPTABLE_CAUSES = STRATUM_FIELDS
 MAX_INCIDENTS_NAMED = 3  # in a model's "why" on the overview
 _LEVEL_RANK = {"page": 2, "warning": 1}
 
