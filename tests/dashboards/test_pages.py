@@ -7,7 +7,7 @@ token first."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ from monitor.store.incidents import IncidentInfo, list_incidents
 from monitor.store.models import (
     Alert,
     AuditEntry,
+    Baseline,
     CheckResult,
     Incident,
     Inference,
@@ -446,6 +447,50 @@ def test_alerts_page_offers_accepting_only_for_a_stratum(evidence_env: Dashboard
     assert {ids["software-update"], ids["new-vendor"]} <= offered
     assert not offered & {ids["version"], ids["subgroup-80+"], ids["site-south"],
                           ids["accepted-firmware"]}
+
+
+def _accept(at: AppTest, incident_id: int, *, token: str, reason: str) -> AppTest:
+    at.text_input(key=f"accept_token_{incident_id}").input(token)
+    at.text_area(key=f"accept_reason_{incident_id}").input(reason)
+    [start] = [b for b in at.button if b.key == f"accept_start_{incident_id}"]
+    start.click()
+    return at.run()
+
+
+def test_alerts_page_accepts_a_validated_change_after_a_confirming_click(
+        evidence_env: DashboardData) -> None:
+    incident_id = evidence_env.incident_ids["software-update"]
+
+    def state() -> tuple[str, str | None]:
+        return rows(evidence_env, select(Incident.state, Incident.accepted_by).where(
+            Incident.id == incident_id))[0]
+
+    baselines = scalar(evidence_env, select(func.count()).select_from(Baseline))
+    at = open_page("alerts")
+    _accept(at, incident_id, token=VIEWER_TOKEN, reason="validated")
+    assert "not an operator" in texts(at.error)
+    _accept(at, incident_id, token=OPERATOR_TOKEN, reason="  ")
+    assert "reason is required" in texts(at.error)
+    reason = "VF12B validated by the physics team on phantoms"
+    _accept(at, incident_id, token=OPERATOR_TOKEN, reason=reason)
+    assert not at.error, texts(at.error)
+    assert state() == ("open", None)  # the first click changes nothing
+    assert f"accept incident #{incident_id}" in texts(at.info)
+    assert "2026-10-11" in texts(at.info)  # from the first day of its evidence by default
+    button(at, "Confirm accept").click()
+    at.run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert f"Incident #{incident_id}" in texts(at.success)
+    assert state() == ("accepted", OPERATOR)
+    assert rows(evidence_env, select(Incident.accept_reason, Incident.accepted_since).where(
+        Incident.id == incident_id)) == [(reason, date(2026, 10, 11))]
+    assert scalar(evidence_env, select(func.count()).select_from(Baseline)) == baselines + 1
+    audited = rows(evidence_env, select(AuditEntry.actor, AuditEntry.reason).where(
+        AuditEntry.actor == OPERATOR))
+    assert (OPERATOR, reason) in audited
+    # it left the open incidents for the closed ones
+    assert incident_id not in frame_with(at, "cause")["id"].tolist()
+    assert incident_id in frame_with(at, "closed")["id"].tolist()
 
 
 def test_alerts_page_escapes_stored_text(evidence_env: DashboardData) -> None:
