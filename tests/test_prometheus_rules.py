@@ -1,6 +1,7 @@
 """The Prometheus alerting rules and the Alertmanager configs, checked by the real tools:
 `promtool check rules`, `promtool test rules` (alerts/prometheus/monitor-rules.test.yml) and
-`amtool check-config`."""
+`amtool check-config`; and that the Prometheus rules and the service's rules never describe
+the same condition."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from monitor.alerting.config import load_config_file
+from monitor.alerting.rules import DEFAULT_RULES, Rule
 from monitor.metrics import exposed_metric_names
 from tests.conftest import require_server
 
@@ -65,17 +68,29 @@ def test_every_alert_has_a_unit_test_where_it_fires() -> None:
     assert alerts <= quiet, f"never seen quiet: {sorted(alerts - quiet)}"
 
 
-def test_the_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
-    """The rule tests have teeth: moving the red health threshold breaks them."""
+@pytest.mark.parametrize(("original", "changed", "alert"), [
+    ("(avg_over_time(monitor_health_score[3d])) < 0.6",
+     "(avg_over_time(monitor_health_score[3d])) < 0.25", "MonitorHealthPersistentlyLow"),
+    ("max by (model, model_version) (monitor_health_score offset 60h)",
+     "max by (model, model_version) (monitor_health_score)", "MonitorHealthPersistentlyLow"),
+    ("> 26 * 3600", "> 28 * 3600", "MonitorChecksLate"),
+    ("for: 26h", "for: 6h", "MonitorNeverChecked"),
+    ("and on (model, model_version) monitor_model_active_version_info\n        for: 1h",
+     "\n        for: 1h", "MonitorChecksFailing"),
+], ids=["health-threshold", "health-history", "late-after", "never-checked-for",
+        "failing-live-only"])
+def test_the_unit_tests_catch_a_changed_rule(tmp_path: Path, original: str, changed: str,
+                                             alert: str) -> None:
+    """The rule tests have teeth: moving a threshold, dropping the three-day history the
+    slow burn needs, or alerting on versions that are not live breaks them."""
     promtool = tool("promtool", "prometheus")
     text = RULES.read_text()
-    assert "(monitor_health_score) < 0.6" in text
-    (tmp_path / RULES.name).write_text(text.replace("(monitor_health_score) < 0.6",
-                                                    "(monitor_health_score) < 0.4"))
+    assert text.count(original) == 1, original
+    (tmp_path / RULES.name).write_text(text.replace(original, changed))
     shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
     tested = run(promtool, "test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert tested.returncode != 0
-    assert "MonitorHealthRed" in tested.stdout + tested.stderr
+    assert f"alertname: {alert}" in tested.stdout + tested.stderr
 
 
 def test_rules_use_only_exported_metrics_and_carry_severity_and_summary() -> None:
@@ -153,9 +168,93 @@ def test_rules_and_their_tests_name_model_version_never_version() -> None:
 @pytest.mark.parametrize("config", ALERTMANAGER_CONFIGS, ids=lambda p: p.name)
 def test_alertmanager_groups_and_inhibits_per_model_version(config: Path) -> None:
     document = yaml.safe_load(config.read_text())
-    assert document["route"]["group_by"] == ["alertname", "model", "model_version"]
+    assert document["route"]["group_by"] == ["alertname", "model", "model_version",
+                                             "incident_id"]
     for rule in document["inhibit_rules"]:
         assert "version" not in rule.get("equal", [])
     (per_version,) = [r for r in document["inhibit_rules"]
                       if r["source_matchers"] == ['severity = "critical"']]
+    assert per_version["target_matchers"] == ['severity = "warning"']
     assert per_version["equal"] == ["model", "model_version"]
+
+
+# --- one event pages once -------------------------------------------------------------------
+
+# What a Prometheus rule watches, by the metrics its expression reads. Check findings (test
+# p-values and effect sizes, sequential evidence, performance, subgroups, incidents) are
+# deliberately absent: the service's rules page on them, through incidents.
+PROMETHEUS_SUBJECTS = {
+    "up": "service up",
+    "monitor_store_up": "service up",
+    "monitor_ingest_rejected_batches_total": "ingestion",
+    "monitor_ingest_request_duration_seconds_count": "ingestion",
+    "monitor_inferences_total": "ingestion",
+    "monitor_check_last_success_timestamp_seconds": "check schedule",
+    "monitor_check_last_failure_timestamp_seconds": "check schedule",
+    "monitor_check_interval_seconds": "check schedule",
+    "monitor_health_score": "health score",
+}
+# Selects which versions a rule applies to (the live ones); watches nothing by itself.
+SELECTORS = {"monitor_model_active_version_info"}
+STACK_ALERTING = ROOT / "docker" / "monitor-alerting.yml"
+
+
+def service_rule_subject(rule: Rule) -> str:
+    """What a service rule watches: a run's health score or study count, or check findings
+    (any detector or family: tests, sequential evidence, performance, subgroups)."""
+    if rule.metric == "health_score":
+        return "health score"
+    if rule.metric == "n_studies":
+        return "ingestion"
+    return "check findings"
+
+
+def normalised(name: str) -> str:
+    """``MonitorPerformanceDrop`` and ``performance-drop`` both give ``performancedrop``."""
+    return re.sub(r"[^a-z0-9]", "", name.removeprefix("Monitor").lower())
+
+
+def test_no_prometheus_rule_describes_a_condition_the_service_pages_on() -> None:
+    """One event pages once. The service pages on check findings through incidents; the
+    Prometheus rules must watch something else. Checked here: (1) every metric a Prometheus
+    rule reads is one of the service-health, ingestion, check-schedule or health-score metrics
+    above, so no Prometheus rule reads a test result, sequential evidence, performance,
+    subgroup or incident metric; (2) no rule of the service, as the compose stack runs it
+    (docker/monitor-alerting.yml, built-in rules where it names none) and as it ships
+    (DEFAULT_RULES), watches a subject a Prometheus rule watches (health score, ingestion);
+    (3) no Prometheus alert name and service rule name are the same words
+    (MonitorPerformanceDrop against performance-drop); (4) the slow burn on the health score
+    is a warning, which the version's critical incident inhibits in Alertmanager."""
+    prometheus_subjects: dict[str, set[str]] = {}
+    for rule in rules():
+        names = set(re.findall(r"\b(monitor_[a-z0-9_]+|up)\b", str(rule["expr"])))
+        unknown = names - set(PROMETHEUS_SUBJECTS) - SELECTORS
+        assert not unknown, f"{rule['alert']} reads {sorted(unknown)}: findings are the service's"
+        for subject in {PROMETHEUS_SUBJECTS[n] for n in names - SELECTORS}:
+            prometheus_subjects.setdefault(subject, set()).add(str(rule["alert"]))
+    health_rules = [rule for rule in rules()
+                    if "health score" in {PROMETHEUS_SUBJECTS.get(n) for n in re.findall(
+                        r"\bmonitor_[a-z0-9_]+\b", str(rule["expr"]))}]
+    assert [rule["alert"] for rule in health_rules] == ["MonitorHealthPersistentlyLow"]
+    assert health_rules[0]["labels"]["severity"] == "warning"
+    assert "[3d]" in str(health_rules[0]["expr"])
+
+    stack = load_config_file(STACK_ALERTING).rules
+    for rule in (*stack, *DEFAULT_RULES):
+        subject = service_rule_subject(rule)
+        assert subject not in prometheus_subjects, (
+            f"service rule {rule.name} and {sorted(prometheus_subjects[subject])} both "
+            f"watch the {subject}")
+    service_names = {normalised(rule.name) for rule in (*stack, *DEFAULT_RULES)}
+    for rule in rules():
+        assert normalised(str(rule["alert"])) not in service_names, rule["alert"]
+
+
+def test_the_stack_sends_incidents_and_prometheus_alerts_to_one_alertmanager() -> None:
+    config = load_config_file(STACK_ALERTING)
+    assert [c.url for c in config.notifications.alertmanager] == ["http://alertmanager:9093"]
+    prometheus = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    (targets,) = [c["targets"] for am in prometheus["alerting"]["alertmanagers"]
+                  for c in am["static_configs"]]
+    assert targets == ["alertmanager:9093"]
+    assert prometheus["rule_files"] == ["rules/monitor-rules.yml"]

@@ -1,5 +1,6 @@
 """A real Prometheus scrapes the API serving the simulated deployment, with the rules of
-alerts/prometheus/ loaded, and its query API returns what the checks stored."""
+alerts/prometheus/ loaded, and its query API returns what the newest daily grid check stored:
+p-values, effect sizes, sequential evidence, performance, subgroups and health."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import yaml
 from sqlalchemy import select
 
 from monitor.checks import CheckOptions, run_check
+from monitor.metrics import total_variation_distance
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from monitor.store.models import CheckResult, CheckRun
@@ -129,9 +131,20 @@ def dashboard_expressions() -> list[str]:
     exprs = []
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
-            expr = re.sub(r"\$(model_version|window)\b", ".*", target["expr"])
+            expr = re.sub(r"\$model_version\b", ".*", target["expr"])
             exprs.append(re.sub(r"\$model\b", MODEL, expr))
     return exprs
+
+
+def evidence_by_family(rows: dict[tuple[str, str], CheckResult]) -> dict[str, float]:
+    """What monitor_sequential_evidence should say: per family, the largest statistic over
+    page threshold of its streams."""
+    ratios: dict[str, float] = {}
+    for (detector, _), row in rows.items():
+        if detector == "SequentialEvidence":
+            family = row.details["of_family"]
+            ratios[family] = max(ratios.get(family, -1e9), row.statistic / row.threshold)
+    return ratios
 
 
 @pytest.fixture
@@ -149,12 +162,11 @@ def test_prometheus_scrapes_the_checks_of_the_simulated_deployment(
     tmp_path: Path,
 ) -> None:
     runtime = simulated_runtime
-    # The latest 1d window checked is the new-vendor day; the 7d one is the late window.
+    # The newest grid day checked is the new-vendor day (the late window is 7 days: not on
+    # the daily grid, so not reported).
     new_vendor = simulated_template.check_run_ids["new-vendor"]
-    late = simulated_template.check_run_ids["late"]
-    expected_1d = stored_results(runtime, new_vendor)
-    expected_7d = stored_results(runtime, late)
-    assert expected_1d[("CategoricalDrift", "vendor")].drift  # the simulated episode
+    expected = stored_results(runtime, new_vendor)
+    assert expected[("CategoricalDrift", "vendor")].p_value < 1e-3  # the simulated episode
 
     app = app_with_metrics(runtime)
     with running_app(app) as api_url, running_prometheus(
@@ -163,47 +175,53 @@ def test_prometheus_scrapes_the_checks_of_the_simulated_deployment(
         prod = f'model="{MODEL}", model_version="{PRODUCTION}"'
         prometheus.wait_for('up{job="monitor"} == 1')
 
-        # Drift metrics: the values the checks stored, by window.
-        for window, expected in (("1d", expected_1d), ("7d", expected_7d)):
-            for (detector, feature), row in expected.items():
-                if detector in ("SubgroupBias", "Attribution") or row.p_value is None:
-                    continue
-                selector = (f'{prod}, window="{window}", detector="{detector}", '
-                            f'feature="{feature}"')
-                [(labels, p_value)] = prometheus.wait_for(
-                    f"monitor_drift_p_value{{{selector}}}")
-                assert p_value == pytest.approx(row.p_value, rel=1e-12, abs=1e-300)
-                [(_, verdict)] = prometheus.vector(f"monitor_drift_detected{{{selector}}}")
-                assert verdict == (1.0 if row.drift else 0.0)
-                assert labels["job"] == "monitor"
-
-        [(_, vendor)] = prometheus.vector(
-            f'monitor_drift_detected{{{prod}, window="1d", family="metadata", '
-            f'detector="CategoricalDrift", feature="vendor"}}')
-        assert vendor == 1.0
-        [(_, health)] = prometheus.vector(f'monitor_health_score{{{prod}, window="1d"}}')
+        # Every test's p-value, and the effect sizes of the tests that have one.
+        for (detector, feature), row in expected.items():
+            if detector in ("SubgroupBias", "Attribution", "SequentialEvidence"):
+                continue
+            selector = f'{prod}, detector="{detector}", feature="{feature}"'
+            if row.p_value is None:
+                assert not prometheus.vector(f"monitor_test_p_value{{{selector}}}")
+                continue
+            [(labels, p_value)] = prometheus.wait_for(f"monitor_test_p_value{{{selector}}}")
+            assert p_value == pytest.approx(row.p_value, rel=1e-12, abs=1e-300)
+            assert labels["job"] == "monitor"
+            assert "window" not in labels
+            if detector in ("NumericDrift", "ScoreDrift"):
+                [(_, distance)] = prometheus.vector(
+                    f"monitor_test_distribution_distance_ratio{{{selector}}}")
+                assert distance == pytest.approx(row.details["ks_statistic"])
+        vendor = expected[("CategoricalDrift", "vendor")]
+        [(_, distance)] = prometheus.vector(
+            f'monitor_test_distribution_distance_ratio{{{prod}, feature="vendor"}}')
+        assert distance == pytest.approx(total_variation_distance(vendor.details["counts"]))
+        assert distance > 0.01  # a new vendor's share of the day
+        [(_, health)] = prometheus.vector(f"monitor_health_score{{{prod}}}")
         assert health == pytest.approx(health_of(runtime, new_vendor))
 
-        # Performance and subgroups of the late window (override rise, subgroup drop).
-        override = expected_7d[("PerformanceDrift", "override_rate")]
+        # The sequential evidence per family, as the grid check stored its streams.
+        evidence = {labels["family"]: ratio for labels, ratio in prometheus.vector(
+            f"monitor_sequential_evidence{{{prod}}}")}
+        assert evidence == pytest.approx(evidence_by_family(expected))
+        assert "metadata" in evidence  # the new vendor's stream has evidence that day
+
+        # Performance and subgroups of the same day.
+        override = expected[("PerformanceDrift", "override_rate")]
         current = override.details["current"]
-        [(_, rate)] = prometheus.vector(
-            f'monitor_performance_ratio{{{prod}, window="7d", metric="override_rate"}}')
-        assert rate == pytest.approx(current["value"])
-        [(_, upper)] = prometheus.vector(
-            f'monitor_performance_ci_upper_ratio{{{prod}, window="7d", '
-            f'metric="override_rate"}}')
-        assert upper == pytest.approx(current["ci_high"])
-        gaps = prometheus.vector(f'monitor_subgroup_gap_ratio{{{prod}, window="7d"}}')
-        stored_gaps = {key: row for key, row in expected_7d.items()
-                       if key[0] == "SubgroupBias" and "=" in key[1]}
-        assert len(gaps) == min(len(stored_gaps), len(gaps)) > 0
+        if current.get("value") is not None:
+            [(_, rate)] = prometheus.vector(
+                f'monitor_performance_ratio{{{prod}, metric="override_rate"}}')
+            assert rate == pytest.approx(current["value"])
+        gaps = prometheus.vector(f"monitor_subgroup_gap_ratio{{{prod}}}")
+        stored_gaps = {key: row for key, row in expected.items()
+                       if key[0] == "SubgroupBias" and row.p_value is not None}
+        assert len(gaps) == len(stored_gaps) > 0
         for labels, gap in gaps:
             row = stored_gaps[("SubgroupBias",
                                f"{labels['field']}={labels['value']}:{labels['metric']}")]
             assert gap == pytest.approx(row.statistic)
 
-        # Store-derived counters and the registry.
+        # Store-derived counters, the registry and the incidents.
         [(_, inferences)] = prometheus.vector(f"monitor_inferences_total{{{prod}}}")
         production_studies = int(
             (simulated_template.deployment.truth.model_version == PRODUCTION).sum())
@@ -211,32 +229,35 @@ def test_prometheus_scrapes_the_checks_of_the_simulated_deployment(
         live = {labels["model_version"] for labels, _ in
                 prometheus.vector("monitor_model_active_version_info")}
         assert live == {PRODUCTION, PREVIOUS}
+        incidents = prometheus.vector(f"monitor_open_incidents{{{prod}}}")
+        assert {labels["severity"] for labels, _ in incidents} == {"warning", "critical"}
 
-        # The rules are loaded and evaluate: the new-vendor finding is a pending input-drift
-        # alert (it fires after 5 minutes), the performance drop of the late window too.
-        prometheus.wait_for(
-            f'ALERTS{{alertname="MonitorInputDrift", {prod}, window="1d", '
-            f'family="metadata"}}')
+        # The rules are loaded and evaluate: no new inference arrives, so ingestion of both
+        # live versions has stopped (pending: it fires after 30 minutes).
+        prometheus.wait_for('ALERTS{alertname="MonitorIngestionStopped"}',
+                            lambda result: len(result) == 2)
         pending = httpx.get(f"{prometheus.url}/api/v1/alerts", timeout=10).json()["data"]
-        drift = next(a for a in pending["alerts"]
-                     if a["labels"]["alertname"] == "MonitorInputDrift")
-        assert drift["labels"]["model_version"] == PRODUCTION
-        assert drift["annotations"]["runbook_url"] == "docs/runbooks/MonitorInputDrift.md"
-        assert drift["annotations"]["dashboard_url"] == "http://127.0.0.1:8501/drift"
+        stopped = [a for a in pending["alerts"]
+                   if a["labels"]["alertname"] == "MonitorIngestionStopped"]
+        assert {a["labels"]["model_version"] for a in stopped} == {PRODUCTION, PREVIOUS}
+        assert stopped[0]["annotations"]["runbook_url"] == (
+            "docs/runbooks/MonitorIngestionStopped.md")
+        assert stopped[0]["annotations"]["dashboard_url"] == "http://127.0.0.1:8501/overview"
         rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]
         names = {group["name"] for group in rules["groups"]}
-        assert names == {"monitor-service", "monitor-model-quality"}
+        assert names == {"monitor-service", "monitor-ingestion", "monitor-checks",
+                         "monitor-health"}
         for group in rules["groups"]:
             for rule in group["rules"]:
                 assert rule["health"] != "err", rule
 
-        # A new check is visible at the next scrape: nothing is cached between scrapes.
+        # A new grid check is visible at the next scrape: nothing is cached between scrapes.
         outcome = run_check(runtime, model=MODEL, version=PREVIOUS, window="1d",
                             now=simulated_template.day(15),
                             options=CheckOptions(report=False, n_permutations=200))
         assert outcome.health is not None
         prometheus.wait_for(
-            f'monitor_health_score{{model="{MODEL}", model_version="{PREVIOUS}", window="1d"}}',
+            f'monitor_health_score{{model="{MODEL}", model_version="{PREVIOUS}"}}',
             lambda result: len(result) == 1
             and result[0][1] == pytest.approx(outcome.health.score))
 
