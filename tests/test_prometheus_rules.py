@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from monitor.alerting.config import load_config_file
+from monitor.alerting.notify import INCIDENT_ALERTNAME
 from monitor.alerting.rules import DEFAULT_RULES, Rule
 from monitor.metrics import exposed_metric_names
 from tests.conftest import require_server
@@ -223,8 +224,9 @@ def test_no_prometheus_rule_describes_a_condition_the_service_pages_on() -> None
     (docker/monitor-alerting.yml, built-in rules where it names none) and as it ships
     (DEFAULT_RULES), watches a subject a Prometheus rule watches (health score, ingestion);
     (3) no Prometheus alert name and service rule name are the same words
-    (MonitorPerformanceDrop against performance-drop); (4) the slow burn on the health score
-    is a warning, which the version's critical incident inhibits in Alertmanager."""
+    (MonitorPerformanceDrop against performance-drop), and none is the incidents' alertname;
+    (4) the slow burn on the health score is a warning, which the version's critical incident
+    inhibits in Alertmanager."""
     prometheus_subjects: dict[str, set[str]] = {}
     for rule in rules():
         names = set(re.findall(r"\b(monitor_[a-z0-9_]+|up)\b", str(rule["expr"])))
@@ -246,6 +248,7 @@ def test_no_prometheus_rule_describes_a_condition_the_service_pages_on() -> None
             f"service rule {rule.name} and {sorted(prometheus_subjects[subject])} both "
             f"watch the {subject}")
     service_names = {normalised(rule.name) for rule in (*stack, *DEFAULT_RULES)}
+    service_names.add(normalised(INCIDENT_ALERTNAME))
     for rule in rules():
         assert normalised(str(rule["alert"])) not in service_names, rule["alert"]
 
