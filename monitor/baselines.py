@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -272,6 +272,14 @@ def _in_stratum(values: pd.Series, value: str) -> np.ndarray:
                       and str(v).strip() == value).to_numpy(dtype=bool)
 
 
+def _updated_stations(window: pd.DataFrame, new_in: np.ndarray) -> set[str]:
+    """Stations whose studies in the window are mostly of the new software version."""
+    stations = window["station"].where(window["station"].notna(), None)
+    counts = stations.value_counts()
+    updated = stations[new_in].value_counts()
+    return {str(s) for s, n in updated.items() if n >= 0.5 * counts.get(s, 0)}
+
+
 def rebaseline_stratum(
     session: Session,
     *,
@@ -291,6 +299,11 @@ def rebaseline_stratum(
     current baseline's span), sampled at the fraction the current baseline was sampled at
     (seeded) and capped at ``max_studies`` when given. Returns (new, previous).
 
+    A software version is a change of the devices that run it: for ``software_version`` the
+    stratum also covers the stations whose studies from ``since`` are mostly of that version
+    (their older studies in the baseline ran the version they replaced, and would otherwise
+    stay in it as a category that has disappeared).
+
     Refused (InsufficientDataError, saying how many there are and how many are needed) when
     the stratum has fewer than ``STRATUM_COVERAGE`` of the studies the previous baseline held
     from it (``MIN_BASELINE_STUDIES`` for a stratum it did not hold)."""
@@ -307,10 +320,15 @@ def rebaseline_stratum(
     span = previous.window_end - previous.window_start
     until = since + span
     old = load_reference(session, previous, with_embeddings=False).frame
-    old_in = _in_stratum(old[field], value)
-    kept = old[~old_in]
     window, _ = repo.window_frame(session, info.id, start=since, end=until)
-    stratum = window[_in_stratum(window[field], value)]
+    old_in = _in_stratum(old[field], value)
+    new_in = _in_stratum(window[field], value)
+    stations = _updated_stations(window, new_in) if field == "software_version" else set()
+    if stations:  # the devices that moved to the version: their old studies go, all of theirs come
+        old_in |= old["station"].isin(stations).to_numpy(dtype=bool)
+        new_in |= window["station"].isin(stations).to_numpy(dtype=bool)
+    kept = old[~old_in]
+    stratum = window[new_in]
     sampling = (previous.summary or {}).get("sampling") or {}
     population, sampled = sampling.get("population"), sampling.get("sampled")
     fraction = (sampled / population if isinstance(population, int) and population > 0
@@ -351,8 +369,10 @@ def rebaseline_stratum(
         "fitted_state": "none: detectors refit from the members at check time",
         **summarise(sample),
     }
+    # created after the previous one whatever the clock says: the newest is the one checks use
+    created_at = max(now, previous.created_at + timedelta(microseconds=1))
     baseline_id = results.insert_baseline(
-        session, model_version_id=info.id, created_at=now, created_by=actor,
+        session, model_version_id=info.id, created_at=created_at, created_by=actor,
         window_start=window_start, window_end=window_end, summary=summary,
         member_ids=sample["id"].astype(int).tolist(),
     )

@@ -9,8 +9,9 @@ the same transaction:
   ``SubgroupBias`` itself): the subgroup, ``age_band=80+``;
 * otherwise the run's attribution (``Attribution`` rows, the embedding basis first): its
   ranking, canonicalised. Among the entries whose ``n_current`` is within 5% of the top one's
-  (and whose contribution is at least half of it: the same studies explaining the same
-  drift), the most specific field names the cause, in the order station > scanner_model >
+  (and whose contribution is at least a quarter of it: the same studies explaining the same
+  drift; a new value, which the reference never held, explains more than its device), the
+  most specific field names the cause, in the order station > scanner_model >
   software_version > site > vendor, and the others go into its label: a vendor and its only
   scanner model are one cause, "FDR Smart X (Fujifilm)"; a station whose studies all carry a
   new software version is "XR-SOUTH-1 (Ysio Max, software VF12B)";
@@ -71,7 +72,7 @@ ATTRIBUTION_BASES = ("embedding", "metadata")
 BIAS_DETECTOR = "SubgroupBias"
 MISSING = "(missing)"
 SAME_STUDIES = 0.05  # n_current within 5% of the top entry's: the same studies
-SAME_DRIFT = 0.5  # ... and at least half its contribution: explaining the same drift
+SAME_DRIFT = 0.25  # ... and a quarter of its contribution at least: the same drift
 GRID_LABEL = "1d"
 QUIET_WINDOWS = 2
 CAUSE_GONE = "cause gone"
@@ -584,6 +585,8 @@ def accept_incident(session: Session, incident_id: int, *, actor: str, since: da
         raise ValidationError(f"reason is required to accept incident {incident_id} "
                               f"(got {reason!r})", field="reason")
     now = now or datetime.now(UTC)
+    if since > local_day(now, zone):
+        raise ValidationError(f"since {since.isoformat()} is in the future", field="since")
     incident = incident_row(session, incident_id)
     if incident.state != "open":
         raise ConflictError(f"incident {incident_id} is {incident.state}, not open: only an "
@@ -593,8 +596,6 @@ def accept_incident(session: Session, incident_id: int, *, actor: str, since: da
             f"incident {incident_id}'s cause is {clip(incident.cause_label)} "
             f"({incident.cause_field}={clip(incident.cause_value)}), not a stratum: only a "
             f"change of one of {', '.join(STRATUM_FIELDS)} can be accepted as validated")
-    if since > local_day(now, zone):
-        raise ValidationError(f"since {since.isoformat()} is in the future", field="since")
     baseline, old = rebaseline_stratum(
         session, model=incident.model, version=incident.model_version,
         field=incident.cause_field, value=incident.cause_value,

@@ -131,4 +131,4 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
 
 # The later stages' routes, one module each under monitor/api/.
-ROUTER_MODULES = ("ingest", "checks", "alerts", "registry", "tokens")
+ROUTER_MODULES = ("ingest", "checks", "alerts", "incidents", "registry", "tokens")

@@ -1,5 +1,7 @@
-"""`monitor alerts`: list, show, acknowledge and silence alerts; deliver due notifications;
-re-evaluate a stored check run; show the effective rules."""
+"""`monitor alerts`: list, show, acknowledge and silence alerts (findings); deliver due
+notifications; re-evaluate a stored check run; show the effective rules.
+`monitor incidents`: list and show incidents (the findings of one version that share a
+cause), accept one as a validated change."""
 
 from __future__ import annotations
 
@@ -8,15 +10,18 @@ import getpass
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from monitor.alerting import engine, register_check_hook
 from monitor.alerting.config import load_config, parse_duration
+from monitor.alerting.incidents import accept_incident
+from monitor.alerting.notify import deliver_pending
 from monitor.config import load_settings
 from monitor.errors import ValidationError
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
+from monitor.store.incidents import get_incident, list_incidents
 
 
 @contextmanager
@@ -133,7 +138,84 @@ def cmd_rules(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
+def cmd_incidents_list(args: argparse.Namespace) -> int:
+    with opened() as runtime, session_scope(runtime.sessions) as session:
+        found = list_incidents(session, model=args.model, version=args.version,
+                               state=None if args.state == "all" else args.state,
+                               severity=args.severity, limit=args.limit)
+    if args.json:
+        print_json([i.to_dict() for i in found])
+        return 0
+    if not found:
+        print("no incidents")
+        return 0
+    print(f"{'id':>5}  {'state':8}  {'severity':8}  {'version':16}  {'since':10}  summary")
+    for i in found:
+        since = i.first_evidence_day.isoformat() if i.first_evidence_day else "-"
+        print(f"{i.id:>5}  {i.state:8}  {i.severity:8}  {i.model_version[:16]:16}  "
+              f"{since:10}  {i.summary or i.cause_label}")
+    return 0
+
+
+def cmd_incidents_show(args: argparse.Namespace) -> int:
+    with opened() as runtime, session_scope(runtime.sessions) as session:
+        print_json(get_incident(session, args.incident_id).to_dict())
+    return 0
+
+
+def cmd_incidents_accept(args: argparse.Namespace) -> int:
+    with opened() as runtime:
+        config = load_config(runtime.settings)
+        with session_scope(runtime.sessions) as session:
+            incident = accept_incident(session, args.incident_id, actor=args.actor,
+                                       since=args.since, reason=args.reason, config=config,
+                                       zone=runtime.settings.zone,
+                                       max_studies=runtime.settings.baseline_max_studies)
+        deliver_pending(runtime, config=config)
+    print(f"incident {incident.id} ({incident.cause_label}) accepted by {incident.accepted_by} "
+          f"as a validated change from {args.since.isoformat()}: the stratum is re-baselined")
+    return 0
+
+
+def add_incident_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    incidents = sub.add_parser("incidents", help="list and show incidents; accept one as a "
+                               "validated change").add_subparsers(dest="incidents_command",
+                                                                  required=True)
+    listing = incidents.add_parser("list", help="incidents, most severe and oldest first")
+    listing.add_argument("--state", default="open",
+                         choices=["open", "resolved", "accepted", "all"])
+    listing.add_argument("--model")
+    listing.add_argument("--version")
+    listing.add_argument("--severity", choices=["warning", "critical"])
+    listing.add_argument("--limit", type=int, default=200)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_incidents_list)
+
+    show = incidents.add_parser("show", help="one incident with its findings (JSON)")
+    show.add_argument("incident_id", type=int)
+    show.set_defaults(func=cmd_incidents_show)
+
+    accept = incidents.add_parser(
+        "accept", help="accept an incident whose cause is a station, scanner model, software "
+        "version, site or vendor as a validated change: its studies from --since replace the "
+        "stratum's in a new baseline (audited)")
+    accept.add_argument("incident_id", type=int)
+    accept.add_argument("--since", type=_since, required=True,
+                        help="first day of the validated change (YYYY-MM-DD, site time zone)")
+    accept.add_argument("--reason", required=True)
+    accept.add_argument("--actor", default=default_actor(), help="default: the OS user")
+    accept.set_defaults(func=cmd_incidents_accept)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    add_incident_commands(sub)
     register_check_hook()  # every `monitor check` evaluates the alert rules
     alerts = sub.add_parser("alerts", help="list, acknowledge and silence alerts; deliver "
                             "notifications").add_subparsers(dest="alerts_command", required=True)

@@ -21,10 +21,14 @@ import yaml
 from aiosmtpd.controller import Controller
 
 from monitor import registry
+from monitor.baselines import create_baseline
+from monitor.collect.ingest import store_inferences
 from monitor.runtime import Runtime
+from monitor.schema import INFERENCES
 from monitor.store.db import session_scope
 from monitor.store.results import insert_baseline, store_check_run
 from tests.conftest import require_server
+from tests.factories import inference_event
 from tests.servers import free_port, stop_process
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
@@ -266,3 +270,34 @@ def running_alertmanager(config: dict[str, Any], tmp_path: Path) -> Iterator[str
             yield url
         finally:
             stop_process(process, timeout_s=10)
+
+
+# --- a small deployment of real studies with a software update --------------------------------
+
+NORTH = {"manufacturer": "GE Healthcare", "model": "Optima XR240amx", "station": "XR-NORTH-1",
+         "site": "north", "software_version": "DM_Platform 5.2"}
+SOUTH = {"manufacturer": "SIEMENS", "model": "Ysio Max", "station": "XR-SOUTH-1",
+         "site": "south", "software_version": "VF10E"}
+UPDATED = {**SOUTH, "software_version": "VF12B"}
+
+
+def add_studies(runtime: Runtime, scanner: dict[str, str], days: range, per_day: int) -> None:
+    events = [inference_event(
+        timestamp=(T0 + timedelta(days=day, hours=8, minutes=7 * i)).isoformat(),
+        scanner={**inference_event()["scanner"], **scanner})
+        for day in days for i in range(per_day)]
+    assert store_inferences(runtime, INFERENCES.from_python(events)).new == len(events)
+
+
+def deploy_update(runtime: Runtime) -> None:
+    """Studies of 1.4.0 from the factory: 8 a day at north for 20 days, 5 a day at south on
+    VF10E until day 9 and on VF12B from day 10; a baseline from days 0-6."""
+    add_studies(runtime, NORTH, range(0, 20), 8)
+    add_studies(runtime, SOUTH, range(0, 10), 5)
+    add_studies(runtime, UPDATED, range(10, 20), 5)
+    create_baseline(runtime, model=MODEL, version="1.4.0", start=T0,
+                    end=T0 + timedelta(days=7), created_by="setup")
+
+
+# An attribution entry naming the updated station.
+STATION = {"field": "station", "value": "XR-SOUTH-1", "n_current": 5, "contribution": 0.5}

@@ -113,6 +113,16 @@ def test_every_route_declares_a_role(runtime: Runtime) -> None:
     assert {route_role(r) for _, _, r in endpoints(app)} == set(ROLES)
 
 
+def test_incident_routes_read_and_accept_with_their_roles(runtime: Runtime) -> None:
+    roles = {(method, path): route_role(route)
+             for method, path, route in endpoints(create_app(runtime))}
+    assert {key: role for key, role in roles.items() if "/v1/incidents" in key[1]} == {
+        ("GET", "/v1/incidents"): "read",
+        ("GET", "/v1/incidents/{incident_id}"): "read",
+        ("POST", "/v1/incidents/{incident_id}/accept"): "operator",
+    }
+
+
 def test_a_route_without_a_role_is_caught(runtime: Runtime) -> None:
     app = create_app(runtime)
     stray = APIRouter()
