@@ -30,6 +30,7 @@ from monitor.store.dashboard import (
     CLOSED_INCIDENT_STATES,
     effect_direction,
     evidence_level,
+    incident_cause,
     strongest_evidence,
 )
 from monitor.store.db import session_scope
@@ -58,7 +59,10 @@ def alert_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 DATE_COLUMNS = {name: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")
-                for name in ("since", "silenced until", "resolved", "opened", "closed")}
+                for name in ("since", "silenced until", "resolved")}
+# incidents: "since" is a day (the first of the evidence), the others times
+INCIDENT_COLUMNS = {name: st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")
+                    for name in ("opened", "closed")}
 
 
 # --------------------------------------------------------------------------- incidents
@@ -108,8 +112,7 @@ def findings_table(info: IncidentInfo) -> pd.DataFrame:
 def incident_title(info: IncidentInfo) -> str:
     """An expander's label (Markdown: every stored value escaped)."""
     since = f" since {fmt_day(info.first_evidence_day)}" if info.first_evidence_day else ""
-    return (f"#{info.id} {info.severity} · {md(info.cause_label)} on "
-            f"{md(info.model_version)}{since}")
+    return f"#{info.id} {info.severity} · {md(incident_cause(info))}{since}"
 
 
 def incident_details(ctx: Context, info: IncidentInfo) -> None:
@@ -246,7 +249,7 @@ def open_incidents_section(ctx: Context, found: list[IncidentInfo]) -> None:
         st.success("No open incident.")
         return
     st.dataframe(incident_table(found), hide_index=True, width="stretch",
-                 column_config=DATE_COLUMNS)
+                 column_config=INCIDENT_COLUMNS)
     for info in found:
         with st.expander(incident_title(info)):
             incident_details(ctx, info)
@@ -265,7 +268,7 @@ def closed_incidents_section(found: list[IncidentInfo]) -> None:
     st.dataframe(table[["id", "state", "severity", "version", "cause", "since", "opened",
                         "closed", "why", "accepted by", "accept reason", "effect",
                         "findings"]],
-                 hide_index=True, width="stretch", column_config=DATE_COLUMNS)
+                 hide_index=True, width="stretch", column_config=INCIDENT_COLUMNS)
 
 
 # --------------------------------------------------------------------------- findings

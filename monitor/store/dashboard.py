@@ -1062,6 +1062,7 @@ INCIDENT_SEVERITY_RANK = {"critical": 0, "warning": 1}
 # The causes an operator can accept as a validated change: a stratum of the fleet, which can
 # be re-baselined.
 ACCEPTABLE_CAUSES = STRATUM_FIELDS
+VERSION_CAUSE = "version"  # the cause of an incident with no narrower attribution
 MAX_INCIDENTS_NAMED = 3  # in a model's "why" on the overview
 _LEVEL_RANK = {"page": 2, "warning": 1}
 
@@ -1134,10 +1135,9 @@ def effect_direction(row: Mapping[str, Any] | None) -> str:
     if not row:
         return ""
     if row.get("detector") == BIAS_DETECTOR:
+        # one-sided: a group doing better than in its baseline is never a finding
         direction = row.get("direction")
-        if direction in ("worse", "better"):
-            return str(direction)
-        return "worse" if row.get("gap_change") is not None else ""
+        return str(direction) if direction in ("worse", "better") else "worse"
     baseline, current = row.get("baseline"), row.get("current")
     if isinstance(baseline, Mapping) and isinstance(current, Mapping):
         before, after = _number(baseline.get("value")), _number(current.get("value"))
@@ -1164,7 +1164,15 @@ def incident_headline(info: IncidentInfo) -> str:
              if info.first_evidence_day is not None else "")
     top = strongest_evidence(info)
     effect = f" - {top['effect']}" if top and top.get("effect") else ""
-    return f"{info.severity}: {info.cause_label} on {info.model_version}{since}{effect}"
+    return f"{info.severity}: {incident_cause(info)}{since}{effect}"
+
+
+def incident_cause(info: IncidentInfo) -> str:
+    """The cause and the version it is seen on ("age 80+ on 1.4.0"; a version alone when the
+    version is the cause)."""
+    if info.cause_field == VERSION_CAUSE:
+        return info.cause_label
+    return f"{info.cause_label} on {info.model_version}"
 
 
 # --------------------------------------------------------------------------- versions

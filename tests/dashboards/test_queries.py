@@ -314,8 +314,7 @@ def test_incidents_read_back_in_page_order_with_their_findings(
     assert status.reasons[:4] == (
         f"critical: XR-SOUTH-1 (SIEMENS Ysio Max, software VF12B) on {PREVIOUS} since "
         "2026-10-11 - embedding MMD p<1e-4",
-        f"critical: version {PREVIOUS} on {PREVIOUS} since 2026-10-19 - sensitivity 88% -> "
-        "79% (p=0.002)",
+        f"critical: version {PREVIOUS} since 2026-10-19 - sensitivity 88% -> 79% (p=0.002)",
         f"warning: age 80+ on {PREVIOUS} since 2026-10-12 - age_band=80+ sensitivity 71% vs "
         "86% for the rest, gap 11 pts worse than in the baseline (95% CI -18 to -4)",
         "1 more open incident(s)")
@@ -341,6 +340,8 @@ def test_an_incidents_strongest_evidence_gives_its_effect_and_direction() -> Non
     assert q.effect_direction(page) == "shifted"
     bias = {"detector": "SubgroupBias", "family": "bias", "direction": "worse"}
     assert q.effect_direction(bias) == "worse"
+    # one-sided: a subgroup finding without a stated direction is a group doing worse
+    assert q.effect_direction({"detector": "SubgroupBias", "family": "bias"}) == "worse"
     performance = {"detector": "PerformanceDrift", "family": "performance",
                    "baseline": {"value": 0.88}, "current": {"value": 0.79}}
     assert q.effect_direction(performance) == "lower"
