@@ -7,8 +7,8 @@ depends on ``Settings.check_window``:
 
 * ``grid`` (the default): the daily calendar grid (``monitor.windows.grid_windows``). Every
   complete local day [midnight, next midnight) in ``Settings.timezone`` after the version's
-  baseline, up to the last day that has ended by ``grid_until`` (the earlier of the wall
-  clock and just after the version's newest inference), is checked exactly once: a day with a
+  baseline (complete: the clock has passed its end, and data of a later day has arrived or
+  two hours have passed; ``monitor.windows.grid_until``) is checked exactly once: a day with a
   stored ``1d`` run is not run again, and days go oldest first, because each day's
   sequential evidence builds on the days before it. A round checks at most
   ``max_days_per_round`` days per version, so a backlog (a new version, a restart after an
@@ -80,7 +80,8 @@ def due_grid_windows(session: Session, info: repo.ModelVersionInfo, *, zone: tzi
     newest = newest_timestamp(session, info.id)
     if newest is None or baseline.window_end is None:
         return []
-    windows = grid_windows(after=baseline.window_end, until=grid_until(now, newest), zone=zone)
+    windows = grid_windows(after=baseline.window_end, until=grid_until(now, newest, zone),
+                           zone=zone)
     if not windows:
         return []
     done = {(as_utc(start), as_utc(end)) for start, end in store.stored_windows(

@@ -33,6 +33,8 @@ from monitor.store.models import Inference
 
 TICK = timedelta(microseconds=1)
 GRID_LABEL = "1d"
+# How long after its midnight a day with no later data is taken to be complete.
+GRID_GRACE = timedelta(hours=2)
 _IN_CHUNK = 900  # bound parameters per IN list (SQLite's default limit is 999)
 _TIME = re.compile(r"^(\d+)([mhdw])$")
 _COUNT = re.compile(r"^last:(\d+)$")
@@ -186,13 +188,20 @@ def last_complete_day(until: datetime, zone: tzinfo) -> date:
     return local_day(until, zone) - timedelta(days=1)
 
 
-def grid_until(now: datetime, newest: datetime) -> datetime:
-    """How far a version's grid reaches: the earlier of the wall clock and just after its
-    newest inference. A day is complete once the clock has passed its end and an inference
-    stamped after it has arrived, so a day whose data is still coming in (or, for back-filled
-    data, the newest day there is) waits for the next round, and simulated data stamped in
-    the future is checked no further than the clock."""
-    return min(as_utc(now), as_utc(newest) + TICK)
+def grid_until(now: datetime, newest: datetime, zone: tzinfo, *,
+               grace: timedelta = GRID_GRACE) -> datetime:
+    """How far a version's grid reaches: a day is complete once the clock has passed its end
+    and either an inference stamped after it has arrived or ``grace`` has passed too.
+
+    So a day is checked as soon as the next day's data starts, or ``grace`` after midnight on
+    a quiet night; days after the newest inference's day are not checked until data of a
+    later day arrives (back-filled data is checked to its end, never past it into empty days);
+    and simulated data stamped ahead of the clock is checked no further than the clock."""
+    now, newest = as_utc(now), as_utc(newest)
+    end_of_newest_day = local_midnight(local_day(newest, zone) + timedelta(days=1), zone)
+    if now >= end_of_newest_day + grace:
+        return end_of_newest_day
+    return min(now, newest + TICK)
 
 
 def grid_windows(*, after: datetime, until: datetime, zone: tzinfo) -> list[Window]:

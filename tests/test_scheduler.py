@@ -24,7 +24,7 @@ from monitor.scheduler import CheckScheduler, RoundReport
 from monitor.store.db import session_scope
 from monitor.store.models import CheckRun, ModelVersion
 from monitor.store.results import store_check_run
-from monitor.windows import TICK, as_utc, day_window, grid_day, newest_timestamp
+from monitor.windows import as_utc, day_window, grid_day, newest_timestamp
 from tests.conftest import open_runtime
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION, SimulatedTemplate
 
@@ -188,8 +188,8 @@ def test_the_grid_follows_the_site_time_zone_across_a_daylight_saving_change(
     simulated_template: SimulatedTemplate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Europe/Berlin: the baseline ends at 02:00 local on 8 October, so the first day checked
-    is the 9th; 25 October is 25 hours long; the last day checked is the one before the
-    newest inference's local day, whatever the wall clock says (it is later)."""
+    is the 9th; 25 October is 25 hours long; the last day checked is the newest inference's
+    local day (the clock is long past it), none of the empty days after it."""
     database = tmp_path / "berlin.db"
     shutil.copyfile(simulated_template.database, database)
     runtime = open_runtime(f"sqlite:///{database}", tmp_path, timezone="Europe/Berlin")
@@ -207,7 +207,7 @@ def test_the_grid_follows_the_site_time_zone_across_a_daylight_saving_change(
         runtime.close()
     berlin = ZoneInfo("Europe/Berlin")
     assert newest is not None
-    last = (newest + TICK).astimezone(berlin).date() - timedelta(days=1)
+    last = newest.astimezone(berlin).date()  # the clock is long past: its day is complete
     windows = [(start, end) for _, start, end in calls]
     local_days = [start.astimezone(berlin).date() for start, _ in windows]
     assert local_days[0] == date(2026, 10, 9) and local_days[-1] == last

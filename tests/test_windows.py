@@ -91,11 +91,18 @@ def test_days_the_baseline_touches_are_not_checked():
 def test_a_day_is_complete_once_its_end_has_passed():
     assert last_complete_day(utc(2026, 10, 20, 21, 59), BERLIN) == date(2026, 10, 19)
     assert last_complete_day(utc(2026, 10, 20, 22), BERLIN) == date(2026, 10, 20)
-    newest = utc(2026, 10, 20, 23, 30)
-    # Back-filled data: the day of the newest inference is not complete yet.
-    assert grid_until(utc(2026, 12, 1), newest) == newest + TICK
+    newest = utc(2026, 10, 20, 21, 30)  # 23:30 in Berlin
+    # Data still coming in: a day is complete once a later day's data has arrived...
+    assert grid_until(utc(2026, 10, 20, 22, 5), utc(2026, 10, 20, 22, 1), BERLIN) == utc(
+        2026, 10, 20, 22, 1) + TICK
+    # ...or two hours after its midnight on a quiet night (not before).
+    assert last_complete_day(grid_until(utc(2026, 10, 20, 23), newest, BERLIN),
+                             BERLIN) == date(2026, 10, 19)
+    assert grid_until(utc(2026, 10, 21, 0), newest, BERLIN) == utc(2026, 10, 20, 22)
+    # Back-filled data is checked to its newest day, never into the empty days after it.
+    assert grid_until(utc(2026, 12, 1), newest, BERLIN) == utc(2026, 10, 20, 22)
     # Data stamped ahead of the clock: the clock decides.
-    assert grid_until(utc(2026, 10, 20, 12), newest) == utc(2026, 10, 20, 12)
+    assert grid_until(utc(2026, 10, 20, 12), newest, BERLIN) == utc(2026, 10, 20, 12)
     assert grid_windows(after=utc(2026, 10, 20), until=utc(2026, 10, 20, 12),
                         zone=ZoneInfo("UTC")) == []
 
