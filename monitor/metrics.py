@@ -377,6 +377,28 @@ def total_variation_distance(counts: Mapping[str, Any]) -> float | None:
     return 0.5 * sum(abs(current[c] / total_cur - reference[c] / total_ref) for c in reference)
 
 
+def _detail(key: str, kind: Literal["string", "float"], *, of: Iterable[str] = (),
+            not_of: Iterable[str] = ()) -> Any:
+    """``details[key]`` of the results of the detectors ``of`` (or all but ``not_of``), NULL
+    for the others: the database parses a row's JSON only where the value is used (on
+    PostgreSQL each extraction parses the ``json`` text again)."""
+    path = CheckResult.details[key]
+    value = path.as_string() if kind == "string" else path.as_float()
+    selects = (CheckResult.detector.in_(tuple(of)) if of
+               else CheckResult.detector.not_in(tuple(not_of)))
+    return case((selects, value), else_=None).label(key)
+
+
+_DETAIL_FIELDS = (
+    _detail("status", "string", not_of=(STREAM_DETECTOR,)),
+    _detail("of_family", "string", of=(STREAM_DETECTOR,)),
+    _detail("ks_statistic", "float", of=("NumericDrift", "ScoreDrift")),
+    _detail("n_novel_counted", "float", of=(NOVELTY_DETECTOR,)),
+    _detail("n_counted", "float", of=(NOVELTY_DETECTOR,)),
+    _detail("baseline_gap", "float", of=(SUBGROUP_DETECTOR,)),
+)
+
+
 class StoreCollector(Collector):
     """Metrics read from the store at scrape time (docs/metrics.md lists them).
 
@@ -555,13 +577,7 @@ class StoreCollector(Collector):
             rows = session.execute(
                 select(CheckResult.check_run_id, CheckResult.detector, CheckResult.feature,
                        CheckResult.statistic, CheckResult.p_value, CheckResult.threshold,
-                       CheckResult.n_current,
-                       CheckResult.details["status"].as_string().label("status"),
-                       CheckResult.details["of_family"].as_string().label("of_family"),
-                       CheckResult.details["ks_statistic"].as_float().label("ks_statistic"),
-                       CheckResult.details["n_novel_counted"].as_float().label("n_novel"),
-                       CheckResult.details["n_counted"].as_float().label("n_counted"),
-                       CheckResult.details["baseline_gap"].as_float().label("baseline_gap"))
+                       CheckResult.n_current, *_DETAIL_FIELDS)
                 .where(CheckResult.check_run_id.in_(chunk))
                 .order_by(CheckResult.check_run_id, CheckResult.detector, CheckResult.feature)
             )
@@ -642,7 +658,7 @@ class StoreCollector(Collector):
             effect = ("monitor_test_classifier_auc_ratio", _finite(row.statistic))
         elif row.detector == NOVELTY_DETECTOR and row.n_counted:
             effect = ("monitor_test_novel_studies_ratio",
-                      _finite((row.n_novel or 0) / row.n_counted))
+                      _finite((row.n_novel_counted or 0) / row.n_counted))
         if effect is not None and effect[1] is not None:
             families[effect[0]].add_metric(labels, effect[1])
 
