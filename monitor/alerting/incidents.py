@@ -7,15 +7,17 @@ the same transaction:
 
 * a subgroup stream (``SubgroupBias/age_band=80+:sensitivity``, or a rule on
   ``SubgroupBias`` itself): the subgroup, ``age_band=80+``;
-* otherwise the run's attribution (``Attribution`` rows, the embedding basis first): its
-  ranking, canonicalised. Among the entries whose ``n_current`` is within 5% of the top one's
-  (and whose contribution is at least a quarter of it: the same studies explaining the same
-  drift; a new value, which the reference never held, explains more than its device), the
-  most specific field names the cause, in the order station > scanner_model >
-  software_version > site > vendor, and the others go into its label: a vendor and its only
-  scanner model are one cause, "FDR Smart X (Fujifilm)"; a station whose studies all carry a
-  new software version is "XR-SOUTH-1 (Ysio Max, software VF12B)";
-* no attribution: the version itself (``version``).
+* a finding on the inputs or the outputs (embedding, metadata, prediction): the run's
+  attribution (``Attribution`` rows, the embedding basis first), its ranking canonicalised.
+  Among the entries whose ``n_current`` is within 5% of the top one's (and whose
+  contribution is at least a quarter of it: the same studies explaining the same drift; a
+  new value, which the reference never held, explains more than its device), the most
+  specific field names the cause, in the order station > scanner_model > software_version >
+  site > vendor, and the others go into its label: a vendor and its only scanner model are
+  one cause, "FDR Smart X (Fujifilm)"; a station whose studies all carry a new software
+  version is "XR-SOUTH-1 (Ysio Max, software VF12B)";
+* no attribution, or a performance finding (a metric of the whole version against its reads,
+  such as the override rate): the version itself (``version``).
 
 An alert keeps its incident while that incident is open (a later day's attribution may rank
 a site above the scanner; the page is not repeated for it); a new alert joins an open
@@ -56,6 +58,7 @@ from sqlalchemy.orm import Session
 from monitor.alerting.config import AlertingConfig
 from monitor.alerting.notify import OPEN_ALERT_STATES, queue_incident_notifications
 from monitor.alerting.rules import SEQUENTIAL_DETECTOR
+from monitor.detect.health import DETECTOR_FAMILIES
 from monitor.detect.performance import WORSE_WHEN_HIGHER
 from monitor.errors import ConflictError, ValidationError, clip
 from monitor.store.incidents import IncidentInfo, get_incident, incident_row
@@ -69,6 +72,10 @@ STRATUM_FIELDS = ("station", "scanner_model", "software_version", "site", "vendo
 VERSION_FIELD = "version"
 ATTRIBUTION_DETECTOR = "Attribution"
 ATTRIBUTION_BASES = ("embedding", "metadata")
+# The families whose findings the attribution explains: what came in, and what the model made
+# of it. A performance metric is the whole version's against its reads (as is a rule on the
+# run's health): its cause is the version.
+ATTRIBUTED_FAMILIES = ("embedding", "metadata", "prediction")
 BIAS_DETECTOR = "SubgroupBias"
 MISSING = "(missing)"
 SAME_STUDIES = 0.05  # n_current within 5% of the top entry's: the same studies
@@ -207,11 +214,15 @@ def subgroup_of(detector: str, feature: str) -> tuple[str, str] | None:
 
 
 def cause_of(alert: Alert, run_cause: Cause | None, version: str) -> Cause:
-    """A finding's cause: its subgroup, else the run's attribution, else the version."""
-    subgroup = subgroup_of(*finding_stream(alert.labels or {}))
+    """A finding's cause: its subgroup; else, for a finding on the inputs or the outputs,
+    the run's attribution; else the version."""
+    detector, feature = finding_stream(alert.labels or {})
+    subgroup = subgroup_of(detector, feature)
     if subgroup is not None:
         return Cause(subgroup[0], subgroup[1], cause_words(*subgroup), frozenset({subgroup}))
-    return run_cause or version_cause(version)
+    if run_cause is not None and DETECTOR_FAMILIES.get(detector) in ATTRIBUTED_FAMILIES:
+        return run_cause
+    return version_cause(version)
 
 
 # --- evidence and summary ------------------------------------------------------------------

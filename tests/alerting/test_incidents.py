@@ -181,6 +181,23 @@ def test_no_attribution_makes_the_version_the_cause(runtime: Runtime) -> None:
     assert "; " not in (incident.summary or "")  # no share of studies for the version
 
 
+def test_a_performance_finding_is_the_versions_whatever_the_attribution(
+        runtime: Runtime) -> None:
+    """The attribution explains input drift; a metric of the whole version against its reads
+    is not the scanner's (an override rise on a day a scanner also changed)."""
+    version = add_version(runtime, "1.4.0")
+    _evaluate(runtime, version, 20, [
+        sequential("MMDDrift/embedding", "embedding", "page"),
+        sequential("ScoreDrift/score", "prediction", "page"),
+        sequential("PerformanceDrift/override_rate", "performance", "page"),
+        attribution(*SOUTH)])
+    by_cause = {i.cause_label: sorted(f.labels["feature"] for f in i.findings)
+                for i in _incidents(runtime)}
+    assert by_cause == {
+        "XR-SOUTH-1 (Ysio Max, software VF12B)": ["MMDDrift/embedding", "ScoreDrift/score"],
+        "version 1.4.0": ["PerformanceDrift/override_rate"]}
+
+
 def _bias(feature: str, *, direction: str, gap_change: float) -> dict[str, Any]:
     row = result("SubgroupBias", feature, p_value=1e-4 if direction == "worse" else 0.99,
                  family="bias", statistic=gap_change)
