@@ -157,3 +157,38 @@ def test_baselines_on_each_database(runtime: Runtime) -> None:
     read = reference.frame["radiologist_positive"].notna().to_numpy()
     assert set(reference.frame.loc[read, "event_id"]) <= {e["event_id"] for e in events[:20]}
     assert info.summary is not None and info.summary["sampling"]["population"] == 50
+
+
+def test_a_rebaselined_stratum_is_sampled_at_the_baselines_rate(runtime: Runtime) -> None:
+    """A baseline capped at half of its studies: the stratum's new studies come in at the
+    same rate, the rest of its members stay as they were, and the next re-baseline reads the
+    same rate."""
+    from monitor.baselines import rebaseline_stratum
+    from tests.alerting.support import NORTH, SOUTH, T0, UPDATED, add_studies
+
+    add_studies(runtime, NORTH, range(0, 20), 8)
+    add_studies(runtime, SOUTH, range(0, 10), 6)
+    add_studies(runtime, UPDATED, range(10, 20), 6)
+    capped = create_baseline(runtime, model="cxr-triage", version="1.4.0", start=T0,
+                             end=T0 + timedelta(days=7), max_studies=49, created_by="setup")
+    assert capped.summary is not None
+    assert (capped.summary["sampling"]["population"], capped.n_studies) == (98, 49)
+    with session_scope(runtime.sessions) as session:
+        old = load_reference(session, capped, with_embeddings=False).frame
+        new, previous = rebaseline_stratum(
+            session, model="cxr-triage", version="1.4.0", field="station", value="XR-SOUTH-1",
+            since=T0 + timedelta(days=10), actor="alice", reason="validated")
+        members = load_reference(session, new, with_embeddings=False).frame
+    assert previous.id == capped.id
+    north = set(old.loc[old["station"] == "XR-NORTH-1", "id"])
+    assert set(members.loc[members["station"] == "XR-NORTH-1", "id"]) == north
+    south = members[members["station"] == "XR-SOUTH-1"]
+    assert len(south) == 21  # half of the 42 studies of days 10-16
+    assert set(south["software_version"]) == {"VF12B"}
+    assert new.summary is not None
+    assert new.summary["sampling"]["sampled"] / new.summary["sampling"]["population"] == \
+        pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValidationError, match="field 'colour'"), \
+            session_scope(runtime.sessions) as session:
+        rebaseline_stratum(session, model="cxr-triage", version="1.4.0", field="colour",
+                           value="red", since=T0, actor="alice", reason="r")
