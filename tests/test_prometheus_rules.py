@@ -74,7 +74,7 @@ def test_every_alert_has_a_unit_test_where_it_fires() -> None:
      "(avg_over_time(monitor_health_score[3d])) < 0.25", "MonitorHealthPersistentlyLow"),
     ("max by (model, model_version) (monitor_health_score offset 60h)",
      "max by (model, model_version) (monitor_health_score)", "MonitorHealthPersistentlyLow"),
-    ("> 26 * 3600", "> 28 * 3600", "MonitorChecksLate"),
+    ("(28 * 3600 + max(", "(26 * 3600 + max(", "MonitorChecksLate"),
     ("for: 26h", "for: 6h", "MonitorNeverChecked"),
     ("and on (model, model_version) monitor_model_active_version_info\n        for: 1h",
      "\n        for: 1h", "MonitorChecksFailing"),
