@@ -17,15 +17,15 @@ reads) in a fresh SQLite database in a temporary folder:
   it starts (``accept_incident`` with since = its first day, which re-baselines the station).
   It must not page again for that cause.
 
-The deployment arrives day by day as it would: at 01:00 each day the events stamped before
+The deployment arrives day by day as it would: at 02:00 each day the events stamped before
 then are ingested (reads come hours to days after their study), then one scheduler round
-runs (``CheckScheduler.run_round`` with its clock at 01:00: the shipped daily grid, each
-complete day checked once, ``due_grid_windows``) with the shipped check options, alert rules
-and incident grouping; alerts are evaluated as of each window's end. The baselines are the
-demo's (``monitor.commands.demo``: the first 7 days of each version, built at 01:00 on day 7).
-The newest day is never complete (no later event arrives), so a D-day run checks days 7 to
-D-2 of each version. Evidently's HTML report per check is off unless ``--reports``: it is a
-file for reviewers and changes no finding.
+runs (``CheckScheduler.run_round`` with its clock at 02:00, the grid's grace after midnight:
+the shipped daily grid, each complete day checked once, ``due_grid_windows``) with the
+shipped check options, alert rules and incident grouping; alerts are evaluated as of each
+window's end. The baselines are the demo's (``monitor.commands.demo``: the first 7 days of
+each version, built at 02:00 on day 7). A D-day run checks days 7 to D-1 of each version.
+Evidently's HTML report per check is off unless ``--reports``: it is a file for reviewers and
+changes no finding.
 
 Side by side, on the same stored check runs:
 
@@ -111,13 +111,14 @@ from monitor.store import repo
 from monitor.store.db import make_engine, session_scope, upgrade
 from monitor.store.incidents import IncidentInfo, list_incidents
 from monitor.store.results import get_baseline, get_check_run, list_check_runs
+from monitor.windows import GRID_GRACE
 
 KEY = "benchmark-key-0123456789abcdef0123456789"
 RESULTS = Path(__file__).resolve().parent / "results" / "surveillance.md"
 DAYS_PER_MONTH = 365.25 / 12
 STRATUM_AND_VERSION = ("station", "scanner_model", "software_version", "site", "vendor",
                        "version")
-ROUND_AT = timedelta(hours=1)  # the scheduler's round each day, after midnight
+ROUND_AT = GRID_GRACE  # the scheduler's round each day: a day is complete by then
 NO_SHIFT_SEED0 = 0
 EPISODE_SEED0 = 1_000
 ACCEPTED_SEED = 2_000
@@ -598,12 +599,12 @@ def commit_text() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                               capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, text=True, capture_output=True,
-                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "monitor", "benchmarks"], cwd=root, text=True,
+                               capture_output=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + (" with uncommitted changes" if dirty else "")
+    return head + (" with uncommitted changes to monitor/ or benchmarks/" if dirty else "")
 
 
 def _met(ok: bool | None) -> str:
