@@ -52,7 +52,7 @@ pytestmark = pytest.mark.server
 START_TIMEOUT_S = 90
 RENDER_TIMEOUT_S = 90
 SCREENSHOT_WIDTH = 1500
-SAVED_SCREENSHOTS = ("overview", "drift", "bias")
+SAVED_SCREENSHOTS = ("overview", "drift", "alerts", "bias")
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--disable-background-networking", "--disable-component-update",
