@@ -204,7 +204,7 @@ def sequential_evidence(frame: pd.DataFrame, *, title: str,
     """The sequential statistic per family and day of one version (a ``family_evidence``
     frame): one line per family, the largest statistic of its streams over its page threshold,
     so the page level is 1 for every family; the page level dashed red, the warning level of
-    each family (warning / page threshold, 0.87 to 0.93 by its number of streams) dashed
+    each family (warning / page threshold, 0.88 to 0.94 by its number of streams) dashed
     orange. Below 0 (evidence against a shift) is drawn at 0."""
     if frame.empty:
         return _empty("no sequential evidence: no daily grid checks yet")

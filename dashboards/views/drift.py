@@ -146,8 +146,8 @@ def sequential_section(sequential: pd.DataFrame) -> None:
     st.caption("Each day's p-value of every test (a stream) adds to a cumulative statistic "
                "over up to 28 days; a family's line is its strongest stream, divided by the "
                "page threshold, so 1 (dashed red) pages. Dashed orange: each family's "
-               "warning level. The thresholds give one false page per version per year and "
-               "one false warning per 90 days when nothing has changed.")
+               "warning level. By design (the shipped policy) a version with no change gets "
+               "one false page a year and one false warning every 90 days.")
     families = family_evidence(sequential)
     versions = sorted(families["version"].dropna().unique())
     columns = st.columns(min(2, len(versions)) or 1)
