@@ -59,6 +59,7 @@ import io
 import logging
 import math
 import os
+import pickle
 import platform
 import statistics
 import subprocess
@@ -175,13 +176,18 @@ def configurations(*, seeds: int, days: int, episodes: Sequence[str],
     configs = [Configuration(f"no-shift seed {NO_SHIFT_SEED0 + s}", "no-shift",
                              NO_SHIFT_SEED0 + s, days) for s in range(seeds)]
     for i, name in enumerate(episodes):
+        if CATALOGUE[name].start_day >= days - 1:
+            print(f"{name} starts on day {CATALOGUE[name].start_day:g}: not in {days} days, "
+                  "left out", file=sys.stderr)
+            continue
         for j, magnitude in enumerate(magnitudes):
             for k in range(episode_seeds):
                 seed = EPISODE_SEED0 + 100 * i + 10 * j + k
                 configs.append(Configuration(
                     f"{name} x{magnitude:g} seed {seed}", "episode", seed, days,
                     (episode_spec(name, magnitude=magnitude),), magnitude))
-    if accepted:
+    if accepted and ACCEPTED_CHANGE.start_day + (ACCEPTED_CHANGE.accepted_after_days or 0) \
+            < days - 1:
         configs.append(Configuration(f"accepted-change seed {ACCEPTED_SEED}", "accepted-change",
                                      ACCEPTED_SEED, days, (ACCEPTED_CHANGE,), 1.0))
     return configs
@@ -616,8 +622,8 @@ def render(records: Sequence[RunRecord], *, command: str, seconds: float,
     import evidently
 
     no_shift = [r for r in records if r.config.kind == "no-shift"]
-    episodes = [r for r in records if r.config.kind == "episode"]
-    accepted = [r for r in records if r.config.kind == "accepted-change"]
+    episodes = [r for r in records if r.config.kind == "episode" and r.episodes]
+    accepted = [r for r in records if r.config.kind == "accepted-change" and r.episodes]
     lines = ["# Surveillance benchmark", "", f"`{command}`", ""]
     if quick:
         lines += ["**A smoke run (`--quick`: 30-day deployments, 2 no-shift seeds), not the "
@@ -817,6 +823,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reports", action="store_true",
                         help="write each check's Evidently HTML report (slower)")
     parser.add_argument("--jobs", type=int, default=1, help="configurations run in parallel")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="pickle every finished configuration's record here (default: a "
+                        "file in the temporary folder, named at the start)")
+    parser.add_argument("--from-records", type=Path, default=None,
+                        help="render the table from a --records file instead of running")
     parser.add_argument("--output", type=Path, default=None,
                         help=f"markdown file (default {RESULTS}; a --quick run writes only "
                         "when given)")
@@ -838,10 +849,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
     records: list[RunRecord] = []
-    work = [(c, args.reports, not args.no_peer) for c in configs]
-    with tqdm(total=len(configs), unit="deployment", desc="surveillance") as bar:
+    if args.from_records is not None:
+        records = pickle.loads(args.from_records.read_bytes())
+        configs = [r.config for r in records]
+        work = []
+    else:
+        work = [(c, args.reports, not args.no_peer) for c in configs]
+    saved = args.records or Path(tempfile.gettempdir()) / f"surveillance-{os.getpid()}.pkl"
+    if work:
+        print(f"records of finished configurations go to {saved}", flush=True)
+    with tqdm(total=len(work), unit="deployment", desc="surveillance", disable=not work) as bar:
         def done(record: RunRecord) -> None:
             records.append(record)
+            saved.write_bytes(pickle.dumps(records))
             ours = f"{sum(n.level == 'page' for n in record.ours)} pages, " \
                    f"{sum(n.level == 'warning' for n in record.ours)} warnings"
             extra = ""
@@ -853,7 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        + (f"; {len(record.errors)} check errors" if record.errors else ""))
             bar.update(1)
 
-        if args.jobs > 1:
+        if not work:
+            pass
+        elif args.jobs > 1:
             import multiprocessing
 
             context = multiprocessing.get_context("spawn")
@@ -865,7 +887,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 done(_run_one(item))
     order = {c.name: i for i, c in enumerate(configs)}
     records.sort(key=lambda r: order[r.config.name])
-    text = render(records, command=command, seconds=time.perf_counter() - started,
+    seconds = (sum(r.seconds for r in records) if args.from_records is not None
+               else time.perf_counter() - started)
+    text = render(records, command=command, seconds=seconds,
                   quick=args.quick)
     print(text)
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
