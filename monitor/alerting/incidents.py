@@ -15,7 +15,10 @@ the same transaction:
   specific field names the cause, in the order station > scanner_model > software_version >
   site > vendor, and the others go into its label: a vendor and its only scanner model are
   one cause, "FDR Smart X (Fujifilm)"; a station whose studies all carry a new software
-  version is "XR-SOUTH-1 (Ysio Max, software VF12B)";
+  version is "XR-SOUTH-1 (Ysio Max, software VF12B)". A finding on a stratum's own
+  distribution (``CategoricalDrift`` of the vendor, the scanner model, ...) is canonicalised
+  around that field's leading value instead: a new vendor the day after a software update
+  is an incident of its own;
 * no attribution, or a performance finding (a metric of the whole version against its reads,
   such as the override rate): the version itself (``version``).
 
@@ -149,14 +152,22 @@ def _number(value: Any) -> float:
     return number if math.isfinite(number) else 0.0
 
 
-def canonical_cause(ranking: Sequence[Mapping[str, Any]]) -> Cause | None:
+def _named(entry: Mapping[str, Any]) -> bool:
+    return (entry.get("field") in STRATUM_FIELDS and str(entry.get("value")) != MISSING
+            and _number(entry.get("contribution")) > 0)
+
+
+def canonical_cause(ranking: Sequence[Mapping[str, Any]], *, field_name: str | None = None
+                    ) -> Cause | None:
     """The cause an attribution ranking names (see the module docstring), or None when it
-    names no stratum."""
-    entries = [e for e in ranking if e.get("field") in STRATUM_FIELDS
-               and str(e.get("value")) != MISSING and _number(e.get("contribution")) > 0]
-    if not entries:
+    names no stratum. With ``field_name``, the cause around that field's leading value (a
+    finding on the vendor's distribution is about the vendor that moved it, even when
+    another change leads the ranking)."""
+    entries = [e for e in ranking if _named(e)]
+    anchors = [e for e in entries if field_name is None or e.get("field") == field_name]
+    if not anchors:
         return None
-    top = max(entries, key=lambda e: _number(e.get("contribution")))
+    top = max(anchors, key=lambda e: _number(e.get("contribution")))
     size = "n_current" if _number(top.get("n_current")) > 0 else "n_reference"
     n_top = _number(top.get(size))
     same = [e for e in entries
@@ -175,17 +186,27 @@ def canonical_cause(ranking: Sequence[Mapping[str, Any]]) -> Cause | None:
                  _number(share) if share is not None else None)
 
 
-def attribution_cause(run: CheckRunInfo) -> Cause | None:
-    """The cause the run's attribution names (embedding basis first), or None."""
+def _rankings(run: CheckRunInfo, bases: Sequence[str]) -> list[list[Mapping[str, Any]]]:
     rows = {r.feature: r for r in run.results if r.detector == ATTRIBUTION_DETECTOR}
-    order = [*ATTRIBUTION_BASES, *sorted(set(rows) - set(ATTRIBUTION_BASES))]
+    order = [*bases, *sorted(set(rows) - set(bases))]
+    found = []
     for basis in order:
         row = rows.get(basis)
         ranking = (row.details or {}).get("ranking") if row is not None else None
         if isinstance(ranking, list):
-            cause = canonical_cause([e for e in ranking if isinstance(e, Mapping)])
-            if cause is not None:
-                return cause
+            found.append([e for e in ranking if isinstance(e, Mapping)])
+    return found
+
+
+def attribution_cause(run: CheckRunInfo, *, field_name: str | None = None) -> Cause | None:
+    """The cause the run's attribution names (embedding basis first), or None. With
+    ``field_name`` (a finding on a stratum's own distribution), the cause around that field's
+    leading value (composition basis first), or None when the ranking holds none."""
+    bases = ATTRIBUTION_BASES if field_name is None else ATTRIBUTION_BASES[::-1]
+    for ranking in _rankings(run, bases):
+        cause = canonical_cause(ranking, field_name=field_name)
+        if cause is not None:
+            return cause
     return None
 
 
@@ -213,16 +234,21 @@ def subgroup_of(detector: str, feature: str) -> tuple[str, str] | None:
     return (name, value) if sep and name and value else None
 
 
-def cause_of(alert: Alert, run_cause: Cause | None, version: str) -> Cause:
+def cause_of(alert: Alert, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
     """A finding's cause: its subgroup; else, for a finding on the inputs or the outputs,
-    the run's attribution; else the version."""
+    the run's attribution (around the finding's own field for a stratum's distribution);
+    else the version."""
     detector, feature = finding_stream(alert.labels or {})
     subgroup = subgroup_of(detector, feature)
     if subgroup is not None:
         return Cause(subgroup[0], subgroup[1], cause_words(*subgroup), frozenset({subgroup}))
-    if run_cause is not None and DETECTOR_FAMILIES.get(detector) in ATTRIBUTED_FAMILIES:
-        return run_cause
-    return version_cause(version)
+    if DETECTOR_FAMILIES.get(detector) not in ATTRIBUTED_FAMILIES:
+        return version_cause(run.version)
+    if detector == "CategoricalDrift" and feature in STRATUM_FIELDS:
+        own = attribution_cause(run, field_name=feature)
+        if own is not None:
+            return own
+    return run_cause or version_cause(run.version)
 
 
 # --- evidence and summary ------------------------------------------------------------------
@@ -239,8 +265,9 @@ def _share(value: Any) -> str:
 
 
 def effect_text(detector: str, feature: str, family: str, details: Mapping[str, Any],
-                p_value: Any) -> str:
-    """How much, in words, from the test's own result (``details``) where the run has it."""
+                p_value: Any, cause: tuple[str, str] | None = None) -> str:
+    """How much, in words, from the test's own result (``details``) where the run has it;
+    a new value of the incident's own ``cause`` field is named alone."""
     p = _p_text(p_value)
     if detector == BIAS_DETECTOR:
         group, _, metric = feature.rpartition(":")
@@ -271,7 +298,10 @@ def effect_text(detector: str, feature: str, family: str, details: Mapping[str, 
     if detector == "CategoricalDrift":
         new = details.get("new_categories")
         if isinstance(new, Mapping) and new:
-            return f"{feature} new value {', '.join(str(v) for v in list(new)[:2])}"
+            values = [str(v) for v in new]
+            if cause is not None and cause[0] == feature and cause[1] in values:
+                values = [cause[1]]
+            return f"{feature} new value {', '.join(values[:2])}"
     if detector == "NumericDrift":
         ref, cur = details.get("reference_quantiles"), details.get("current_quantiles")
         if isinstance(ref, Mapping) and isinstance(cur, Mapping) and \
@@ -287,8 +317,10 @@ def effect_text(detector: str, feature: str, family: str, details: Mapping[str, 
 
 
 def finding_evidence(alert: Alert, run: CheckRunInfo,
-                     results: Mapping[tuple[str, str], CheckResultInfo]) -> dict[str, Any]:
-    """One evidence row of an incident: what the finding's rule saw in this run."""
+                     results: Mapping[tuple[str, str], CheckResultInfo],
+                     cause: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One evidence row of an incident (whose cause is ``cause``): what the finding's rule
+    saw in this run."""
     labels = alert.labels or {}
     detector, feature = finding_stream(labels)
     matched = results.get((str(labels.get("detector", "")), str(labels.get("feature", ""))))
@@ -310,7 +342,7 @@ def finding_evidence(alert: Alert, run: CheckRunInfo,
         "threshold": matched.threshold if matched is not None else None,
         "since": since, "daily_p": p_value,
         "effect": effect_text(detector, feature, family, raw_details or matched_details,
-                              p_value),
+                              p_value, cause),
         "check_run_id": run.id, "window_end": run.window_end.isoformat(),
     }
     if detector == BIAS_DETECTOR:
@@ -439,7 +471,7 @@ def group_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
     for alert in findings:
         incident = incidents.get(alert.incident_id) if alert.incident_id is not None else None
         if incident is None:
-            cause = cause_of(alert, run_cause, run.version)
+            cause = cause_of(alert, run, run_cause)
             incident = _matching(incidents.values(), cause)
             if incident is None:
                 if alert.state != "firing" or _does_better(alert, results):
@@ -450,15 +482,29 @@ def group_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
                     incidents[incident.id] = incident
                     report.opened.append(incident.id)
             alert.incident_id = incident.id
-        if run_cause is not None and (incident.cause_field, incident.cause_value) in \
-                run_cause.names and run_cause.share is not None:
-            share_today[incident.id] = run_cause.share
+        share = _share_today(run, incident)
+        if share is not None:
+            share_today[incident.id] = share
     session.flush()
     for incident in incidents.values():
         members = [a for a in findings if a.incident_id == incident.id]
         _update(session, incident, members, run, results, share_today.get(incident.id),
                 config, report, now, opened=incident.id in report.opened)
     return report
+
+
+def _share_today(run: CheckRunInfo, incident: Incident) -> float | None:
+    """The share of the window's studies that the incident's stratum holds, where the run's
+    attribution ranks it."""
+    if incident.cause_field not in STRATUM_FIELDS:
+        return None
+    for ranking in _rankings(run, ATTRIBUTION_BASES[::-1]):
+        for entry in ranking:
+            if (entry.get("field"), str(entry.get("value"))) == (
+                    incident.cause_field, incident.cause_value) and \
+                    entry.get("share_current") is not None:
+                return _number(entry["share_current"])
+    return None
 
 
 def _update(session: Session, incident: Incident, members: list[Alert], run: CheckRunInfo,
@@ -469,7 +515,8 @@ def _update(session: Session, incident: Incident, members: list[Alert], run: Che
                 if isinstance(row, Mapping) and row.get("alert_id") is not None}
     for alert in members:
         if alert.last_check_run_id == run.id or alert.id not in evidence:
-            row = finding_evidence(alert, run, results)
+            row = finding_evidence(alert, run, results,
+                                   (incident.cause_field, incident.cause_value))
             if share is not None:
                 row["share"] = share
             evidence[alert.id] = row

@@ -116,6 +116,30 @@ def test_a_vendor_and_its_scanner_model_are_one_incident(runtime: Runtime) -> No
     assert incident.severity == "critical"
 
 
+def test_a_new_vendor_after_a_software_update_is_an_incident_of_its_own(
+        runtime: Runtime) -> None:
+    """The update still leads the day's ranking; the vendor's and scanner model's own
+    findings are about the vendor that moved them."""
+    version = add_version(runtime, "1.4.0")
+    update = rank("software_version", "VF12B", 30, 0.30, share_current=0.15)
+    _evaluate(runtime, version, 10, [
+        sequential("CategoricalDrift/software_version", "metadata", "page"),
+        attribution(update, basis="metadata")])
+    report = _evaluate(runtime, version, 14, [
+        sequential("CategoricalDrift/software_version", "metadata", "page"),
+        sequential("CategoricalDrift/vendor", "metadata", "page"),
+        sequential("CategoricalDrift/scanner_model", "metadata", "page"),
+        attribution(update, rank("scanner_model", "FDR Smart X", 41, 0.12, share_current=0.2),
+                    rank("vendor", "Fujifilm", 40, 0.11, share_current=0.2), basis="metadata")])
+    assert len(report.incidents_opened) == 1
+    by_cause = {i.cause_label: (sorted(f.labels["feature"] for f in i.findings), i.summary)
+                for i in _incidents(runtime)}
+    assert set(by_cause) == {"software VF12B", "FDR Smart X (Fujifilm)"}
+    assert by_cause["FDR Smart X (Fujifilm)"][0] == ["CategoricalDrift/scanner_model",
+                                                     "CategoricalDrift/vendor"]
+    assert (by_cause["FDR Smart X (Fujifilm)"][1] or "").endswith("; 20% of studies")
+
+
 def test_pages_once_escalates_once_and_resolves_after_two_quiet_days(runtime: Runtime) -> None:
     version = add_version(runtime, "1.4.0")
     stream = "MMDDrift/embedding"
