@@ -769,8 +769,10 @@ def render(records: Sequence[RunRecord], *, command: str, seconds: float,
     if episodes:
         named = [score_ours(r).named for r in episodes]  # type: ignore[union-attr]
         share = sum(named) / len(named)
+        sizes = ", ".join(f"{m:g}" for m in sorted({r.config.magnitude or 0 for r in episodes},
+                                                     reverse=True))
         lines.append(f"| right cause named in >= 90% of episodes | {share:.0%} "
-                     f"({sum(named)} of {len(named)} runs, both magnitudes) | "
+                     f"({sum(named)} of {len(named)} runs, magnitudes {sizes}) | "
                      f"{_met(share >= GOAL_NAMED)} | "
                      f"{'' if share >= GOAL_NAMED else f'{GOAL_NAMED - share:.0%} short'} |")
     for r in accepted:
