@@ -600,6 +600,11 @@ def blas_text() -> str:
     return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
 
 
+def run_facts() -> dict[str, str]:
+    return {"date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "commit": commit_text(),
+            "machine": machine(), "blas": blas_text()}
+
+
 def commit_text() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
@@ -618,7 +623,10 @@ def _met(ok: bool | None) -> str:
 
 
 def render(records: Sequence[RunRecord], *, command: str, seconds: float,
-           quick: bool) -> str:
+           quick: bool, run: dict[str, str] | None = None) -> str:
+    """The markdown report. ``run``: when and where the records were made (date, commit,
+    machine, blas); now and here by default."""
+    run = run or run_facts()
     import evidently
 
     no_shift = [r for r in records if r.config.kind == "no-shift"]
@@ -630,9 +638,9 @@ def render(records: Sequence[RunRecord], *, command: str, seconds: float,
                   "benchmark: too few version-months to test the goals.**", ""]
     days = sorted({r.config.days for r in records})
     lines += [
-        f"Date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; commit {commit_text()}; "
+        f"Date {run['date']}; commit {run['commit']}; "
         f"{len(records)} configurations in {seconds / 60:.1f} minutes.",
-        f"Machine: {machine()}; BLAS: {blas_text()}; numpy {np.__version__}, "
+        f"Machine: {run['machine']}; BLAS: {run['blas']}; numpy {np.__version__}, "
         f"Evidently {evidently.__version__}, {platform.platform()}.",
         f"Deployments of {', '.join(map(str, days))} days, two live versions (1.3.0 25%, "
         "1.4.0 75% of about 700 studies a day), baseline the first 7 days, checked on the "
@@ -851,8 +859,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
     records: list[RunRecord] = []
+    facts = run_facts()
     if args.from_records is not None:
-        records = pickle.loads(args.from_records.read_bytes())
+        saved_run = pickle.loads(args.from_records.read_bytes())
+        records, facts = saved_run["records"], saved_run["run"]
         configs = [r.config for r in records]
         work = []
     else:
@@ -863,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tqdm(total=len(work), unit="deployment", desc="surveillance", disable=not work) as bar:
         def done(record: RunRecord) -> None:
             records.append(record)
-            saved.write_bytes(pickle.dumps(records))
+            saved.write_bytes(pickle.dumps({"records": records, "run": facts}))
             ours = f"{sum(n.level == 'page' for n in record.ours)} pages, " \
                    f"{sum(n.level == 'warning' for n in record.ours)} warnings"
             extra = ""
@@ -892,7 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = (sum(r.seconds for r in records) if args.from_records is not None
                else time.perf_counter() - started)
     text = render(records, command=command, seconds=seconds,
-                  quick=args.quick)
+                  quick=args.quick, run=facts)
     print(text)
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is not None:
