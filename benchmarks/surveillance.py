@@ -632,7 +632,7 @@ def render(records: Sequence[RunRecord], *, command: str, seconds: float,
     no_shift = [r for r in records if r.config.kind == "no-shift"]
     episodes = [r for r in records if r.config.kind == "episode" and r.episodes]
     accepted = [r for r in records if r.config.kind == "accepted-change" and r.episodes]
-    lines = ["# Surveillance benchmark", "", f"`{command}`", ""]
+    lines = ["# Surveillance benchmark", "", f"`{run.get('command', command)}`", ""]
     if quick:
         lines += ["**A smoke run (`--quick`: 30-day deployments, 2 no-shift seeds), not the "
                   "benchmark: too few version-months to test the goals.**", ""]
@@ -859,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
     records: list[RunRecord] = []
-    facts = run_facts()
+    facts = {**run_facts(), "command": command}
     if args.from_records is not None:
         saved_run = pickle.loads(args.from_records.read_bytes())
         records, facts = saved_run["records"], saved_run["run"]
