@@ -40,7 +40,8 @@ def test_post_check_runs_and_returns_the_stored_results(
     explicit = client.post("/v1/checks", json={
         "model": MODEL, "version": PREVIOUS, "start": simulated_template.day(11).isoformat(),
         "end": now})
-    assert explicit.status_code == 200 and explicit.json()["window_label"] == "custom"
+    # an explicit span of exactly one local day is that day's grid window
+    assert explicit.status_code == 200 and explicit.json()["window_label"] == "1d"
 
 
 def test_list_results_filters(client: TestClient, simulated_template: SimulatedTemplate
