@@ -73,6 +73,7 @@ class DailyEvidence:
     n_current: int
     n_reference: int
     reference: str = "all"  # the reference subset tested against: weekday, weekend or all
+    null_correlation: float | None = None  # the detector's own rho, where it states one
 
     @property
     def z(self) -> float:
@@ -81,7 +82,11 @@ class DailyEvidence:
 
     @property
     def rho(self) -> float:
-        """Null correlation of two days' z-values tested against the same reference."""
+        """Null correlation of two days' z-values tested against the same reference: the
+        detector's own figure (``details["rho"]``, e.g. a subgroup test without a baseline gap
+        shares nothing with the baseline), else ``n_current / (n_current + n_reference)``."""
+        if self.null_correlation is not None:
+            return min(max(float(self.null_correlation), 0.0), 1.0)
         total = self.n_current + self.n_reference
         return self.n_current / total if total > 0 else 0.0
 
@@ -175,9 +180,11 @@ def daily_evidence(results: Iterable[DetectionResult], *, day: date, reference: 
         p_value = float(result.p_value)
         if not math.isfinite(p_value):
             continue
+        given = result.details.get("rho") if result.details else None
         out.append(DailyEvidence(f"{result.detector}/{result.feature}", family, day,
                                  min(max(p_value, 0.0), 1.0), int(result.n_current),
-                                 int(result.n_reference), reference))
+                                 int(result.n_reference), reference,
+                                 None if given is None else float(given)))
     return out
 
 
@@ -185,7 +192,8 @@ def evidence_from_row(feature: str, details: Mapping[str, Any], n_current: int,
                       n_reference: int, day: date) -> DailyEvidence:
     """The day of evidence behind a stored ``SequentialEvidence`` row."""
     return DailyEvidence(feature, str(details["of_family"]), day, float(details["daily_p"]),
-                         int(n_current), int(n_reference), str(details.get("reference", "all")))
+                         int(n_current), int(n_reference), str(details.get("reference", "all")),
+                         float(details["rho"]) if details.get("rho") is not None else None)
 
 
 def _run_statistic(days: Sequence[DailyEvidence]) -> tuple[float, int]:

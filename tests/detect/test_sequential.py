@@ -92,7 +92,10 @@ def test_a_strong_day_pages_a_quiet_day_does_not_and_health_follows():
     assert result.details["of_family"] == "metadata" and result.details["level"] == "page"
     rebuilt = evidence_from_row(result.feature, result.details, result.n_current,
                                 result.n_reference, state.evidence.day)
-    assert rebuilt == state.evidence
+    assert (rebuilt.stream, rebuilt.family, rebuilt.day, rebuilt.p_value, rebuilt.reference,
+            rebuilt.rho) == (state.evidence.stream, state.evidence.family, state.evidence.day,
+                             state.evidence.p_value, state.evidence.reference,
+                             state.evidence.rho)
     health = sequential_health([state])
     assert health.status == "red" and health.score < 0.6
     assert sequential_health([]).status == "green"
@@ -126,6 +129,17 @@ def test_daily_evidence_keeps_p_valued_results_of_paging_families_only():
     found = daily_evidence(results, day=DAY0, reference="weekday")
     assert [(e.stream, e.family, e.reference) for e in found] == [
         ("MMDDrift/embedding", "embedding", "weekday")]
+
+
+def test_a_detectors_own_correlation_replaces_the_sample_size_estimate():
+    """A subgroup test without a baseline gap (tolerance only) shares nothing with the
+    baseline: its days are independent, and its evidence must accumulate as such."""
+    result = DetectionResult("SubgroupBias", "age_band=80+:sensitivity", -0.2, 0.02, 0.05,
+                             False, 0, 60, {"family": "bias", "rho": 0.0})
+    days = [daily_evidence([result], day=DAY0 + timedelta(days=i))[0] for i in range(4)]
+    assert days[0].rho == 0.0
+    state = evaluate(days, day=days[-1].day)[0]
+    assert state.statistic == pytest.approx(4 * days[0].z / 2)
 
 
 def test_policy_rejects_runs_longer_than_the_simulated_table():
