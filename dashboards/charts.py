@@ -294,18 +294,20 @@ def forest(frame: pd.DataFrame, *, metric: str, height: int | None = None) -> al
     if data.empty:
         return _empty(f"no subgroup results for {metric}")
     data["group"] = data["field"] + " = " + data["value"]
+    standing = (data["standing"].astype(bool) if "standing" in data.columns
+                else pd.Series(False, index=data.index))
     data["finding"] = np.select(
-        [data["status"] != "ok", data["drift"] & (data["direction"] == "worse"), data["drift"]],
-        ["insufficient data", "worse (significant)", "better (significant)"],
+        [data["status"] != "ok", data["drift"], standing],
+        ["insufficient data", "gap grew (significant)", "standing gap"],
         default="no significant gap")
     data["note"] = np.where(data["status"] != "ok", "insufficient data (n=" +
                             data["n"].astype(str) + ")", "")
     order = data.sort_values(["field", "value"])["group"].tolist()
     colour = alt.Color("finding:N", title=None, legend=alt.Legend(orient="top"),
                        scale=alt.Scale(
-                           domain=["worse (significant)", "better (significant)",
+                           domain=["gap grew (significant)", "standing gap",
                                    "no significant gap", "insufficient data"],
-                           range=["#c62828", "#2e7d32", "#1565c0", "#b0b0b0"]))
+                           range=["#c62828", "#ef8f00", "#1565c0", "#b0b0b0"]))
     y = alt.Y("group:N", sort=order, title=None, axis=alt.Axis(labelLimit=320))
     tooltip = ["field", "value", "metric", "status", "n",
                alt.Tooltip("group_value:Q", format=".1%"), alt.Tooltip("ci_low:Q", format=".1%"),

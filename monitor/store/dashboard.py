@@ -766,12 +766,15 @@ def latest_run_with(session: Session, filters: Filters, detector: str) -> int | 
 
 BIAS_COLUMNS = ["field", "value", "metric", "status", "n", "group_value", "ci_low", "ci_high",
                 "rest_value", "gap", "direction", "p_value", "q_value", "drift",
-                "baseline_value", "feature"]
+                "baseline_value", "baseline_gap", "gap_change", "change_low", "change_high",
+                "standing", "tolerance", "feature"]
 
 
 def bias_table(session: Session, run_id: int) -> pd.DataFrame:
     """The subgroup results of one run: ``BIAS_COLUMNS``; ``status`` is "insufficient data"
-    for groups under the minimum size (their p and q are empty)."""
+    for groups under the minimum size (their p and q are empty). ``baseline_gap``,
+    ``gap_change`` (with its 95% interval ``change_low``/``change_high``), ``standing`` and
+    ``tolerance`` are empty (False) for results stored before baseline gaps were kept."""
     results = session.execute(
         select(CheckResult.feature, CheckResult.statistic, CheckResult.p_value,
                CheckResult.drift, CheckResult.n_current, CheckResult.details)
@@ -781,6 +784,7 @@ def bias_table(session: Session, run_id: int) -> pd.DataFrame:
     for feature, statistic, p_value, drift, n_current, details in results:
         details = details or {}
         ci = details.get("ci") or (None, None)
+        change_ci = details.get("gap_change_ci") or (None, None)
         group, _, metric = feature.rpartition(":")
         field_name, _, value = group.partition("=")
         rows.append({
@@ -799,11 +803,18 @@ def bias_table(session: Session, run_id: int) -> pd.DataFrame:
             "q_value": details.get("q_value"),
             "drift": bool(drift),
             "baseline_value": details.get("baseline_value"),
+            "baseline_gap": details.get("baseline_gap"),
+            "gap_change": details.get("gap_change"),
+            "change_low": change_ci[0],
+            "change_high": change_ci[1],
+            "standing": bool(details.get("standing", False)),
+            "tolerance": details.get("tolerance"),
             "feature": feature,
         })
     frame = pd.DataFrame(rows, columns=BIAS_COLUMNS)
     for name in ("group_value", "ci_low", "ci_high", "rest_value", "gap", "p_value", "q_value",
-                 "baseline_value"):
+                 "baseline_value", "baseline_gap", "gap_change", "change_low", "change_high",
+                 "tolerance"):
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
     return frame.sort_values(["metric", "field", "value"]).reset_index(drop=True)
 
