@@ -104,6 +104,7 @@ CATEGORICAL_FIELDS = ("vendor", "scanner_model", "site", "view", "photometric",
 NUMERIC_FIELDS = ("kvp", "exposure_mas", "pixel_spacing_mm", "age_years")
 ATTRIBUTION_FIELDS = ("station", "scanner_model", "software_version", "site", "vendor")
 ATTRIBUTION_DETECTOR = "Attribution"
+MIN_NOVEL_ATTRIBUTED = 3  # novel studies in the window before their composition is ranked
 # Families whose streams at warning or page call for attribution (a cause to name).
 ATTRIBUTED_FAMILIES = ("embedding", "metadata")
 
@@ -419,7 +420,9 @@ def _attribution(ctx: _Context, results: list[DetectionResult],
                  escalated: frozenset[str] = frozenset()
                  ) -> tuple[list[DetectionResult], tuple[Attribution, ...]]:
     """Attribution rows for the drift found in the window or for the families with a stream
-    at warning or page (``escalated``): embedding basis first, then composition."""
+    at warning or page (``escalated``): embedding basis first, then composition, then the
+    novel studies' composition against the whole window's (basis ``novelty``: a few studies
+    unlike the reference barely move the window's mean, but they share their scanner)."""
     o = ctx.options
     embedding_drift = "embedding" in escalated or any(
         r.drift and family_of(r) == "embedding" and _status(r) != "failed" for r in results)
@@ -436,6 +439,9 @@ def _attribution(ctx: _Context, results: list[DetectionResult],
                           {"embeddings_ref": e_ref, "embeddings_cur": e_cur}))
     if metadata_drift:
         bases.append(("metadata", ctx.reference, ctx.current, {}))
+    novel = _novel_frame(ctx.current, results) if embedding_drift else None
+    if novel is not None:
+        bases.append(("novelty", ctx.current, novel, {}))
     for basis, reference, current, extra in bases:
         ranked = attribute(reference, current, fields=ATTRIBUTION_FIELDS, **extra)
         if not ranked:
@@ -451,6 +457,22 @@ def _attribution(ctx: _Context, results: list[DetectionResult],
                      "ranking": [vars(a) for a in ranked[: o.attribution_top]]},
         ))
     return rows, ranking
+
+
+def _novel_frame(current: pd.DataFrame, results: list[DetectionResult]) -> pd.DataFrame | None:
+    """The window's studies beyond every reference study when there are
+    ``MIN_NOVEL_ATTRIBUTED`` of them, else its novel studies (as the novelty test listed
+    them; the chance ones blur the picture), or None when there are fewer than that."""
+    novelty = next((r for r in results if r.detector == "NoveltyDrift"
+                    and _status(r) != "failed"), None)
+    details = (novelty.details or {}) if novelty is not None else {}
+    listed = details.get("novel_studies", [])
+    smallest = 1.0 / (1.0 + float(details.get("n_calibration") or 0.0))
+    beyond = {s["study_key"] for s in listed if (s.get("p_value") or 1.0) <= smallest * 1.000001}
+    keys = beyond if len(beyond) >= MIN_NOVEL_ATTRIBUTED else {s["study_key"] for s in listed}
+    if len(keys) < MIN_NOVEL_ATTRIBUTED:
+        return None
+    return current[current["study_key"].isin(keys)]
 
 
 def _with_attribution_summary(results: list[DetectionResult], rows: list[DetectionResult]

@@ -23,6 +23,7 @@ from monitor.checks import CheckOptions, CheckOutcome, day_type_reference, run_c
 from monitor.collect.inprocess import InProcessCollector
 from monitor.commands.checks import add_commands
 from monitor.detect import sequential
+from monitor.detect.result import DetectionResult
 from monitor.detect.sequential import StreamState
 from monitor.errors import NotFoundError, ValidationError
 from monitor.runtime import Runtime
@@ -532,3 +533,22 @@ def test_grid_checks_build_on_the_evidence_of_earlier_days(runtime: Runtime) -> 
     fresh = run_check(runtime, model=MODEL, day=days[-1] + timedelta(days=-1), options=QUICK)
     assert fresh.baseline_id != outcomes[0].baseline_id
     assert {s.days for s in fresh.streams} == {1}
+
+
+def test_novelty_attribution_ranks_the_studies_beyond_the_reference() -> None:
+    """Of the listed novel studies, those beyond every reference study (p = 1 / (n_cal + 1))
+    are ranked when there are three of them; the chance ones at p < 0.01 would blur it."""
+    current = pd.DataFrame({"study_key": [f"s{i}" for i in range(10)],
+                            "station": ["XR-NORTH-1"] * 4 + ["XR-SOUTH-1"] * 6})
+    listed = ([{"study_key": f"s{i}", "p_value": 1 / 1001} for i in range(3)]
+              + [{"study_key": f"s{i}", "p_value": 0.005} for i in (5, 6, 7, 8)])
+    novelty = DetectionResult(detector="NoveltyDrift", feature="embedding", statistic=7.0,
+                              p_value=1e-4, threshold=0.05, drift=True, n_reference=1000,
+                              n_current=10, details={"novel_studies": listed,
+                                                     "n_calibration": 1000})
+    assert checks._novel_frame(current, [novelty])["study_key"].tolist() == ["s0", "s1", "s2"]
+    fewer = replace(novelty, details={**novelty.details, "novel_studies": listed[2:]})
+    assert checks._novel_frame(current, [fewer])["study_key"].tolist() == [
+        "s2", "s5", "s6", "s7", "s8"]
+    two = replace(novelty, details={"novel_studies": listed[:2]})
+    assert checks._novel_frame(current, [two]) is None

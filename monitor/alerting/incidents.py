@@ -18,7 +18,9 @@ the same transaction:
   version is "XR-SOUTH-1 (Ysio Max, software VF12B)". A finding on a stratum's own
   distribution (``CategoricalDrift`` of the vendor, the scanner model, ...) is canonicalised
   around that field's leading value instead: a new vendor the day after a software update
-  is an incident of its own;
+  is an incident of its own; a novelty finding, around the novel studies' own composition
+  (attribution basis ``novelty``: a few inverted images from one scanner barely move the
+  window's mean, so the embedding basis would name whatever else moved that day);
 * no attribution, or a performance finding (a metric of the whole version against its reads,
   such as the override rate): the version itself (``version``).
 
@@ -75,6 +77,7 @@ STRATUM_FIELDS = ("station", "scanner_model", "software_version", "site", "vendo
 VERSION_FIELD = "version"
 ATTRIBUTION_DETECTOR = "Attribution"
 ATTRIBUTION_BASES = ("embedding", "metadata")
+NOVELTY_BASIS = "novelty"  # the novel studies' composition: the cause of a novelty finding
 # The families whose findings the attribution explains: what came in, and what the model made
 # of it. A performance metric is the whole version's against its reads (as is a rule on the
 # run's health): its cause is the version.
@@ -246,6 +249,13 @@ def cause_of(alert: Alert, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
         return version_cause(run.version)
     if detector == "CategoricalDrift" and feature in STRATUM_FIELDS:
         own = attribution_cause(run, field_name=feature)
+        if own is not None:
+            return own
+    if detector == "NoveltyDrift":
+        row = next((r for r in run.results if r.detector == ATTRIBUTION_DETECTOR
+                    and r.feature == NOVELTY_BASIS), None)
+        ranking = (row.details or {}).get("ranking") if row is not None else None
+        own = canonical_cause(ranking) if isinstance(ranking, list) else None
         if own is not None:
             return own
     return run_cause or version_cause(run.version)

@@ -91,6 +91,15 @@ class NoveltyDrift:
     test would ignore the shared calibration and over-alarm (with 300 calibration studies and
     windows of 300 it alarms at 7 novel studies, which happens in 8.8 % of no-shift windows).
 
+    A second count sharpens the verdict for studies far outside the reference: the studies
+    beyond *every* calibration score (p = 1 / (n_cal + 1)), whose null is the same
+    Beta-Binomial with j = 1, Beta-Binomial(n, 1, n_cal). Under no shift about n / (n_cal + 1)
+    of them are expected (0.2 for a window of 600 against 3,000 calibration patients), so a
+    handful of inverted images is decisive there while it hides among the n x novelty_alpha
+    studies the first count expects by chance (6 inverted among 577 studies of a day: novel
+    count p = 0.01, beyond count p < 1e-5). The window p-value is the smaller of the two,
+    referred to its own null law; below 199 calibration units the two counts coincide.
+
     Repeat studies: with ``groups`` at ``test``, the window count uses one random study per
     patient, since a patient who looks unusual looks unusual in every study; every novel study
     is still listed.
@@ -170,8 +179,10 @@ class NoveltyDrift:
         self.n_calibration_ = n_cal
         self.n_reference_ = int(reference.shape[0])
         self.grouped_ = groups_array is not None
-        # Novel <=> at most `most_above` calibration scores are >= the study's score.
+        # Novel <=> at most `most_above` calibration scores are >= the study's score; beyond
+        # the reference <=> none is.
         self.null_beta_ = (most_above + 1, n_cal - most_above)
+        self.beyond_beta_ = (1, n_cal)
         return self
 
     def study_p_values(
@@ -208,7 +219,15 @@ class NoveltyDrift:
         n_counted = counted.size
         n_novel_counted = int(novel[counted].sum())
         a, b = self.null_beta_
-        p_value = float(betabinom.sf(n_novel_counted - 1, n_counted, a, b))
+        p_novel = float(betabinom.sf(n_novel_counted - 1, n_counted, a, b))
+        beyond = p_values[counted] <= 1.0 / (1.0 + self.n_calibration_)
+        n_beyond = int(beyond.sum())
+        p_beyond = float(betabinom.sf(n_beyond - 1, n_counted, *self.beyond_beta_))
+        if self.null_beta_ == self.beyond_beta_:  # a small reference: the same count
+            p_value = p_novel
+        else:
+            p_value = _min_p_value(min(p_novel, p_beyond), n_counted, self.n_calibration_,
+                                   most_above=a - 1)
         novel_indices = np.flatnonzero(novel)
         details = {
             "novel_indices": novel_indices.tolist(),
@@ -221,6 +240,13 @@ class NoveltyDrift:
             else "study",
             "expected": float(n_counted * a / (a + b)),
             "null": f"beta-binomial(n={n_counted}, a={a}, b={b})",
+            "p_value_novel": p_novel,
+            "n_beyond_reference": n_beyond,
+            "expected_beyond_reference": float(n_counted / (1.0 + self.n_calibration_)),
+            "p_value_beyond_reference": p_beyond,
+            "combination": "one count: the reference is small"
+            if self.null_beta_ == self.beyond_beta_
+            else "the smaller of the two counts' p-values, referred to its exact null law",
             "novelty_alpha": float(self.novelty_alpha_),
             "k": int(self.k),
             "score": f"mean distance to the {self.k} nearest reference studies"
@@ -267,7 +293,7 @@ class NoveltyDrift:
             self.pca_components,
             generator=torch.Generator().manual_seed(int(self.seed)),
         )
-        neighbours = projection.apply(self.reference_)
+        neighbours = _with_residual(projection, self.reference_)
         rows = self.calibration_rows_
         calibration = self._knn_scores(
             neighbours[torch.from_numpy(rows).to(self.device_)],
@@ -279,7 +305,7 @@ class NoveltyDrift:
             where = np.searchsorted(self.patients_, groups)
             clipped = np.minimum(where, self.patients_.size - 1)
             codes = np.where(self.patients_[clipped] == groups, clipped, -1)
-        scores = self._knn_scores(projection.apply(x), neighbours, codes)
+        scores = self._knn_scores(_with_residual(projection, x), neighbours, codes)
         return np.sort(calibration), scores, projection
 
     def _knn_scores(
@@ -303,6 +329,38 @@ class NoveltyDrift:
         if not out:
             return np.zeros(0)
         return torch.cat(out).cpu().numpy()
+
+
+def _with_residual(projection: Projection, x: torch.Tensor) -> torch.Tensor:
+    """The principal coordinates plus one more: the distance from the principal subspace.
+    A study unlike the reference along an axis the PCA dropped (a few inverted images among
+    thousands carry too little variance to earn an axis) still stands out."""
+    z = projection.apply(x)
+    if projection.components is None:
+        return z
+    centered = x - projection.mean
+    residual = centered - z @ projection.components.T
+    return torch.cat([z, residual.norm(dim=1, keepdim=True)], dim=1)
+
+
+def _min_p_value(observed: float, n: int, n_cal: int, *, most_above: int) -> float:
+    """P(min(p_novel, p_beyond) <= observed) under no shift, exactly under the model of the
+    class docstring. The calibration scores cut the new studies' score law into the mass q1
+    beyond all of them, q2 - q1 between the largest and the (most_above + 1)-th, and the rest:
+    (q1, q2 - q1, 1 - q2) ~ Dirichlet(1, most_above, n_cal - most_above). So the beyond count
+    C1 ~ Beta-Binomial(n, 1, n_cal), and given C1 the novel studies that are not beyond,
+    C2 - C1, are Beta-Binomial(n - C1, most_above, n_cal - most_above) (Dirichlet
+    neutrality). The two tails are monotone in their counts, so the event is
+    {C1 >= a} or {C2 >= b}."""
+    counts = np.arange(n + 1)
+    beyond_law = betabinom(n, 1, n_cal)
+    novel_law = betabinom(n, most_above + 1, n_cal - most_above)
+    a = int(np.argmax(beyond_law.sf(counts - 1) <= observed * (1 + 1e-9)))
+    b = int(np.argmax(novel_law.sf(counts - 1) <= observed * (1 + 1e-9)))
+    c1 = np.arange(a, n + 1)
+    rest = betabinom(n - c1, most_above, n_cal - most_above).sf(b - c1 - 1)
+    both = float(np.sum(beyond_law.pmf(c1) * rest))
+    return float(min(1.0, beyond_law.sf(a - 1) + novel_law.sf(b - 1) - both))
 
 
 def _p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:

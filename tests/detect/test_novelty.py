@@ -67,9 +67,9 @@ def test_small_reference_p_values_are_valid():
 )
 def test_false_alarm_rate_independent_studies_is_nominal(n_reference, n_current, dims):
     """Every reference study calibrates (leave-one-out); novelty_alpha follows the reference
-    size (2/51 at 50 studies, 0.01 from 199 up). Measured over 300 runs: 0.023 (50 studies,
-    window 100), 0.067 (200, window 100), 0.017 (1,000, window 150: it alarms at >= 24 novel
-    studies of 150 whose beta-binomial tail is 0.035; 0.02 at 500)."""
+    size (2/51 at 50 studies, 0.01 from 199 up); from 199 up the beyond-every-study count
+    joins the novel count. Measured over 300 runs: 0.023 (50 studies, window 100), 0.053
+    (200, window 100), 0.023 (1,000, window 150; the discrete counts make it conservative)."""
     rate = alarm_rate(
         lambda rng: independent_windows(rng, n_reference, dims, n_current=n_current),
         runs=300,
@@ -83,7 +83,7 @@ def test_false_alarm_rate_repeat_studies_by_patient_is_nominal(n_reference, n_cu
     """30 % of patients with 3-6 studies, some followed across the window boundary; a
     calibration study leaves its own patient out, one study per patient calibrates and one per
     patient is counted. Reference 100 studies (about 45 patients) with windows of 100, and
-    3,000 (about 1,350 patients) with windows of 300. Measured over 200 runs: 0.035 and 0.035."""
+    3,000 (about 1,350 patients) with windows of 300. Measured over 200 runs: 0.035 and 0.045."""
 
     def make(rng):
         return repeat_study_windows(rng, n_reference, 64, n_current=n_current, repeat_share=0.3)
@@ -144,7 +144,16 @@ def test_novel_studies_are_listed_with_keys():
     assert details["n_novel"] == len(details["novel_indices"]) == result.statistic
     assert details["expected"] == pytest.approx(60 * 10 / 1001)
     assert details["null"] == "beta-binomial(n=60, a=10, b=991)"
-    assert result.p_value == pytest.approx(betabinom.sf(result.statistic - 1, 60, 10, 991))
+    assert details["p_value_novel"] == pytest.approx(
+        betabinom.sf(result.statistic - 1, 60, 10, 991)
+    )
+    # The two shifted studies lie beyond every calibration score: 2 where 0.06 are expected.
+    assert details["n_beyond_reference"] >= 2
+    assert details["p_value_beyond_reference"] == pytest.approx(
+        betabinom.sf(details["n_beyond_reference"] - 1, 60, 1, 1000)
+    )
+    smaller = min(details["p_value_novel"], details["p_value_beyond_reference"])
+    assert smaller <= result.p_value <= 2 * smaller
     assert result.detector == "NoveltyDrift"
     assert result.n_current == 60 and result.n_reference == 1000
 
@@ -251,3 +260,45 @@ def test_inverted_nih_images_with_repeat_patients(nih_images):
     )
     assert power >= 0.7
     assert found >= 0.9
+
+
+def test_combined_count_p_value_is_valid_under_its_model():
+    """Draw the masses the calibration scores leave above them from their Dirichlet law, then
+    the window's counts. The smaller of the two counts' p-values, referred to its null law, is
+    a valid p-value (P(p <= t) <= t, less where the counts are discrete: 150 studies against
+    1,000 calibration scores expect 0.15 beyond them); the plain minimum would not be (0.27 at
+    t = 0.2 in 1,500 draws, against 0.17 here, 0.08 for 2 x min)."""
+    from monitor.detect.novelty import _min_p_value
+
+    rng = np.random.default_rng(11)
+    n, n_cal, most_above = 150, 1000, 9
+    combined, plain = [], []
+    for _ in range(600):
+        q_beyond, q_between, _ = rng.dirichlet([1, most_above, n_cal - most_above])
+        beyond, between, _ = rng.multinomial(n, [q_beyond, q_between, 1 - q_beyond - q_between])
+        p_novel = betabinom.sf(beyond + between - 1, n, most_above + 1, n_cal - most_above)
+        p_beyond = betabinom.sf(beyond - 1, n, 1, n_cal)
+        plain.append(min(p_novel, p_beyond))
+        combined.append(_min_p_value(plain[-1], n, n_cal, most_above=most_above))
+    combined, plain = np.array(combined), np.array(plain)
+    assert np.mean(combined <= 0.05) <= 0.05 + 0.025
+    assert 0.12 <= np.mean(combined <= 0.2) <= 0.2 + 0.04
+    assert np.mean(plain <= 0.2) > np.mean(combined <= 0.2)
+
+
+def test_a_few_studies_off_every_principal_axis_lie_beyond_the_reference():
+    """Three shifted studies among 1,300 carry too little variance to earn one of the 16
+    principal axes, so in the principal coordinates alone none of them lies beyond the
+    reference (0 to 1 of 3 found novel over 5 seeds). The distance from the principal
+    subspace, one more coordinate of the score, puts all three beyond every calibration
+    study, and the beyond count alarms where 0.3 are expected."""
+    rng = np.random.default_rng(2)
+    dims = 256
+    scales = np.concatenate([np.full(16, 3.0), np.full(dims - 16, 0.5)])
+    reference = rng.normal(size=(1000, dims)) * scales
+    current = rng.normal(size=(300, dims)) * scales
+    current[:3, -1] += 20.0
+    result = NoveltyDrift(pca_components=16).fit(reference).test(current)
+    assert {0, 1, 2} <= set(result.details["novel_indices"])
+    assert result.details["n_beyond_reference"] >= 3
+    assert result.p_value < 0.05 and result.drift
