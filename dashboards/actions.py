@@ -1,5 +1,6 @@
 """What a person can change from the dashboard, each through the same functions as the API and
-the CLI (``monitor.alerting.engine``, ``monitor.registry``), so every action is audited.
+the CLI (``monitor.alerting.engine``, ``monitor.alerting.incidents``, ``monitor.registry``),
+so every action is audited.
 
 Who acts. Each action asks for an operator token (the ``operator`` or ``admin`` role),
 checked against the token store as the API checks a bearer token, and the token's name is
@@ -10,16 +11,18 @@ any non-empty name typed into the token field as the operator and records that n
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 
 from dashboards.guard import is_open, principal_for
-from monitor.alerting import engine
+from monitor.alerting import engine, incidents
+from monitor.alerting.config import AlertingConfig
 from monitor.api.errors import Forbidden, Unauthorized
 from monitor.errors import ValidationError
 from monitor.registry import RecommendationInfo, Registry
 from monitor.runtime import Runtime
 from monitor.safe_output import visible
 from monitor.store.db import session_scope
+from monitor.store.incidents import IncidentInfo
 
 MAX_SILENCE_HOURS = 24 * 30
 
@@ -91,3 +94,24 @@ def decide_rollback(runtime: Runtime, recommendation_id: int, *, approve: bool,
     if approve:
         return registry.approve(recommendation_id, actor=actor, reason=reason)
     return registry.reject(recommendation_id, actor=actor, reason=reason)
+
+
+def check_acceptance(runtime: Runtime, incident_id: int, *, credential: str,
+                     reason: str | None) -> tuple[str, str]:
+    """What ``accept_incident`` requires (an operator token, a reason), checked without
+    acting. Returns (operator, reason)."""
+    actor = authenticate_operator(runtime, credential)
+    return actor, _reason(reason, f"accept incident {incident_id}")
+
+
+def accept_incident(runtime: Runtime, incident_id: int, *, credential: str, since: date,
+                    reason: str | None, config: AlertingConfig, zone: tzinfo
+                    ) -> tuple[str, IncidentInfo]:
+    """Accept an open incident as a validated change (re-baselines its stratum from
+    ``since``, audited): the operator's name and the accepted incident."""
+    actor, reason = check_acceptance(runtime, incident_id, credential=credential,
+                                     reason=reason)
+    with session_scope(runtime.sessions) as session:
+        info = incidents.accept_incident(session, incident_id, actor=actor, since=since,
+                                         reason=reason, config=config, zone=zone)
+    return actor, info

@@ -12,6 +12,7 @@ values; an action (acknowledge, approve, ...) clears the cache so the page shows
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -218,3 +219,36 @@ def rag_badge(status: str | None) -> str:
 
 def show_error(exc: Exception) -> None:
     st.error(f"{type(exc).__name__}: {md(exc)}")
+
+
+def ask_confirmation(key: str, check: Callable[[], object]) -> None:
+    """The first step of a two-step action: ``check`` (token and reason) raises or passes,
+    nothing changes yet; on success the page asks for the confirming click
+    (``confirm_step``)."""
+    try:
+        check()
+    except MonitorError as exc:
+        show_error(exc)
+        return
+    st.session_state[key] = True
+    st.rerun()
+
+
+def confirming(key: str) -> bool:
+    return bool(st.session_state.get(key))
+
+
+def confirm_step(key: str, prompt: str, *, label: str, act: Callable[[], None]) -> None:
+    """The second step: what will happen, in words, then ``label`` (runs ``act``) or Cancel.
+    ``act`` clears ``key`` once it has acted (``done_confirming``)."""
+    st.info(f"**Confirm:** {prompt}", icon=":material/help:")
+    cols = st.columns([1, 1, 4])
+    if cols[0].button(label, type="primary", key=f"{key}_confirm"):
+        act()
+    if cols[1].button("Cancel", key=f"{key}_cancel"):
+        done_confirming(key)
+        st.rerun()
+
+
+def done_confirming(key: str) -> None:
+    st.session_state.pop(key, None)

@@ -13,7 +13,11 @@ import streamlit as st
 from dashboards import actions
 from dashboards.common import (
     Context,
+    ask_confirmation,
+    confirm_step,
+    confirming,
     context,
+    done_confirming,
     fmt_day,
     fmt_time,
     md,
@@ -22,9 +26,8 @@ from dashboards.common import (
     runtime_for,
     show_error,
 )
-from monitor.alerting import incidents
 from monitor.alerting.config import load_config
-from monitor.errors import MonitorError, ValidationError
+from monitor.errors import MonitorError
 from monitor.store.dashboard import (
     ACCEPTABLE_CAUSES,
     CLOSED_INCIDENT_STATES,
@@ -33,7 +36,6 @@ from monitor.store.dashboard import (
     incident_cause,
     strongest_evidence,
 )
-from monitor.store.db import session_scope
 from monitor.store.incidents import IncidentInfo
 
 ACTIVE_STATES = ("firing", "pending")
@@ -146,51 +148,17 @@ def _confirm_key(incident_id: int) -> str:
     return f"accept_confirming_{incident_id}"
 
 
-def _checked_reason(reason: str | None, incident_id: int) -> str:
-    if reason is None or not reason.strip():
-        raise ValidationError(f"a reason is required to accept incident {incident_id}",
-                              field="reason")
-    return reason.strip()
-
-
-def accept_incident(ctx: Context, incident_id: int, *, credential: str, since: date,
-                    reason: str) -> tuple[str, IncidentInfo]:
-    """Accept an open incident as a validated change through
-    ``monitor.alerting.incidents.accept_incident`` (re-baselines the stratum from ``since``,
-    audited): the operator's name and the accepted incident."""
-    runtime = runtime_for(ctx.database_url, ctx.settings)
-    actor = actions.authenticate_operator(runtime, credential)
-    reason = _checked_reason(reason, incident_id)
-    with session_scope(runtime.sessions) as session:
-        info = incidents.accept_incident(
-            session, incident_id, actor=actor, since=since, reason=reason,
-            config=load_config(ctx.settings), zone=ctx.settings.zone)
-    return actor, info
-
-
-def _ask_confirmation(ctx: Context, info: IncidentInfo, *, credential: str,
-                      reason: str) -> None:
-    """The first step: token and reason checked, nothing changed yet."""
-    runtime = runtime_for(ctx.database_url, ctx.settings)
-    try:
-        actions.authenticate_operator(runtime, credential)
-        _checked_reason(reason, info.id)
-    except MonitorError as exc:
-        show_error(exc)
-        return
-    st.session_state[_confirm_key(info.id)] = True
-    st.rerun()
-
-
 def _accept(ctx: Context, info: IncidentInfo, *, credential: str, since: date,
             reason: str) -> None:
+    runtime = runtime_for(ctx.database_url, ctx.settings)
     try:
-        actor, accepted = accept_incident(ctx, info.id, credential=credential, since=since,
-                                          reason=reason)
+        actor, accepted = actions.accept_incident(
+            runtime, info.id, credential=credential, since=since, reason=reason,
+            config=load_config(ctx.settings), zone=ctx.settings.zone)
     except MonitorError as exc:
         show_error(exc)
         return
-    st.session_state.pop(_confirm_key(info.id), None)
+    done_confirming(_confirm_key(info.id))
     refresh()
     st.session_state[MESSAGE_KEY] = (
         f"Incident #{info.id} ({md(accepted.cause_label)}) accepted as a validated change "
@@ -222,21 +190,20 @@ def accept_form(ctx: Context, info: IncidentInfo) -> None:
     if not isinstance(since, date):
         st.caption("Choose the day the validated change took effect.")
         return
-    if st.session_state.get(_confirm_key(key)):
-        st.info(f"**Confirm:** accept incident #{key} ({md(info.cause_label)} on "
-                f"{md(info.model_version)}) as a validated change from {since:%Y-%m-%d}, "
-                f"with the reason \"{md(reason.strip())}\". Its studies from that day become "
-                "the baseline.", icon=":material/help:")
-        cols = st.columns([1, 1, 4])
-        if cols[0].button("Confirm accept", type="primary", key=f"accept_confirm_{key}"):
-            _accept(ctx, info, credential=credential, since=since, reason=reason)
-        if cols[1].button("Cancel", key=f"accept_cancel_{key}"):
-            st.session_state.pop(_confirm_key(key), None)
-            st.rerun()
+    if confirming(_confirm_key(key)):
+        confirm_step(
+            _confirm_key(key),
+            f"accept incident #{key} ({md(info.cause_label)} on {md(info.model_version)}) as "
+            f"a validated change from {since:%Y-%m-%d}, with the reason "
+            f"\"{md(reason.strip())}\". Its studies from that day become the baseline.",
+            label="Confirm accept",
+            act=lambda: _accept(ctx, info, credential=credential, since=since, reason=reason))
         return
     if st.button("Accept as validated change…", key=f"accept_start_{key}",
                  help="Asks for a confirmation first."):
-        _ask_confirmation(ctx, info, credential=credential, reason=reason)
+        runtime = runtime_for(ctx.database_url, ctx.settings)
+        ask_confirmation(_confirm_key(key), lambda: actions.check_acceptance(
+            runtime, key, credential=credential, reason=reason))
 
 
 def open_incidents_section(ctx: Context, found: list[IncidentInfo]) -> None:

@@ -13,7 +13,11 @@ import streamlit as st
 from dashboards import actions, charts
 from dashboards.common import (
     Context,
+    ask_confirmation,
+    confirm_step,
+    confirming,
     context,
+    done_confirming,
     fmt_day,
     fmt_p,
     fmt_rate,
@@ -117,7 +121,7 @@ def _decide(ctx: Context, rec: pd.Series, *, approve: bool, credential: str,
     except MonitorError as exc:
         show_error(exc)
         return
-    st.session_state.pop(_confirm_key(rec_id), None)
+    done_confirming(_confirm_key(rec_id))
     refresh()
     verdict = ("approved: " + f"{md(info.alias)} now points at {md(info.to_version)}"
                if approve else "rejected")
@@ -125,33 +129,6 @@ def _decide(ctx: Context, rec: pd.Series, *, approve: bool, credential: str,
     st.session_state["versions_message"] = (
         f"Recommendation #{rec_id} {verdict}{hook}, by {md(info.decided_by)}.")
     st.rerun()
-
-
-def _ask_confirmation(ctx: Context, rec: pd.Series, *, credential: str, reason: str) -> None:
-    """The first step of an approval: token and reason checked, nothing changed yet."""
-    rec_id = int(rec["recommendation_id"])
-    runtime = runtime_for(ctx.database_url, ctx.settings)
-    try:
-        actions.check_decision(runtime, rec_id, approve=True, credential=credential,
-                               reason=reason)
-    except MonitorError as exc:
-        show_error(exc)
-        return
-    st.session_state[_confirm_key(rec_id)] = True
-    st.rerun()
-
-
-def confirmation(ctx: Context, rec: pd.Series, *, credential: str, reason: str) -> None:
-    """The second step: what will happen, in words, and Confirm or Cancel."""
-    rec_id = int(rec["recommendation_id"])
-    st.info(f"**Confirm:** {_what_moves(rec)}, with the reason \"{md(reason.strip())}\". "
-            "The audit log records it under your name.", icon=":material/help:")
-    cols = st.columns([1, 1, 4])
-    if cols[0].button("Confirm", type="primary", key=f"decide_confirm_{rec_id}"):
-        _decide(ctx, rec, approve=True, credential=credential, reason=reason)
-    if cols[1].button("Cancel", key=f"decide_cancel_{rec_id}"):
-        st.session_state.pop(_confirm_key(rec_id), None)
-        st.rerun()
 
 
 def recommendation_form(ctx: Context, rec: pd.Series) -> None:
@@ -170,13 +147,21 @@ def recommendation_form(ctx: Context, rec: pd.Series) -> None:
                                    "store is empty (the demo), your name.")
         reason = st.text_area("Reason", key=f"decide_reason_{rec_id}", height=68,
                               help="Required; recorded in the audit log.")
-        if st.session_state.get(_confirm_key(rec_id)):
-            confirmation(ctx, rec, credential=credential, reason=reason)
+        if confirming(_confirm_key(rec_id)):
+            confirm_step(
+                _confirm_key(rec_id),
+                f"{_what_moves(rec)}, with the reason \"{md(reason.strip())}\". The audit "
+                "log records it under your name.",
+                label="Confirm",
+                act=lambda: _decide(ctx, rec, approve=True, credential=credential,
+                                    reason=reason))
             return
         cols = st.columns([1, 1, 4])
         if cols[0].button("Approve rollback…", type="primary", key=f"decide_approve_{rec_id}",
                           help=f"Asks for a confirmation, then will {_what_moves(rec)}."):
-            _ask_confirmation(ctx, rec, credential=credential, reason=reason)
+            runtime = runtime_for(ctx.database_url, ctx.settings)
+            ask_confirmation(_confirm_key(rec_id), lambda: actions.check_decision(
+                runtime, rec_id, approve=True, credential=credential, reason=reason))
         if cols[1].button("Reject", key=f"decide_reject_{rec_id}"):
             _decide(ctx, rec, approve=False, credential=credential, reason=reason)
 
