@@ -184,18 +184,24 @@ def cmd_incidents_accept(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing_arguments(parser: argparse.ArgumentParser, *, states: list[str],
+                       severities: list[str]) -> None:
+    """The filters both listings take; the first state is the default."""
+    parser.add_argument("--state", default=states[0], choices=states)
+    parser.add_argument("--model")
+    parser.add_argument("--version")
+    parser.add_argument("--severity", choices=severities)
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--json", action="store_true")
+
+
 def add_incident_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     incidents = sub.add_parser("incidents", help="list and show incidents; accept one as a "
                                "validated change").add_subparsers(dest="incidents_command",
                                                                   required=True)
     listing = incidents.add_parser("list", help="incidents, most severe and oldest first")
-    listing.add_argument("--state", default="open",
-                         choices=["open", "resolved", "accepted", "all"])
-    listing.add_argument("--model")
-    listing.add_argument("--version")
-    listing.add_argument("--severity", choices=["warning", "critical"])
-    listing.add_argument("--limit", type=int, default=200)
-    listing.add_argument("--json", action="store_true")
+    _listing_arguments(listing, states=["open", "resolved", "accepted", "all"],
+                       severities=["warning", "critical"])
     listing.set_defaults(func=cmd_incidents_list)
 
     show = incidents.add_parser("show", help="one incident with its findings (JSON)")
@@ -221,13 +227,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                             "notifications").add_subparsers(dest="alerts_command", required=True)
 
     listing = alerts.add_parser("list", help="alerts, most recently updated first")
-    listing.add_argument("--state", default="active",
-                         choices=["active", "pending", "firing", "resolved", "all"])
-    listing.add_argument("--model")
-    listing.add_argument("--version")
-    listing.add_argument("--severity", choices=["info", "warning", "critical"])
-    listing.add_argument("--limit", type=int, default=200)
-    listing.add_argument("--json", action="store_true")
+    _listing_arguments(listing, states=["active", "pending", "firing", "resolved", "all"],
+                       severities=["info", "warning", "critical"])
     listing.set_defaults(func=cmd_list)
 
     show = alerts.add_parser("show", help="one alert with its notifications (JSON)")
