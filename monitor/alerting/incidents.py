@@ -6,7 +6,10 @@ alert of the run's version a *cause* and files it under the open incident of tha
 the same transaction:
 
 * a subgroup stream (``SubgroupBias/age_band=80+:sensitivity``, or a rule on
-  ``SubgroupBias`` itself): the subgroup, ``age_band=80+``;
+  ``SubgroupBias`` itself): the subgroup, ``age_band=80+``; a subgroup on a stratum field
+  (``scanner_model=Ysio Max``) is named like the stratum where the run's attribution counts
+  the same studies under other names (``subgroup_cause``), so it joins that stratum's
+  incident;
 * a finding on the inputs or the outputs (embedding, metadata, prediction): the run's
   attribution (``Attribution`` rows, the embedding basis first), its ranking canonicalised.
   Among the entries whose ``n_current`` is within 5% of the top one's (and whose
@@ -237,6 +240,35 @@ def subgroup_of(detector: str, feature: str) -> tuple[str, str] | None:
     return (name, value) if sep and name and value else None
 
 
+def subgroup_cause(field_name: str, value: str, run: CheckRunInfo) -> Cause:
+    """A subgroup's cause. A subgroup on a stratum field (a scanner model, a vendor) is named
+    like the stratum when the run's attribution counts its studies: the most specific field
+    whose value holds exactly as many of the window's studies, and as many of the
+    reference's (or the reference held none of one of the two: a new software version), is the
+    cause, so a scanner whose specificity fell after its software update joins the update's
+    incident, and its vendor's finding too when the vendor has no other scanner."""
+    plain = Cause(field_name, value, cause_words(field_name, value),
+                  frozenset({(field_name, value)}))
+    if field_name not in STRATUM_FIELDS:
+        return plain
+    for ranking in _rankings(run, ATTRIBUTION_BASES[::-1]):
+        own = next((e for e in ranking if (e.get("field"), str(e.get("value")))
+                    == (field_name, value)), None)
+        if own is None or _number(own.get("n_current")) <= 0:
+            continue
+        same = [e for e in ranking if e.get("field") in STRATUM_FIELDS
+                and _number(e.get("n_current")) == _number(own.get("n_current"))
+                and (_number(e.get("n_reference")) == _number(own.get("n_reference"))
+                     or 0 in (_number(e.get("n_reference")), _number(own.get("n_reference"))))]
+        by_field = {str(e["field"]): str(e["value"]) for e in same}
+        by_field[field_name] = value
+        chosen = next(f for f in STRATUM_FIELDS if f in by_field)
+        others = {f: v for f, v in by_field.items() if f != chosen}
+        return Cause(chosen, by_field[chosen], stratum_label(chosen, by_field[chosen], others),
+                     frozenset(by_field.items()))
+    return plain
+
+
 def cause_of(alert: Alert, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
     """A finding's cause: its subgroup; else, for a finding on the inputs or the outputs,
     the run's attribution (around the finding's own field for a stratum's distribution);
@@ -244,7 +276,7 @@ def cause_of(alert: Alert, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
     detector, feature = finding_stream(alert.labels or {})
     subgroup = subgroup_of(detector, feature)
     if subgroup is not None:
-        return Cause(subgroup[0], subgroup[1], cause_words(*subgroup), frozenset({subgroup}))
+        return subgroup_cause(*subgroup, run)
     if DETECTOR_FAMILIES.get(detector) not in ATTRIBUTED_FAMILIES:
         return version_cause(run.version)
     if detector == "CategoricalDrift" and feature in STRATUM_FIELDS:

@@ -140,6 +140,56 @@ def test_a_new_vendor_after_a_software_update_is_an_incident_of_its_own(
     assert (by_cause["FDR Smart X (Fujifilm)"][1] or "").endswith("; 20% of studies")
 
 
+def test_a_novelty_finding_is_about_the_scanner_of_its_novel_studies(
+        runtime: Runtime) -> None:
+    """A few inverted images barely move the window's mean: the embedding basis names the
+    site whose case mix moved that day, the novel studies all come from one station."""
+    version = add_version(runtime, "1.4.0")
+    _evaluate(runtime, version, 12, [
+        sequential("NoveltyDrift/embedding", "embedding", "page"),
+        attribution(rank("site", "south", 200, 0.05, share_current=0.5), basis="embedding"),
+        attribution(rank("station", "XR-NORTH-1", 8, 12.0, share_current=1.0),
+                    rank("scanner_model", "Discovery XR656", 8, 11.0, share_current=1.0),
+                    rank("site", "north", 8, 4.0, share_current=1.0), basis="novelty")])
+    (incident,) = _incidents(runtime)
+    assert (incident.cause_field, incident.cause_value) == ("station", "XR-NORTH-1")
+
+
+def test_a_scanners_subgroup_finding_joins_its_software_update_incident(
+        runtime: Runtime) -> None:
+    """After the update, the scanner's specificity falls: its subgroup streams, on the scanner
+    model and on its vendor (the vendor's only scanner here), are about the same studies as
+    the update, which the day's ranking counts under every name (the reference held no study
+    of the new software version)."""
+    version = add_version(runtime, "1.4.0")
+    south = (rank("software_version", "VF12B", 30, 0.40, share_current=0.14),
+             rank("station", "XR-SOUTH-1", 30, 0.39, n_reference=120),
+             rank("scanner_model", "Ysio Max", 30, 0.38, n_reference=120),
+             rank("vendor", "Siemens", 30, 0.2, n_reference=120),
+             rank("site", "south", 120, 0.10, n_reference=480),
+             rank("station", "XR-EAST-1", 30, 0.01, n_reference=200))
+    _evaluate(runtime, version, 10, [
+        sequential("CategoricalDrift/software_version", "metadata", "page"),
+        attribution(*south, basis="metadata")])
+    _evaluate(runtime, version, 12, [
+        sequential("CategoricalDrift/software_version", "metadata", "page"),
+        sequential("SubgroupBias/scanner_model=Ysio Max:specificity", "bias", "page",
+                   direction="worse"),
+        sequential("SubgroupBias/vendor=Siemens:specificity", "bias", "warning",
+                   direction="worse"),
+        sequential("SubgroupBias/age_band=80+:specificity", "bias", "page",
+                   direction="worse"),
+        attribution(*south, basis="metadata")])
+    by_cause = {(i.cause_field, i.cause_value): sorted(f.labels["feature"] for f in i.findings)
+                for i in _incidents(runtime)}
+    assert by_cause == {
+        ("station", "XR-SOUTH-1"): [
+            "CategoricalDrift/software_version",
+            "SubgroupBias/scanner_model=Ysio Max:specificity",
+            "SubgroupBias/vendor=Siemens:specificity"],
+        ("age_band", "80+"): ["SubgroupBias/age_band=80+:specificity"]}
+
+
 def test_pages_once_escalates_once_and_resolves_after_two_quiet_days(runtime: Runtime) -> None:
     version = add_version(runtime, "1.4.0")
     stream = "MMDDrift/embedding"
