@@ -24,8 +24,10 @@ the same transaction:
   is an incident of its own; a novelty finding, around the novel studies' own composition
   (attribution basis ``novelty``: a few inverted images from one scanner barely move the
   window's mean, so the embedding basis would name whatever else moved that day);
-* no attribution, or a performance finding (a metric of the whole version against its reads,
-  such as the override rate): the version itself (``version``).
+* a performance finding (a metric of the whole version against its reads, such as the
+  specificity): the subgroup whose gap grew while the rest of the window held
+  (``explaining_subgroup``: without the patients aged 80+ the drop all but vanishes), else
+  the version itself (``version``), as for a finding with no attribution.
 
 An alert keeps its incident while that incident is open (a later day's attribution may rank
 a site above the scanner; the page is not repeated for it); a new alert joins an open
@@ -91,6 +93,10 @@ SAME_STUDIES = 0.05  # n_current within 5% of the top entry's: the same studies
 SAME_DRIFT = 0.25  # ... and a quarter of its contribution at least: the same drift
 GRID_LABEL = "1d"
 QUIET_WINDOWS = 2
+# A subgroup explains a version's performance drop when its gap grew (one-sided p below
+# EXPLAINS_P) and the rest of the window moved the worse way by at most EXPLAINS_REST of the drop.
+EXPLAINS_P = 0.05
+EXPLAINS_REST = 0.5
 CAUSE_GONE = "cause gone"
 ROLLED_BACK = "rolled back"
 NO_LONGER_LIVE = "no longer live"
@@ -150,12 +156,12 @@ def stratum_label(field_name: str, value: str, others: Mapping[str, str]) -> str
     return f"{head} ({inside})" if inside else head
 
 
-def _number(value: Any) -> float:
+def _number(value: Any, default: float = 0.0) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        return 0.0
-    return number if math.isfinite(number) else 0.0
+        return default
+    return number if math.isfinite(number) else default
 
 
 def _named(entry: Mapping[str, Any]) -> bool:
@@ -269,6 +275,42 @@ def subgroup_cause(field_name: str, value: str, run: CheckRunInfo) -> Cause:
     return plain
 
 
+def explaining_subgroup(metric: str, run: CheckRunInfo) -> tuple[str, str] | None:
+    """The subgroup without which the version's drop in ``metric`` all but vanishes, or None.
+
+    From the run's own rows: the version's change against the baseline (``PerformanceDrift``)
+    and, per group, the ``SubgroupBias`` row of the same metric: the group and the rest of the
+    window now, and in the baseline (the group's value less its gap). A group explains the drop
+    when its gap grew worse (one-sided p < ``EXPLAINS_P``) and the rest of the window moved
+    the worse way by at most ``EXPLAINS_REST`` of the version's change: a drop of the
+    patients aged 80+ is theirs, a drop across every group (a degrading model) stays the
+    version's. Of several, the group with the largest change in gap."""
+    version = next((r for r in run.results if r.detector == "PerformanceDrift"
+                    and r.feature == metric), None)
+    details = (version.details or {}) if version is not None else {}
+    now, then = details.get("current") or {}, details.get("baseline") or {}
+    if not ("value" in now and "value" in then and details.get("worse_direction")):
+        return None
+    sign = 1.0 if details["worse_direction"] == "higher" else -1.0
+    worse_by = sign * (_number(now["value"]) - _number(then["value"]))
+    if not worse_by > 0:
+        return None
+    best: tuple[float, tuple[str, str]] | None = None
+    for row in run.results:
+        d = row.details or {}
+        if row.detector != BIAS_DETECTOR or d.get("metric") != metric or \
+                d.get("direction") != "worse" or not _number(d.get("p_gap_change"), 1.0) \
+                < EXPLAINS_P:
+            continue
+        rest_then = _number(d.get("baseline_value")) - _number(d.get("baseline_gap"))
+        rest_worse_by = sign * (_number(d.get("rest_value")) - rest_then)
+        if rest_worse_by <= EXPLAINS_REST * worse_by:
+            change = abs(_number(d.get("gap_change")))
+            if best is None or change > best[0]:
+                best = (change, (str(d.get("field")), str(d.get("value"))))
+    return best[1] if best is not None else None
+
+
 def cause_of(alert: Alert, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
     """A finding's cause: its subgroup; else, for a finding on the inputs or the outputs,
     the run's attribution (around the finding's own field for a stratum's distribution);
@@ -277,6 +319,9 @@ def cause_of(alert: Alert, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
     subgroup = subgroup_of(detector, feature)
     if subgroup is not None:
         return subgroup_cause(*subgroup, run)
+    if DETECTOR_FAMILIES.get(detector) == "performance":
+        group = explaining_subgroup(feature, run)
+        return subgroup_cause(*group, run) if group is not None else version_cause(run.version)
     if DETECTOR_FAMILIES.get(detector) not in ATTRIBUTED_FAMILIES:
         return version_cause(run.version)
     if detector == "CategoricalDrift" and feature in STRATUM_FIELDS:

@@ -272,6 +272,52 @@ def test_a_performance_finding_is_the_versions_whatever_the_attribution(
         "version 1.4.0": ["PerformanceDrift/override_rate"]}
 
 
+def _performance(metric: str, *, baseline: float, current: float) -> dict[str, Any]:
+    row = result("PerformanceDrift", metric, p_value=1e-4, family="performance")
+    row["details"].update(baseline={"value": baseline}, current={"value": current},
+                          worse_direction="lower")
+    return row
+
+
+def _group(feature: str, *, now: float, rest: float, baseline: float, baseline_rest: float,
+           p_gap_change: float = 1e-4) -> dict[str, Any]:
+    group, _, metric = feature.rpartition(":")
+    name, _, value = group.partition("=")
+    row = result("SubgroupBias", feature, p_value=p_gap_change, family="bias")
+    row["details"].update(field=name, value=value, metric=metric, direction="worse",
+                          group_value=now, rest_value=rest, gap=now - rest,
+                          baseline_value=baseline, baseline_gap=baseline - baseline_rest,
+                          gap_change=(now - rest) - (baseline - baseline_rest),
+                          p_gap_change=p_gap_change)
+    return row
+
+
+def test_a_performance_drop_that_one_subgroup_explains_is_that_subgroups(
+        runtime: Runtime) -> None:
+    """The version's specificity fell from 95% to 91% while the patients aged 80+ fell from
+    93% to 68% and the rest held at 95%: the page is about the 80+ group, with its own
+    finding. The sensitivity fell everywhere (80+ included): that stays the version's."""
+    version = add_version(runtime, "1.4.0")
+    _evaluate(runtime, version, 18, [
+        sequential("PerformanceDrift/specificity", "performance", "page"),
+        sequential("PerformanceDrift/sensitivity", "performance", "page"),
+        sequential("SubgroupBias/age_band=80+:specificity", "bias", "warning",
+                   direction="worse"),
+        _performance("specificity", baseline=0.95, current=0.91),
+        _performance("sensitivity", baseline=0.80, current=0.50),
+        _group("age_band=80+:specificity", now=0.68, rest=0.95, baseline=0.93,
+               baseline_rest=0.95),
+        _group("age_band=80+:sensitivity", now=0.40, rest=0.52, baseline=0.78,
+               baseline_rest=0.80),
+        _group("view=AP:specificity", now=0.90, rest=0.92, baseline=0.94, baseline_rest=0.95,
+               p_gap_change=0.2)])
+    by_cause = {i.cause_label: sorted(f.labels["feature"] for f in i.findings)
+                for i in _incidents(runtime)}
+    assert by_cause == {
+        "age 80+": ["PerformanceDrift/specificity", "SubgroupBias/age_band=80+:specificity"],
+        "version 1.4.0": ["PerformanceDrift/sensitivity"]}
+
+
 def _bias(feature: str, *, direction: str, gap_change: float) -> dict[str, Any]:
     row = result("SubgroupBias", feature, p_value=1e-4 if direction == "worse" else 0.99,
                  family="bias", statistic=gap_change)
