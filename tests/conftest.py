@@ -42,13 +42,6 @@ def require_server(available: bool, what: str) -> None:
     pytest.skip(f"{what} is not available")
 
 
-def shared_data(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data {path} is absent")
-    return path
-
-
 def _postgres_admin():  # type: ignore[no-untyped-def]
     import psycopg
 

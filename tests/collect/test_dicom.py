@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import pydicom
@@ -29,6 +28,7 @@ from monitor.collect.dicom import (
     study_uid_from_dicom,
 )
 from monitor.errors import ValidationError
+from tests.conftest import SHARED_DATA
 
 # The junk dates and ages below are deliberate; pydicom warns when they are set or read.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
@@ -40,9 +40,7 @@ SCANNER_KEYS = {
 
 
 def _shared_dicom_dir() -> Path:
-    root = os.environ.get("MONITOR_SHARED_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    return base / "dicom"
+    return SHARED_DATA / "dicom"
 
 
 def _manifest_rows() -> list[dict[str, str]]:

@@ -3,7 +3,6 @@ and embeddings of real chest X-rays from the shared test data."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from tests.conftest import SHARED_DATA
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,16 +108,9 @@ def subspace_shift(current: np.ndarray, *, size: float, dims: int = 8) -> np.nda
 # Real images -------------------------------------------------------------------------------
 
 
-def shared_data_dir() -> Path:
-    env = os.environ.get("MONITOR_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-
-
 @pytest.fixture(scope="session")
 def shared_data_root() -> Path:
-    root = shared_data_dir()
+    root = SHARED_DATA
     if not (root / "pneumoniamnist" / "pneumoniamnist.npz").exists():
         pytest.skip(f"shared test data not found at {root}")
     return root
