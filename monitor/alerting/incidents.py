@@ -199,15 +199,17 @@ def canonical_cause(ranking: Sequence[Mapping[str, Any]], *, field_name: str | N
 
 
 def _rankings(run: CheckRunInfo, bases: Sequence[str]) -> list[list[Mapping[str, Any]]]:
-    rows = {r.feature: r for r in run.results if r.detector == ATTRIBUTION_DETECTOR}
-    order = [*bases, *sorted(set(rows) - set(bases))]
-    found = []
-    for basis in order:
-        row = rows.get(basis)
-        ranking = (row.details or {}).get("ranking") if row is not None else None
-        if isinstance(ranking, list):
-            found.append([e for e in ranking if isinstance(e, Mapping)])
-    return found
+    """The run's attribution rankings, ``bases`` first, then any other basis."""
+    stored = {r.feature for r in run.results if r.detector == ATTRIBUTION_DETECTOR}
+    found = (_ranking(run, basis) for basis in [*bases, *sorted(stored - set(bases))])
+    return [ranking for ranking in found if ranking is not None]
+
+
+def _ranking(run: CheckRunInfo, basis: str) -> list[Mapping[str, Any]] | None:
+    row = next((r for r in run.results if r.detector == ATTRIBUTION_DETECTOR
+                and r.feature == basis), None)
+    ranking = (row.details or {}).get("ranking") if row is not None else None
+    return [e for e in ranking if isinstance(e, Mapping)] if isinstance(ranking, list) else None
 
 
 def attribution_cause(run: CheckRunInfo, *, field_name: str | None = None) -> Cause | None:
@@ -262,10 +264,11 @@ def subgroup_cause(field_name: str, value: str, run: CheckRunInfo) -> Cause:
                     == (field_name, value)), None)
         if own is None or _number(own.get("n_current")) <= 0:
             continue
+        n_current, n_reference = _number(own.get("n_current")), _number(own.get("n_reference"))
         same = [e for e in ranking if e.get("field") in STRATUM_FIELDS
-                and _number(e.get("n_current")) == _number(own.get("n_current"))
-                and (_number(e.get("n_reference")) == _number(own.get("n_reference"))
-                     or 0 in (_number(e.get("n_reference")), _number(own.get("n_reference"))))]
+                and _number(e.get("n_current")) == n_current
+                and 0 in (_number(e.get("n_reference")) - n_reference,
+                          _number(e.get("n_reference")), n_reference)]
         by_field = {str(e["field"]): str(e["value"]) for e in same}
         by_field[field_name] = value
         chosen = next(f for f in STRATUM_FIELDS if f in by_field)
@@ -329,10 +332,8 @@ def cause_of(alert: Alert, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
         if own is not None:
             return own
     if detector == "NoveltyDrift":
-        row = next((r for r in run.results if r.detector == ATTRIBUTION_DETECTOR
-                    and r.feature == NOVELTY_BASIS), None)
-        ranking = (row.details or {}).get("ranking") if row is not None else None
-        own = canonical_cause(ranking) if isinstance(ranking, list) else None
+        ranking = _ranking(run, NOVELTY_BASIS)
+        own = canonical_cause(ranking) if ranking is not None else None
         if own is not None:
             return own
     return run_cause or version_cause(run.version)

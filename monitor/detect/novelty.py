@@ -179,10 +179,8 @@ class NoveltyDrift:
         self.n_calibration_ = n_cal
         self.n_reference_ = int(reference.shape[0])
         self.grouped_ = groups_array is not None
-        # Novel <=> at most `most_above` calibration scores are >= the study's score; beyond
-        # the reference <=> none is.
+        # Novel <=> at most `most_above` calibration scores are >= the study's score.
         self.null_beta_ = (most_above + 1, n_cal - most_above)
-        self.beyond_beta_ = (1, n_cal)
         return self
 
     def study_p_values(
@@ -220,14 +218,15 @@ class NoveltyDrift:
         n_novel_counted = int(novel[counted].sum())
         a, b = self.null_beta_
         p_novel = float(betabinom.sf(n_novel_counted - 1, n_counted, a, b))
-        beyond = p_values[counted] <= 1.0 / (1.0 + self.n_calibration_)
-        n_beyond = int(beyond.sum())
-        p_beyond = float(betabinom.sf(n_beyond - 1, n_counted, *self.beyond_beta_))
-        if self.null_beta_ == self.beyond_beta_:  # a small reference: the same count
+        # Beyond the reference: no calibration score at or above the study's (j = 1).
+        n_cal = self.n_calibration_
+        n_beyond = int((p_values[counted] <= 1.0 / (1.0 + n_cal)).sum())
+        p_beyond = float(betabinom.sf(n_beyond - 1, n_counted, 1, n_cal))
+        one_count = a == 1  # a small reference: novel means beyond, the same count
+        if one_count:
             p_value = p_novel
         else:
-            p_value = _min_p_value(min(p_novel, p_beyond), n_counted, self.n_calibration_,
-                                   most_above=a - 1)
+            p_value = _min_p_value(min(p_novel, p_beyond), n_counted, n_cal, most_above=a - 1)
         novel_indices = np.flatnonzero(novel)
         details = {
             "novel_indices": novel_indices.tolist(),
@@ -242,10 +241,10 @@ class NoveltyDrift:
             "null": f"beta-binomial(n={n_counted}, a={a}, b={b})",
             "p_value_novel": p_novel,
             "n_beyond_reference": n_beyond,
-            "expected_beyond_reference": float(n_counted / (1.0 + self.n_calibration_)),
+            "expected_beyond_reference": float(n_counted / (1.0 + n_cal)),
             "p_value_beyond_reference": p_beyond,
             "combination": "one count: the reference is small"
-            if self.null_beta_ == self.beyond_beta_
+            if one_count
             else "the smaller of the two counts' p-values, referred to its exact null law",
             "novelty_alpha": float(self.novelty_alpha_),
             "k": int(self.k),
