@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e './client[numpy,dicom]' -e '.[dev]'
 	touch $@
 
 demo: $(BIN)/.installed

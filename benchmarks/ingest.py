@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from monitor_client.codec import encode_embedding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, scratch_postgres
@@ -37,7 +38,7 @@ from monitor.collect.inprocess import InProcessCollector
 from monitor.config import Settings
 from monitor.privacy import Pseudonymiser
 from monitor.runtime import Runtime
-from monitor.schema import INFERENCES, encode_embedding
+from monitor.schema import INFERENCES
 from monitor.store.db import make_engine, upgrade
 
 

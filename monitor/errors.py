@@ -1,36 +1,16 @@
-"""Every error the service raises on purpose. Messages name the field, and show at most
-``ECHO_LIMIT`` characters of any value that came from the input (``clip``)."""
+"""Every error the service raises on purpose. The base classes and ``clip`` are the event
+contract's (``monitor_client.errors``), so an error from the client's DICOM reading or
+embedding codec is the service's error too."""
 
 from __future__ import annotations
 
-ECHO_LIMIT = 64
+from monitor_client.errors import ECHO_LIMIT, ConfigError, MonitorError, ValidationError, clip
 
-
-def clip(value: object, limit: int = ECHO_LIMIT) -> str:
-    """A value from the input as an error may show it: its ``repr`` for anything but a
-    string, at most ``limit`` characters, with how much was left out."""
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"
-
-
-class MonitorError(Exception):
-    """Base class: anything the service reports to a user rather than crashing on."""
-
-
-class ConfigError(MonitorError):
-    """A setting has a value the service cannot use."""
-
-
-class ValidationError(MonitorError):
-    """An event or request is malformed. ``field`` names the offending part, ``index`` the
-    position in a batch where there is one."""
-
-    def __init__(self, message: str, *, field: str | None = None, index: int | None = None):
-        super().__init__(message)
-        self.field = field
-        self.index = index
+__all__ = [
+    "ECHO_LIMIT", "BatchValidationError", "ConfigError", "ConflictError",
+    "EmbeddingLengthError", "InsufficientDataError", "MonitorError", "NotFittedError",
+    "NotFoundError", "SchemaVersionError", "ValidationError", "clip",
+]
 
 
 class BatchValidationError(ValidationError):

@@ -1,18 +1,11 @@
-"""The event contract: inference and override events as clients send them.
-
-A timestamp is ISO 8601 text (a ``datetime`` from Python); one without a UTC offset is read as
-UTC, and it must lie in the plausible range (``TimestampBounds``). Embeddings arrive as a JSON
-list of floats or as base64 of little-endian float32; both become ``bytes`` (float32,
-little-endian) here. Strings are bounded and free of control characters, identifiers of
-invisible ones too; numbers are finite and never booleans; scanner keys beyond the contract's
-are kept within ``MAX_TAGS_BYTES``.
+"""Parsing whole batches of events against the contract (``monitor_client.events``, one
+definition for the client and the service).
 
 ``INFERENCES`` and ``OVERRIDES`` parse whole batches, from Python objects or from the JSON
 bytes of a request. A JSON body is parsed by jiter, which refuses a key repeated in any
 object (parsers disagree on which of two values counts), then validated like Python input:
-one contract for both. Inference events are validated into plain dicts (``TypedDict``)
-rather than model objects: a batch of 1,000 is the ingestion hot path, and dicts validate in
-about 60% of the time.
+one contract for both. Embeddings become float32 bytes (little-endian) here; timestamps UTC,
+within the plausible range (``TimestampBounds``).
 """
 
 from __future__ import annotations
@@ -25,122 +18,42 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
+from typing import TYPE_CHECKING, Any
 
 import jiter
 import numpy as np
 import pybase64
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    WithJsonSchema,
-    field_validator,
-    with_config,
+from monitor_client.dicom import event_parts_from_dicom
+from monitor_client.errors import ValidationError as MonitorValidationError
+from monitor_client.events import (
+    CONTROLS,
+    KEY_PATTERN,
+    MAX_EMBEDDING_DIM,
+    MAX_TAGS_BYTES,
+    OUT_OF_RANGE,
+    PATTERN_MESSAGES,
+    SCANNER_FIELDS,
+    TEXT_PATTERN,
+    InferenceEvent,
+    OverrideEvent,
+    Patient,
+    Scanner,
+    StudyUid,
+    as_utc,
+    long_string_values_problem,
 )
+from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
-from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from monitor.errors import BatchValidationError, clip
-from monitor.errors import ValidationError as MonitorValidationError
 
 if TYPE_CHECKING:
     from monitor.config import Settings
 
-MAX_EMBEDDING_DIM = 65_536
-MAX_TAGS_BYTES = 4_096  # the scanner's extra keys, as JSON, in all
-
 Problem = dict[str, Any]  # {"index": item or None, "field": dotted path, "message": text}
-
-# --- strings ---------------------------------------------------------------------------------
-# No stored string may hold a C0 or C1 control character (NUL included: PostgreSQL text cannot
-# hold it) or a line/paragraph separator. Identifiers may not hold invisible characters either:
-# zero-width and joiner characters, direction overrides and marks, fillers, the byte order
-# mark, so that two IDs that look the same are the same.
-_CONTROLS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
-_INVISIBLES = (r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
-               r"\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8")
-TEXT_PATTERN = rf"^[^{_CONTROLS}]*$"
-ID_PATTERN = rf"^[^{_CONTROLS}{_INVISIBLES}]+$"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # model and version names
-KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # score names, extra scanner keys
-_PATTERN_MESSAGES = {
-    TEXT_PATTERN: "must not contain control characters",
-    ID_PATTERN: "must be non-empty, without control, zero-width or direction characters",
-    NAME_PATTERN: "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter "
-                  "or digit",
-    KEY_PATTERN: "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
-                 "or digit",
-}
-ID_MAX = 128
-
-
-def _text(max_length: int) -> Any:
-    """Text of at most ``max_length`` characters, without control characters."""
-    return Annotated[str, Field(max_length=max_length, pattern=TEXT_PATTERN)]
-
-
-def _identifier(max_length: int = ID_MAX) -> Any:
-    return Annotated[str, Field(min_length=1, max_length=max_length, pattern=ID_PATTERN)]
-
-
-EventId = _identifier()
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-StudyUid = _identifier(64)  # DICOM UI: 64 characters
-PatientId = _identifier(64)  # DICOM LO
-# DICOM value representations: LO (long string) 64 characters, SH (short string) 16, CS (code
-# string) 16. Fields derived from a DICOM element are bounded by its VR.
-LongString, ShortString, CodeString = _text(64), _text(16), _text(16)
-
-
-# A multi-valued LO element (SoftwareVersions): values separated by a backslash (DICOM) or a
-# slash (as ``monitor.collect.dicom`` joins them), each at most 64 characters; a list of
-# strings is joined with '/' before validation (``_prepare_inferences``).
-MAX_SOFTWARE_VERSION = 512
-SoftwareVersions = Annotated[str, Field(max_length=MAX_SOFTWARE_VERSION, pattern=TEXT_PATTERN)]
-
-
-def _long_string_values_problem(value: str) -> str | None:
-    if len(value) > 64 and any(len(part) > 64 for part in re.split(r"[\\/]", value)):
-        return "each value (separated by '\\' or '/') must be at most 64 characters"
-    return None
-
-
-# --- numbers -----------------------------------------------------------------------------------
-# Strict: a boolean or a string is not a number. Never NaN or infinite.
-
-
-def _number(**bounds: float) -> Any:
-    return Annotated[float | None, Field(strict=True, allow_inf_nan=False, **bounds)]
 
 
 # --- timestamps --------------------------------------------------------------------------------
-
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-OUT_OF_RANGE = "is out of the range of dates once converted to UTC"
-
-
-def _timestamp_text(value: Any) -> Any:
-    """A timestamp arrives as ISO 8601 text (from Python also as a ``datetime``); a number is
-    not one."""
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and len(value) <= 64 and _ISO_DATE.match(value):
-        return value
-    raise ValueError("must be an ISO 8601 date and time as a string, such as "
-                     "2026-11-22T10:00:00Z")
-
-
-Timestamp = Annotated[datetime, BeforeValidator(_timestamp_text)]
-
-
-def _as_utc(value: datetime) -> datetime:
-    """UTC; naive means UTC. Raises OverflowError where the offset takes it past year 1 or
-    9999."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 @dataclass(frozen=True)
 class TimestampBounds:
@@ -153,7 +66,7 @@ class TimestampBounds:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TimestampBounds:
-        return cls(_as_utc(settings.timestamp_earliest),
+        return cls(as_utc(settings.timestamp_earliest),
                    timedelta(seconds=settings.timestamp_max_future_s))
 
     @classmethod
@@ -181,105 +94,6 @@ def _timestamp_problems(moments: list[tuple[int, datetime]], bounds: TimestampBo
     earliest, latest = bounds.earliest, now + bounds.max_future
     return [{"index": index, "field": "timestamp", "message": bounds.problem(moment, now)}
             for index, moment in moments if not earliest <= moment <= latest]
-
-
-# --- events ------------------------------------------------------------------------------------
-
-@with_config(ConfigDict(extra="allow"))
-class Scanner(TypedDict, total=False):
-    """Acquisition metadata, bounded by the value representation of the DICOM element each
-    comes from. Keys beyond these are kept, and stored as the row's tags (``KEY_PATTERN``
-    names, ``MAX_TAGS_BYTES`` as JSON in all)."""
-
-    manufacturer: LongString | None  # Manufacturer (LO)
-    model: LongString | None  # ManufacturerModelName (LO)
-    station: ShortString | None  # StationName (SH)
-    site: LongString | None  # InstitutionName (LO), or the site's own name
-    modality: CodeString | None  # Modality (CS)
-    body_part: CodeString | None  # BodyPartExamined (CS)
-    view: CodeString | None  # ViewPosition (CS)
-    kvp: _number(ge=0, le=1_000)  # KVP (DS)
-    exposure_mas: _number(ge=0, le=100_000)  # Exposure (IS), ExposureInmAs (DS)
-    pixel_spacing_mm: _number(gt=0, le=100)  # PixelSpacing (DS)
-    photometric: CodeString | None  # PhotometricInterpretation (CS)
-    software_version: SoftwareVersions | None  # SoftwareVersions (LO, multi-valued)
-    vendor: LongString | None  # the normalised manufacturer
-
-
-SCANNER_FIELDS = frozenset(Scanner.__annotations__)
-
-
-@with_config(ConfigDict(extra="forbid"))
-class Patient(TypedDict, total=False):
-    id: PatientId | None  # PatientID (LO)
-    sex: Literal["F", "M", "O", "U"] | None
-    age_years: _number(ge=0, le=130)
-
-
-Score = Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)]
-ScoreName = Annotated[str, Field(pattern=KEY_PATTERN)]
-
-
-@with_config(ConfigDict(extra="forbid"))
-class Prediction(TypedDict):
-    scores: Annotated[dict[ScoreName, Score], Field(min_length=1, max_length=256)]
-    positive: NotRequired[bool | None]
-    threshold: NotRequired[_number(ge=0, le=1)]
-
-
-# Base64 of little-endian float32 values, decoded before validation (``_prepare_inferences``).
-Float32Base64 = Annotated[bytes, WithJsonSchema({
-    "type": "string", "contentEncoding": "base64", "pattern": "^[A-Za-z0-9+/]*={0,2}$",
-    "description": "base64 of the little-endian float32 values"})]
-
-
-@with_config(ConfigDict(extra="forbid"))
-class InferenceEvent(TypedDict):
-    """One study read by the model. Once parsed: ``timestamp`` is UTC, ``study_uid`` is set,
-    ``embedding`` (if any) is float32 bytes, and a DICOM header has been folded into
-    ``scanner`` and ``patient`` and dropped."""
-
-    event_id: EventId
-    model: Name
-    model_version: Name
-    timestamp: Timestamp
-    study_uid: NotRequired[StudyUid | None]
-    scanner: NotRequired[Scanner | None]
-    dicom: NotRequired[dict[str, Any] | None]  # DICOM JSON header; scanner/patient come from it
-    patient: NotRequired[Patient | None]
-    prediction: Prediction
-    embedding: NotRequired[Float32Base64 | list[Annotated[float, Field(
-        strict=True, allow_inf_nan=False)]] | None]
-    latency_ms: NotRequired[_number(ge=0, le=3_600_000)]
-
-
-def embedding_dim(event: InferenceEvent) -> int | None:
-    raw = event.get("embedding")
-    return None if raw is None else len(raw) // 4
-
-
-class OverrideEvent(BaseModel):
-    """One radiologist read of a study the model read (the partial, delayed label)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    event_id: EventId
-    model: Name
-    model_version: Name | None = None
-    study_uid: StudyUid
-    timestamp: Timestamp
-    radiologist_positive: bool
-    finding: _identifier() | None = None
-    agrees_with_model: bool | None = None
-    reader: _identifier() | None = None
-
-    @field_validator("timestamp")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        try:
-            return _as_utc(value)
-        except OverflowError:
-            raise ValueError(OUT_OF_RANGE) from None
 
 
 # --- embeddings ------------------------------------------------------------------------------
@@ -340,39 +154,6 @@ def _prepare_inferences(data: list[Any], *, in_place: bool = False
     return prepared, problems
 
 
-def decode_embedding(value: bytes | str) -> np.ndarray:
-    """Stored bytes, or the contract's base64 string -> float32 vector."""
-    if isinstance(value, str):
-        try:
-            value = pybase64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise MonitorValidationError(f"embedding is not valid base64: {exc}",
-                                         field="embedding") from None
-    if len(value) % 4:
-        raise MonitorValidationError(
-            f"embedding has {len(value)} bytes, not a whole number of float32 values",
-            field="embedding",
-        )
-    return np.frombuffer(value, dtype="<f4").astype(np.float32)
-
-
-def encode_embedding(embedding: Any) -> str:
-    """A vector (numpy array, list, torch tensor on any device) -> the contract's compact form:
-    base64 of little-endian float32 bytes."""
-    if hasattr(embedding, "detach"):  # a torch tensor, possibly on a GPU
-        embedding = embedding.detach().cpu().numpy()
-    values = np.asarray(embedding)
-    if values.ndim != 1:
-        raise MonitorValidationError(
-            f"embedding must be one-dimensional, got shape {values.shape}", field="embedding"
-        )
-    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
-        raise MonitorValidationError(
-            f"embedding must hold real numbers, got dtype {values.dtype}", field="embedding"
-        )
-    return pybase64.b64encode(values.astype("<f4", copy=False).tobytes()).decode("ascii")
-
-
 # --- batches -------------------------------------------------------------------------------
 
 _SCANNER = TypeAdapter(Scanner)
@@ -384,8 +165,6 @@ def _fold_in_dicom(index: int, event: InferenceEvent) -> list[Problem]:
     """Fill scanner, patient and study_uid from the event's DICOM header; explicit fields win.
     The header itself is never kept. What the header gives is held to the same contract as
     explicit fields; problems name the field it would have filled."""
-    from monitor.collect.dicom import event_parts_from_dicom
-
     try:
         parts = event_parts_from_dicom(event.pop("dicom"))  # type: ignore[misc]
     except MonitorValidationError as exc:
@@ -416,7 +195,7 @@ def _tags_problem(scanner: dict[str, Any], extra: set[str]) -> tuple[str, str] |
     characters, numbers finite (a JSON value, so booleans and null too)."""
     for key in sorted(extra):
         if re.fullmatch(KEY_PATTERN, key) is None:
-            return f"scanner.{clip(key)}", _PATTERN_MESSAGES[KEY_PATTERN]
+            return f"scanner.{clip(key)}", PATTERN_MESSAGES[KEY_PATTERN]
     size = len(json.dumps({key: scanner[key] for key in extra}, ensure_ascii=False).encode())
     if size > MAX_TAGS_BYTES:
         return "scanner", (f"extra keys take {size} bytes as JSON, more than "
@@ -428,12 +207,12 @@ def _tags_problem(scanner: dict[str, Any], extra: set[str]) -> tuple[str, str] |
     return None
 
 
-_CONTROL_CHARACTER = re.compile(f"[{_CONTROLS}]")
+_CONTROL_CHARACTER = re.compile(f"[{CONTROLS}]")
 
 
 def _json_value_problem(value: Any, depth: int = 0) -> str | None:
     if isinstance(value, str):
-        return _PATTERN_MESSAGES[TEXT_PATTERN] if _CONTROL_CHARACTER.search(value) else None
+        return PATTERN_MESSAGES[TEXT_PATTERN] if _CONTROL_CHARACTER.search(value) else None
     if isinstance(value, float):
         return None if math.isfinite(value) else "must be a finite number"
     if value is None or isinstance(value, bool | int):
@@ -444,7 +223,7 @@ def _json_value_problem(value: Any, depth: int = 0) -> str | None:
         items = value
     elif isinstance(value, dict):
         if any(_CONTROL_CHARACTER.search(key) for key in value):
-            return "keys " + _PATTERN_MESSAGES[TEXT_PATTERN]
+            return "keys " + PATTERN_MESSAGES[TEXT_PATTERN]
         items = list(value.values())
     else:
         return f"must be a JSON value, not {type(value).__name__}"
@@ -461,7 +240,7 @@ def _finish_inferences(events: list[InferenceEvent], bounds: TimestampBounds) ->
     moments: list[tuple[int, datetime]] = []
     for index, event in enumerate(events):
         try:
-            event["timestamp"] = _as_utc(event["timestamp"])
+            event["timestamp"] = as_utc(event["timestamp"])
             moments.append((index, event["timestamp"]))
         except OverflowError:
             problems.append({"index": index, "field": "timestamp", "message": OUT_OF_RANGE})
@@ -503,7 +282,7 @@ def _scanner_problems(index: int, scanner: Scanner) -> list[Problem]:
     extra keys (``_tags_problem``)."""
     problems = []
     versions = scanner.get("software_version")
-    problem = _long_string_values_problem(versions) if versions else None
+    problem = long_string_values_problem(versions) if versions else None
     if problem is not None:
         problems.append({"index": index, "field": "scanner.software_version",
                          "message": problem})
@@ -534,8 +313,8 @@ _NOT_THIS_MEMBER = ("bytes_type", "list_type")  # the input is the other member'
 
 def _message(error: Any) -> str:
     pattern = (error.get("ctx") or {}).get("pattern")
-    if error["type"] == "string_pattern_mismatch" and pattern in _PATTERN_MESSAGES:
-        return _PATTERN_MESSAGES[pattern]
+    if error["type"] == "string_pattern_mismatch" and pattern in PATTERN_MESSAGES:
+        return PATTERN_MESSAGES[pattern]
     return str(error["msg"]).removeprefix("Value error, ")
 
 

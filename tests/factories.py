@@ -6,8 +6,7 @@ import uuid
 from typing import Any
 
 import numpy as np
-
-from monitor.schema import encode_embedding
+from monitor_client.codec import encode_embedding
 
 
 def inference_event(**overrides: Any) -> dict[str, Any]:

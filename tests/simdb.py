@@ -40,11 +40,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from monitor_client.dicom import normalise_manufacturer
 from sqlalchemy import select, text, update
 
 from monitor.baselines import create_baseline
 from monitor.checks import run_check
-from monitor.collect.dicom import normalise_manufacturer
 from monitor.collect.inprocess import InProcessCollector
 from monitor.runtime import Runtime
 from monitor.simulate import SimulatedDeployment, simulate_deployment

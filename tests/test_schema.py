@@ -6,16 +6,11 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+from monitor_client.codec import decode_embedding, encode_embedding
+from monitor_client.events import embedding_dim
 
 from monitor.errors import BatchValidationError
-from monitor.schema import (
-    INFERENCES,
-    OVERRIDES,
-    TimestampBounds,
-    decode_embedding,
-    embedding_dim,
-    encode_embedding,
-)
+from monitor.schema import INFERENCES, OVERRIDES, TimestampBounds
 from tests.factories import inference_event, override_event
 
 

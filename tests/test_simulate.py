@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from monitor_client.dicom import age_band
 
-from monitor.collect.dicom import age_band
 from monitor.errors import ConfigError
 from monitor.simulate import (
     ACCEPTED_CHANGE,

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from monitor_client.events import InferenceEvent, OverrideEvent
 from pydantic import TypeAdapter
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from monitor.errors import clip
-from monitor.schema import InferenceEvent, OverrideEvent
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _JSON = "application/json"

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from monitor_client.dicom import age_band, normalise_manufacturer
+from monitor_client.events import SCANNER_FIELDS, InferenceEvent, OverrideEvent, embedding_dim
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from monitor.collect.dicom import age_band, normalise_manufacturer
 from monitor.errors import BatchValidationError
 from monitor.privacy import Pseudonymiser
-from monitor.schema import SCANNER_FIELDS, InferenceEvent, OverrideEvent, embedding_dim
 from monitor.store.db import session_scope
 from monitor.store.models import Inference, ModelVersion, Override
 

@@ -1,7 +1,8 @@
 """A seeded, simulated deployment of a chest X-ray triage model, for the demo, the tests and the
 surveillance benchmark."""
 
-from monitor.schema import decode_embedding, encode_embedding
+from monitor_client.codec import decode_embedding, encode_embedding
+
 from monitor.simulate.deployment import (
     DEFAULT_START,
     STUDIES_PER_DAY,

@@ -7,8 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-
-from monitor.schema import encode_embedding
+from monitor_client.codec import encode_embedding
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
 EmbeddingFormat = Literal["base64", "list"]

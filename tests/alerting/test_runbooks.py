@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ROOT / "docs" / "runbooks"
 PROMETHEUS_RULES = ROOT / "alerts" / "prometheus" / "monitor-rules.yml"
 SERVICE_RULE_FILES = (ROOT / "alerts" / "monitor-rules.example.yml",
-                      ROOT / "alerts" / "monitor-rules.demo.yml")
+                      ROOT / "monitor" / "simulate" / "demo-alert-rules.yml")
 SECTIONS = ("## What it means", "## First checks", "## Who to call", "## Silence or accept")
 NOW = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 

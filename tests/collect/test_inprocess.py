@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from monitor_client.dicom import load_header
 from pydicom.data import get_testdata_file
 
-from monitor.collect.dicom import load_header
 from monitor.collect.inprocess import InProcessCollector
 from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from alembic import command
+from monitor_client.dicom import age_band
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from monitor.baselines import load_reference
-from monitor.collect.dicom import age_band
 from monitor.store.db import alembic_config, current_revision, make_engine, session_scope
 from monitor.store.models import SCHEMA_REVISION
 from monitor.store.results import get_baseline

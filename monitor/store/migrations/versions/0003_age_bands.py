@@ -22,7 +22,7 @@ Stored check results keep the bands they were computed with: they are the record
 check saw.
 
 The band edges are written out here rather than imported, so this revision keeps doing what
-it did when ``monitor.collect.dicom.age_band`` changes again.
+it did when ``monitor_client.dicom.age_band`` changes again.
 """
 
 from __future__ import annotations

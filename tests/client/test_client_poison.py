@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
+from monitor_client.client import INFERENCES_PATH, MonitorClient
 from sqlalchemy import select
 
 from monitor.api import create_app
-from monitor.collect.sdk import INFERENCES_PATH, MonitorClient
 from monitor.runtime import Runtime
 from monitor.store.db import session_scope
 from monitor.store.models import Inference
@@ -222,7 +222,7 @@ def test_bisection_isolates_a_poison_event_in_log_n_requests(
 ) -> None:
     server = FakeServer(answer=_fails_on(f"e{poison_at}"))
     client = fake_client(server)
-    with caplog.at_level(logging.INFO, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.INFO, logger="monitor_client.client"):
         ids = _log(client, n)
         assert client.flush(timeout_s=60)
     assert set(server.stored) == set(ids) - {f"e{poison_at}"}
@@ -266,7 +266,7 @@ def test_outage_is_never_split_and_loses_nothing(fake_client, tmp_path: Path, ca
     answers = iter([0] * 6 + [503] * 6)  # connection refused, then 503, then up
     server = FakeServer(answer=lambda events: next(answers, 200))
     client = fake_client(server, batch_size=50)
-    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor_client.client"):
         ids = _log(client, 120)
         assert client.flush(timeout_s=60)
     assert set(server.stored) == set(ids)

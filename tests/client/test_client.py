@@ -22,17 +22,17 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
-
-from monitor.collect.dicom import load_header
-from monitor.collect.sdk import (
+from monitor_client.client import (
     INFERENCES_PATH,
     OVERRIDES_PATH,
     MonitorClient,
     backoff_delay,
 )
+from monitor_client.codec import decode_embedding
+from monitor_client.dicom import load_header
+from pydicom.data import get_testdata_file
+
 from monitor.errors import ConfigError, ValidationError
-from monitor.schema import decode_embedding, encode_embedding
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -260,7 +260,7 @@ def test_unserialisable_event_is_rejected_alone(
     client.log_inference(_inference(0, event_id="ok-1"))
     client.log_inference(_inference(1, event_id="broken", extra=object()))
     client.log_inference(_inference(2, event_id="ok-2", score=np.float32(0.25)))
-    with caplog.at_level(logging.ERROR, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.ERROR, logger="monitor_client.client"):
         assert client.flush(timeout_s=30)
     assert set(server.stored) == {"ok-1", "ok-2"}
     assert server.stored["ok-2"]["score"] == 0.25
@@ -310,7 +310,7 @@ def test_outage_is_waited_out_past_max_retries(server, make_client, caplog) -> N
     client = make_client(server.url, flush_interval_s=60, max_retries=2)
     for i in range(4):
         client.log_inference(_inference(i))
-    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor_client.client"):
         assert client.flush(timeout_s=30)
     assert len(server.received) == 13
     assert all(len(r.event_ids) == 4 for r in server.received)  # never split
@@ -330,7 +330,7 @@ def test_close_during_an_outage_dead_letters_for_replay(
     for i in range(5):
         down.log_inference(_inference(i, event_id=f"e{i}"))
     assert not down.flush(timeout_s=0.3)
-    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor_client.client"):
         down.close(timeout_s=0.1)
     stats = down.stats
     assert (stats["unsent"], stats["dead_lettered"], stats["failed"]) == (5, 5, 0)
@@ -375,7 +375,7 @@ def test_422_isolates_the_bad_item(
     ids = [f"event-{i}" for i in range(5)]
     for i, event_id in enumerate(ids):
         client.log_inference(_inference(i, event_id=event_id, bad=(i == 2)))
-    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor_client.client"):
         assert client.flush(timeout_s=30)
     if name_indices:  # the named item alone, then the rest together
         expected = [ids, ids[2:3], ids[:2] + ids[3:]]
@@ -423,7 +423,7 @@ def test_401_is_neither_retried_nor_split(server, make_client, dead_letter_path)
 
 def test_full_buffer_drops_the_oldest(server, make_client, caplog) -> None:
     client = make_client(server.url, max_buffer=10, batch_size=1000, flush_interval_s=60)
-    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor_client.client"):
         for i in range(25):
             client.log_inference(_inference(i, event_id=f"e{i}"))
     assert client.stats["dropped"] == 15
@@ -432,7 +432,7 @@ def test_full_buffer_drops_the_oldest(server, make_client, caplog) -> None:
     assert client.flush(timeout_s=30)
     assert set(server.stored) == {f"e{i}" for i in range(15, 25)}
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor_client.client"):
         client.close()
     assert "dropped the oldest 14; 15 dropped so far" in caplog.text  # the rest, not silent
 
@@ -503,7 +503,7 @@ def test_close_with_timeout_counts_unsent(server, make_client) -> None:
 def test_process_exit_flushes(server) -> None:
     script = textwrap.dedent(
         f"""
-        from monitor.collect.sdk import MonitorClient
+        from monitor_client.client import MonitorClient
         client = MonitorClient({server.url!r}, batch_size=1000, flush_interval_s=600)
         client.log_inference({{"model": "m", "event_id": "at-exit-1"}})
         client.log_override({{"model": "m", "event_id": "at-exit-2"}})
@@ -529,17 +529,6 @@ def test_numpy_embedding_round_trip(server, make_client) -> None:
     assert decoded.dtype == np.float32
     np.testing.assert_array_equal(decoded, embedding.astype(np.float32))
     assert server.stored["list"]["embedding"] == [0.5, -1.0]
-
-
-def test_embedding_codec_checks() -> None:
-    assert decode_embedding(encode_embedding(np.arange(4))).tolist() == [0.0, 1.0, 2.0, 3.0]
-    assert encode_embedding(np.array([1.0], dtype="<f4")) == "AACAPw=="  # 1.0f little-endian
-    with pytest.raises(ValidationError):
-        encode_embedding(np.array(["a", "b"]))
-    with pytest.raises(ValidationError):
-        decode_embedding("AACA")  # 3 bytes
-    with pytest.raises(ValidationError):
-        decode_embedding("not base64!")
 
 
 def test_dicom_dataset_fills_scanner_patient_and_study(server, make_client) -> None:
@@ -604,7 +593,7 @@ def test_dead_letter_file_is_bounded_and_private(
     client = make_client(server.url, flush_interval_s=60, dead_letter_max_bytes=700)
     for i in range(5):
         client.log_inference(_inference(i, event_id=f"bad-{i}", bad=True))
-    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor_client.client"):
         assert client.flush(timeout_s=30)
     stats = client.stats
     lines = dead_letter_path.read_bytes().splitlines(keepends=True)
@@ -621,7 +610,7 @@ def test_dead_letters_off_are_counted_and_logged(server, make_client, caplog) ->
     client = make_client(server.url, flush_interval_s=60, dead_letter_path=None)
     client.log_inference(_inference(0, event_id="good"))
     client.log_inference(_inference(1, event_id="bad", bad=True))
-    with caplog.at_level(logging.WARNING, logger="monitor.collect.sdk"):
+    with caplog.at_level(logging.WARNING, logger="monitor_client.client"):
         assert client.flush(timeout_s=30)
     assert (client.stats["dead_lettered"], client.stats["dead_letter_dropped"]) == (0, 1)
     assert "no dead-letter file is configured: 1 events" in caplog.text

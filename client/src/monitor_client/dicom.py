@@ -14,7 +14,7 @@ other tag when it reads a file, so they do not even reach memory.
 
 Errors: a header that is not a ``Dataset`` or a DICOM JSON dict, a JSON element of the
 wrong shape, or a numeric tag (KVP, Exposure, pixel spacing) holding text that is not a
-number raises ``monitor.errors.ValidationError`` naming the tag. A missing or empty tag
+number raises ``monitor_client.errors.ValidationError`` naming the tag. A missing or empty tag
 gives ``None``. Dates and ages are the exception: real archives are full of junk dates
 ("11111111", "1997.04.24", empty strings), so an unusable date or age string only makes
 ``age_years`` ``None``.
@@ -40,7 +40,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from monitor.errors import ValidationError, clip
+from monitor_client.errors import ValidationError, clip
 
 DicomHeader = Dataset | Mapping[str, Any]
 

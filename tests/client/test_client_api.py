@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from monitor_client.client import MonitorClient
 from pydicom.data import get_testdata_file
 
 from monitor.api import create_app
-from monitor.collect.sdk import MonitorClient
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import session_scope
