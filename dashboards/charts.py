@@ -74,15 +74,6 @@ def volume(frame: pd.DataFrame, *, height: int = HEIGHT) -> alt.Chart:
     ).properties(height=height)
 
 
-def sparkline(frame: pd.DataFrame, *, y: str, height: int = 60) -> alt.Chart:
-    if frame.empty:
-        return _empty("–")
-    return alt.Chart(frame).mark_area(opacity=0.5, line=True).encode(
-        x=alt.X("day:T", axis=None), y=alt.Y(f"sum({y}):Q", axis=None),
-        tooltip=[alt.Tooltip("day:T", format="%Y-%m-%d"), alt.Tooltip(f"sum({y}):Q", title=y)],
-    ).properties(height=height)
-
-
 def drift_heatmap(frame: pd.DataFrame) -> alt.Chart:
     """Every detector (row) by window (column): colour -log10 p (or drift for bound-only
     detectors), a cross where drift was found, grey where the detector failed or had too

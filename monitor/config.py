@@ -31,7 +31,6 @@ from monitor.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///monitor.db"
 GRID_SCHEDULE = "grid"
-SECONDS_PER_DAY = 86_400
 MIN_API_TOKEN_LENGTH = 32
 # Settings that may be read from the file named by MONITOR_<NAME>_FILE.
 FILE_SETTINGS = ("database_url", "api_tokens", "bootstrap_admin_token")
@@ -185,16 +184,6 @@ class Settings(BaseSettings):
     @property
     def grid_schedule(self) -> bool:
         return self.check_window.strip().lower() == GRID_SCHEDULE
-
-    @property
-    def check_period_s(self) -> int:
-        """The expected time between two successful checks of one version: a day on the
-        grid (each day is checked once, after it ends), else the wake-up interval. 0 when the
-        scheduler is off."""
-        if self.check_interval_s == 0:
-            return 0
-        return max(SECONDS_PER_DAY, self.check_interval_s) if self.grid_schedule else (
-            self.check_interval_s)
 
     @field_validator("database_url")
     @classmethod

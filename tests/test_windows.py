@@ -119,8 +119,3 @@ def test_the_time_zone_setting_is_checked_and_named():
         with pytest.raises(ConfigError, match=r"MONITOR_TIMEZONE has value .*IANA time zone"):
             load_settings(timezone=bad)
 
-
-def test_the_check_period_follows_the_schedule():
-    assert load_settings().check_period_s == 86_400  # the grid checks a version once a day
-    assert load_settings(check_window="7d").check_period_s == 3_600
-    assert load_settings(check_interval_s=0).check_period_s == 0

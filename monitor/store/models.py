@@ -1,7 +1,7 @@
 """The tables. SQLAlchemy 2 typed models; the same code runs on SQLite and PostgreSQL.
 
-Schema changes go through Alembic (``monitor/store/migrations``); ``SCHEMA_REVISION`` is the
-revision this code expects, and the service refuses a database that is not at it.
+Schema changes go through Alembic (``monitor/store/migrations``); the service refuses a
+database that is not at the migrations' head (``monitor.store.db.head_revision``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-SCHEMA_REVISION = "0004"
 
 # Named constraints, so migrations match on SQLite and PostgreSQL.
 NAMING_CONVENTION = {

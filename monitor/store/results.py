@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy import Select, delete, insert, select
 from sqlalchemy.orm import Session
 
 from monitor.errors import NotFoundError
@@ -310,33 +310,6 @@ def list_check_results(
         query = query.where(CheckResult.check_run_id == check_run_id)
     query = query.order_by(CheckRun.window_end.desc(), CheckResult.id).limit(limit).offset(offset)
     return [_result_info(r, run, m, v) for r, run, m, v in session.execute(query)]
-
-
-def latest_check_runs(session: Session, *, model: str | None = None) -> list[CheckRunInfo]:
-    """Per model version, its check run with the newest window end (ties: the newest id)."""
-    newest = (select(CheckRun.model_version_id, func.max(CheckRun.window_end).label("end"))
-              .group_by(CheckRun.model_version_id).subquery())
-    query = (_runs_query()
-             .join(newest, (newest.c.model_version_id == CheckRun.model_version_id)
-                   & (newest.c.end == CheckRun.window_end))
-             .order_by(ModelVersion.model, ModelVersion.version, CheckRun.id.desc()))
-    if model is not None:
-        query = query.where(ModelVersion.model == model)
-    seen: set[int] = set()
-    runs = []
-    for run, m, v in session.execute(query):
-        if run.model_version_id not in seen:
-            seen.add(run.model_version_id)
-            runs.append(_run_info(run, m, v))
-    return runs
-
-
-def latest_results(session: Session, *, model: str | None = None) -> list[CheckResultInfo]:
-    """The results of each model version's latest check run (``latest_check_runs``)."""
-    out: list[CheckResultInfo] = []
-    for run in latest_check_runs(session, model=model):
-        out.extend(list_check_results(session, check_run_id=run.id, limit=100_000))
-    return out
 
 
 # --- the daily grid ------------------------------------------------------------------------

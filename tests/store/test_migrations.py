@@ -18,8 +18,13 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from monitor.baselines import load_reference
-from monitor.store.db import alembic_config, current_revision, make_engine, session_scope
-from monitor.store.models import SCHEMA_REVISION
+from monitor.store.db import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    session_scope,
+)
 from monitor.store.results import get_baseline
 from tests.conftest import open_runtime
 
@@ -294,7 +299,7 @@ def test_0004_adds_incidents_and_keeps_alerts_and_their_notifications(
     engine = _populated_at_0003(database_url)
     alerts, notifications = _alert_states(engine), _notifications(engine)
     command.upgrade(alembic_config(engine), "0004")
-    assert current_revision(engine) == "0004" == SCHEMA_REVISION
+    assert current_revision(engine) == "0004" == head_revision()
     assert _alert_states(engine) == alerts and _notifications(engine) == notifications
     assert {"incident_id"} <= {c["name"] for c in inspect(engine).get_columns("alert")}
     columns = {c["name"]: c for c in inspect(engine).get_columns("notification")}
