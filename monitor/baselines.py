@@ -268,8 +268,9 @@ def load_reference(session: Session, baseline: BaselineInfo, *, with_embeddings:
 
 def _in_stratum(values: pd.Series, value: str) -> np.ndarray:
     """Rows whose field holds ``value`` (compared as the attribution does: stripped text)."""
-    return values.map(lambda v: v is not None and not (isinstance(v, float) and math.isnan(v))
-                      and str(v).strip() == value).to_numpy(dtype=bool)
+    return np.asarray(values.map(
+        lambda v: v is not None and not (isinstance(v, float) and math.isnan(v))
+        and str(v).strip() == value).to_numpy(dtype=bool))
 
 
 def _updated_stations(window: pd.DataFrame, new_in: np.ndarray) -> set[str]:

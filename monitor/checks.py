@@ -742,7 +742,8 @@ def run_check(
         "n_studies": n_studies,
         "health_score": None if health is None else float(health.score),
         "health_status": "no data" if health is None else health.status,
-        "report_path": None if report_path is None else stored_report.as_posix(),
+        "report_path": None if report_path is None or stored_report is None
+        else stored_report.as_posix(),
         "error": "; ".join(f"{k}: {v}" for k, v in failures.items())[:4000] or None,
     }
     clock = time.perf_counter()

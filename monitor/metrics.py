@@ -60,7 +60,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.config import GRID_SCHEDULE
 from monitor.detect.health import DETECTOR_FAMILIES
 from monitor.detect.sequential import STREAM_DETECTOR
-from monitor.store.db import session_scope
+from monitor.store.db import IN_CHUNK, session_scope
 from monitor.store.incidents import INCIDENT_SEVERITIES
 from monitor.store.models import (
     Alert,
@@ -75,6 +75,7 @@ from monitor.store.models import (
 from monitor.windows import GRID_LABEL, grid_day
 
 log = logging.getLogger(__name__)
+Families = dict[str, Any]  # metric name -> its Counter, Gauge or Info family
 
 # Subgroup values exported per (model version, field, metric): the largest groups.
 MAX_SUBGROUP_VALUES = 50
@@ -104,7 +105,6 @@ PROPORTION_DIFFERENCE_DETECTORS = frozenset({"PositiveRateDrift", PERFORMANCE_DE
 CLASSIFIER_DETECTOR = "ClassifierDrift"
 NOVELTY_DETECTOR = "NoveltyDrift"
 UNKNOWN_VERSION = "unknown"  # an override event that names no model version
-_IN_CHUNK = 900
 
 # ``model_version``, as on the service's incidents and in the Alertmanager configs.
 VERSION_LABELS = ("model", "model_version")
@@ -123,7 +123,7 @@ class FamilySpec:
     documentation: str
     labels: tuple[str, ...] = ()
 
-    def new(self) -> Metric:
+    def new(self) -> Any:  # a Counter, Info or Gauge family: each has its own add_metric
         if self.kind == "counter":
             return CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         if self.kind == "info":
@@ -337,8 +337,8 @@ def _timestamp(value: datetime | None) -> float | None:
 
 
 def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(ids), _IN_CHUNK):
-        yield ids[start : start + _IN_CHUNK]
+    for start in range(0, len(ids), IN_CHUNK):
+        yield ids[start : start + IN_CHUNK]
 
 
 def _as_dict(details: Any) -> dict[str, Any]:
@@ -465,7 +465,7 @@ class StoreCollector(Collector):
 
     # Each _fill_* reads one part of the store into its families.
 
-    def _fill(self, session: Session, families: dict[str, Metric]) -> None:
+    def _fill(self, session: Session, families: Families) -> None:
         versions = {
             row.id: _Version(row.model, row.version, row.status)
             for row in session.execute(
@@ -480,7 +480,7 @@ class StoreCollector(Collector):
         self._fill_incidents(session, families, versions, exported)
         self._fill_alerts(session, families, versions, exported)
 
-    def _fill_ingestion(self, session: Session, families: dict[str, Metric],
+    def _fill_ingestion(self, session: Session, families: Families,
                         versions: dict[int, _Version], now: datetime) -> None:
         inferences = families["monitor_inferences"]
         for (version_id,), n in sorted(self._inferences.read(session, now=now).items()):
@@ -500,7 +500,7 @@ class StoreCollector(Collector):
                 version = versions[version_id]
                 last.add_metric([version.model, version.version], stamp)
 
-    def _fill_registry(self, session: Session, families: dict[str, Metric],
+    def _fill_registry(self, session: Session, families: Families,
                        versions: dict[int, _Version]) -> set[int]:
         """Export the live versions; return their ids."""
         live = {version_id for version_id, version in versions.items()
@@ -556,7 +556,7 @@ class StoreCollector(Collector):
                                               row.health_score)
         return _ScheduledRuns(latest, last_success, last_failure)
 
-    def _fill_checks(self, session: Session, families: dict[str, Metric],
+    def _fill_checks(self, session: Session, families: Families,
                      versions: dict[int, _Version], exported: set[int]) -> None:
         scheduled = self._scheduled_runs(session, exported)
         for name, stamps in (("monitor_check_last_success_timestamp_seconds",
@@ -641,7 +641,7 @@ class StoreCollector(Collector):
         evidence[key] = max(evidence.get(key, ratio), ratio)
 
     @staticmethod
-    def _add_test(families: dict[str, Metric], version: list[str], row: Any) -> None:
+    def _add_test(families: Families, version: list[str], row: Any) -> None:
         family = DETECTOR_FAMILIES.get(row.detector, "other")
         labels = [*version, family, row.detector, row.feature]
         if row.p_value is not None:
@@ -663,7 +663,7 @@ class StoreCollector(Collector):
             families[effect[0]].add_metric(labels, effect[1])
 
     @staticmethod
-    def _add_performance(families: dict[str, Metric], labels: list[str],
+    def _add_performance(families: Families, labels: list[str],
                          details: dict[str, Any]) -> None:
         current = details.get("current") or {}
         baseline = details.get("baseline") or {}
@@ -676,10 +676,11 @@ class StoreCollector(Collector):
             ("monitor_performance_baseline_ratio", baseline.get("value")),
             ("monitor_performance_reads", current.get("n")),
         ):
-            if _finite(value) is not None:
-                families[name].add_metric(labels, float(value))
+            finite = _finite(value)
+            if finite is not None:
+                families[name].add_metric(labels, finite)
 
-    def _add_subgroups(self, families: dict[str, Metric],
+    def _add_subgroups(self, families: Families,
                        subgroups: dict[tuple[int, str, str], list[tuple[str, Any]]],
                        runs: dict[int, _Run], versions: dict[int, _Version]) -> None:
         omitted: Tally[tuple[str, ...]] = Tally()
@@ -700,7 +701,7 @@ class StoreCollector(Collector):
         for key, n in sorted(omitted.items()):
             families["monitor_subgroup_values_omitted"].add_metric(list(key), n)
 
-    def _fill_incidents(self, session: Session, families: dict[str, Metric],
+    def _fill_incidents(self, session: Session, families: Families,
                         versions: dict[int, _Version], exported: set[int]) -> None:
         """Open incidents per version and severity: 0 for every exported version, so a
         query can tell "none open" from "not reported". A database from before the incident
@@ -712,7 +713,8 @@ class StoreCollector(Collector):
         open_now: Tally[tuple[str, str, str]] = Tally()
         for version_id in exported:
             for severity in INCIDENT_SEVERITIES:
-                open_now[(*self._version_labels(version_id, versions), severity)] += 0
+                model, version = self._version_labels(version_id, versions)
+                open_now[(model, version, severity)] += 0
         for model, version, severity, n in session.execute(
             select(Incident.model, Incident.model_version, Incident.severity, func.count())
             .where(Incident.state == "open")
@@ -722,18 +724,19 @@ class StoreCollector(Collector):
         for labels, n in sorted(open_now.items()):
             families["monitor_open_incidents"].add_metric(list(labels), n)
 
-    def _fill_alerts(self, session: Session, families: dict[str, Metric],
+    def _fill_alerts(self, session: Session, families: Families,
                      versions: dict[int, _Version], exported: set[int]) -> None:
         firing: Tally[tuple[str, str, str]] = Tally()
         for version_id in exported:
             for severity in SEVERITIES:
-                firing[(*self._version_labels(version_id, versions), severity)] += 0
-        for model, version, severity, n in session.execute(
+                model, version = self._version_labels(version_id, versions)
+                firing[(model, version, severity)] += 0
+        for model, alert_version, severity, n in session.execute(
             select(Alert.model, Alert.model_version, Alert.severity, func.count())
             .where(Alert.state == "firing")
             .group_by(Alert.model, Alert.model_version, Alert.severity)
         ):
-            firing[(model, version or UNKNOWN_VERSION, severity)] += int(n)
+            firing[(model, alert_version or UNKNOWN_VERSION, severity)] += int(n)
         for labels, n in sorted(firing.items()):
             families["monitor_alerts_firing"].add_metric(list(labels), n)
 

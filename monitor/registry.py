@@ -42,7 +42,7 @@ from monitor.alerting.incidents import NO_LONGER_LIVE, ROLLED_BACK, resolve_vers
 from monitor.errors import ConflictError, NotFoundError, ValidationError, clip
 from monitor.runtime import Runtime
 from monitor.store import repo
-from monitor.store.db import session_scope
+from monitor.store.db import session_scope, updated_rows
 from monitor.store.models import (
     Alert,
     AuditEntry,
@@ -275,7 +275,7 @@ def promote(session: Session, *, model: str, version: str, actor: str, reason: s
                  reason=reason, alert_id=alert_id, now=now,
                  details={"alias": alias, "from_version": previous and previous.version,
                           "to_version": version, "forced": force})
-    return AliasMove(model, alias, previous and previous.version, version)
+    return AliasMove(model, alias, previous.version if previous else None, version)
 
 
 # --- rollback ------------------------------------------------------------------------------
@@ -546,13 +546,12 @@ def _claim_hooks(runtime: Runtime, now: datetime, lease_s: float) -> list[Recomm
             .order_by(RollbackRecommendation.id)
         ).all()
         for rec_id, seen in due:
-            taken = session.execute(
+            taken = updated_rows(session,
                 update(RollbackRecommendation)
                 .where(RollbackRecommendation.id == rec_id,
                        RollbackRecommendation.hook_status == "pending",
                        RollbackRecommendation.hook_next_attempt_at == seen)
-                .values(hook_next_attempt_at=now + timedelta(seconds=lease_s))
-            ).rowcount
+                .values(hook_next_attempt_at=now + timedelta(seconds=lease_s)))
             if taken:
                 claimed.append(get_recommendation(session, rec_id))
     return claimed

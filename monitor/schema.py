@@ -144,7 +144,8 @@ def _prepare_inferences(data: list[Any], *, in_place: bool = False
                 changes["embedding"] = None
         scanner = item.get("scanner")
         versions = scanner.get("software_version") if isinstance(scanner, dict) else None
-        if isinstance(versions, list) and all(isinstance(v, str) for v in versions):
+        if (isinstance(scanner, dict) and isinstance(versions, list)
+                and all(isinstance(v, str) for v in versions)):
             changes["scanner"] = {**scanner, "software_version": "/".join(versions)}
         if changes and in_place:
             item.update(changes)
@@ -166,7 +167,7 @@ def _fold_in_dicom(index: int, event: InferenceEvent) -> list[Problem]:
     The header itself is never kept. What the header gives is held to the same contract as
     explicit fields; problems name the field it would have filled."""
     try:
-        parts = event_parts_from_dicom(event.pop("dicom"))  # type: ignore[misc]
+        parts = event_parts_from_dicom(event.pop("dicom", None) or {})
     except MonitorValidationError as exc:
         return [{"index": index, "field": "dicom", "message": f"dicom: {exc}"}]
     explicit_scanner = {k: v for k, v in (event.get("scanner") or {}).items() if v is not None}

@@ -35,7 +35,6 @@ TICK = timedelta(microseconds=1)
 GRID_LABEL = "1d"
 # How long after its midnight a day with no later data is taken to be complete.
 GRID_GRACE = timedelta(hours=2)
-_IN_CHUNK = 900  # bound parameters per IN list (SQLite's default limit is 999)
 _TIME = re.compile(r"^(\d+)([mhdw])$")
 _COUNT = re.compile(r"^last:(\d+)$")
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),

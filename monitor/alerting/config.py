@@ -168,7 +168,7 @@ class RollbackPolicy(_Strict):
     name: str
     model: str = "*"
     alias: str = "production"
-    severities: list[Severity] = Field(default_factory=lambda: ["critical"])
+    severities: list[Severity] = Field(default_factory=lambda: list[Severity](["critical"]))
     categories: list[str] = Field(default_factory=list)
     rules: list[str] = Field(default_factory=list)
     firing_windows: int = Field(default=2, ge=1)

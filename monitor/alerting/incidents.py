@@ -506,7 +506,7 @@ def _does_better(alert: Alert, results: Mapping[tuple[str, str], CheckResultInfo
     for row in (stream, raw):
         direction = (row.details or {}).get("direction") if row is not None else None
         if direction is not None:
-            return direction == "better"
+            return bool(direction == "better")
     return False
 
 

@@ -56,7 +56,7 @@ from monitor.alerting.config import (
 )
 from monitor.runtime import Runtime
 from monitor.safe_output import html_safe_json, html_text, safe_link, visible
-from monitor.store.db import session_scope
+from monitor.store.db import session_scope, updated_rows
 from monitor.store.models import Alert, Incident, Notification
 
 log = logging.getLogger(__name__)
@@ -502,12 +502,11 @@ def _claim(runtime: Runtime, config: AlertingConfig, now: datetime, limit: int
             .order_by(Notification.id).limit(limit)
         ).all()
         for notification_id, seen in due:
-            taken = session.execute(
+            taken = updated_rows(session,
                 update(Notification)
                 .where(Notification.id == notification_id, Notification.status == "pending",
                        Notification.next_attempt_at == seen)
-                .values(next_attempt_at=lease)
-            ).rowcount
+                .values(next_attempt_at=lease))
             if not taken:
                 continue
             row = session.get(Notification, notification_id)

@@ -12,28 +12,27 @@ inserted and committed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from monitor_client.dicom import age_band, normalise_manufacturer
 from monitor_client.events import SCANNER_FIELDS, InferenceEvent, OverrideEvent, embedding_dim
-from sqlalchemy import insert, select, update
+from sqlalchemy import Executable, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from monitor.errors import BatchValidationError
 from monitor.privacy import Pseudonymiser
-from monitor.store.db import session_scope
+from monitor.store.db import IN_CHUNK, session_scope
 from monitor.store.models import Inference, ModelVersion, Override
 
 if TYPE_CHECKING:
     from monitor.runtime import Runtime
 
 AGE_CAP_YEARS = 90  # ages above 89 are identifying (HIPAA safe harbour): stored as 90
-_IN_CHUNK = 900  # bound on bound parameters in one IN (...) list
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,7 @@ def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[st
     if not rows:
         return
     dialect = session.get_bind().dialect.name
+    stmt: Executable
     if dialect == "sqlite":
         stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=["model", "event_id"])
     elif dialect == "postgresql":
@@ -90,8 +90,8 @@ def _existing_event_keys(session: Session, table: Any, keys: Sequence[EventKey]
         by_model.setdefault(model, []).append(event_id)
     found: set[EventKey] = set()
     for model, event_ids in by_model.items():
-        for start in range(0, len(event_ids), _IN_CHUNK):
-            chunk = event_ids[start : start + _IN_CHUNK]
+        for start in range(0, len(event_ids), IN_CHUNK):
+            chunk = event_ids[start : start + IN_CHUNK]
             query = select(table.event_id).where(table.model == model,
                                                  table.event_id.in_(chunk))
             found.update((model, event_id) for event_id in session.scalars(query))
@@ -213,13 +213,13 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _scanner_tags(scanner: dict[str, Any]) -> dict[str, Any] | None:
+def _scanner_tags(scanner: Mapping[str, Any]) -> dict[str, Any] | None:
     """The scanner keys beyond the contract's, kept as the row's tags."""
     extra = scanner.keys() - SCANNER_FIELDS
     return {key: scanner[key] for key in extra} if extra else None
 
 
-def _next_keys(events: Sequence[InferenceEvent], patients: Sequence[dict[str, Any]],
+def _next_keys(events: Sequence[InferenceEvent], patients: Sequence[Mapping[str, Any]],
                pseudonymiser: Pseudonymiser) -> dict[str, list[Any]]:
     """The new key's pseudonyms during a key rotation (``monitor.privacy``), else NULLs."""
     if not pseudonymiser.rotating:

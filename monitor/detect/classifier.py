@@ -145,7 +145,8 @@ class ClassifierDrift:
         n_ref = self.reference_.shape[0]
         labels = np.zeros(n_ref + current.shape[0], dtype=bool)
         labels[n_ref:] = True  # True = current
-        clusters = None if current_groups is None else cluster_codes(self.groups_, current_groups)
+        clusters = (None if current_groups is None or self.groups_ is None  # both or neither
+                    else cluster_codes(self.groups_, current_groups))
         folds = _folds(labels, clusters, n_folds=int(self.n_folds), seed=int(self.seed))
         pooled = torch.from_numpy(np.concatenate([self.reference_, current])).to(self.device_)
         projection = fit_projection(

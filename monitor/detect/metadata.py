@@ -35,7 +35,7 @@ def as_categories(values: Sequence[Any] | np.ndarray | pd.Series, *, field: str)
     codes, uniques = pd.factorize(items)  # missing values get code -1
     cleaned = [str(u).strip() for u in uniques]
     lookup = np.array([c if c else None for c in cleaned] + [None], dtype=object)
-    return lookup[codes]
+    return np.asarray(lookup[codes])
 
 
 def as_numbers(

@@ -145,7 +145,7 @@ class MMDDrift:
         side = np.zeros(n_ref + n_cur, dtype=bool)
         side[:n_ref] = True
         clusters = None
-        if current_groups is not None:
+        if current_groups is not None and self.groups_ is not None:  # both or neither
             clusters = cluster_codes(self.groups_, current_groups)
         permuter = SidePermuter(side, clusters=clusters)
         generator = torch.Generator().manual_seed(self.seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from monitor.detect.metadata import aligned_groups
 from monitor.detect.prediction import as_flags
 from monitor.detect.result import DetectionResult
 from monitor.detect.stats import (
+    Alternative,
     cluster_codes,
     clustered_two_proportion_test,
     two_proportion_test,
@@ -61,13 +62,13 @@ class Reads:
 
     @property
     def has_read(self) -> np.ndarray:
-        return ~np.isnan(self.radiologist_positive)
+        return np.asarray(~np.isnan(self.radiologist_positive))
 
     def __len__(self) -> int:
         return int(self.model_positive.size)
 
 
-Records = Sequence[ReadRecord] | pd.DataFrame
+Records: TypeAlias = Sequence[ReadRecord] | pd.DataFrame
 
 
 def as_reads(records: Records) -> Reads:
@@ -85,7 +86,7 @@ def as_reads(records: Records) -> Reads:
         def column(*names: str) -> np.ndarray:
             for name in names:
                 if name in frame.columns:
-                    return frame[name].to_numpy(dtype=object)
+                    return np.asarray(frame[name].to_numpy(dtype=object))
             return np.full(n, None, dtype=object)
 
         model = column("model_positive")
@@ -251,6 +252,7 @@ class PerformanceDrift:
                 int(cur.size),
                 details,
             )
+        alternative: Alternative
         if self.alternative == "two-sided":
             alternative = "two-sided"
         else:

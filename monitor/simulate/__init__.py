@@ -9,7 +9,6 @@ from monitor.simulate.deployment import (
     EventBatch,
     SimulatedDeployment,
     StudyTruth,
-    describe,
     simulate_deployment,
 )
 from monitor.simulate.episodes import (
@@ -28,6 +27,7 @@ from monitor.simulate.latent import (
     SOFTWARE_UPDATE_SHIFT,
     LatentModel,
 )
+from monitor.simulate.summary import describe
 
 __all__ = [
     "ACCEPTED_CHANGE",

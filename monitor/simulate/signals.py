@@ -96,7 +96,7 @@ def direction_keys() -> list[str]:
 def software_updated(table: StudyTable, episodes: dict[str, Episode],
                      start: datetime) -> np.ndarray:
     on_unit = table.scanner == scanner_index(SOFTWARE_UPDATE.station)
-    return on_unit & active(episodes, "software-update", table.time_s, start)
+    return np.asarray(on_unit & active(episodes, "software-update", table.time_s, start))
 
 
 def inverted(table: StudyTable, episodes: dict[str, Episode], start: datetime,
@@ -109,13 +109,14 @@ def inverted(table: StudyTable, episodes: dict[str, Episode], start: datetime,
         return np.zeros(table.time_s.size, dtype=bool)
     on_unit = table.scanner == scanner_index(INVERSION_STATION)
     share = min(INVERSION_SHARE * episode.magnitude, 1.0)
-    return on_unit & active(episodes, episode.name, table.time_s, start) & (uniform < share)
+    return np.asarray(on_unit & active(episodes, episode.name, table.time_s, start)
+                      & (uniform < share))
 
 
 def drifting(table: StudyTable, episodes: dict[str, Episode], start: datetime) -> np.ndarray:
     """The studies of ``gradual-drift``'s site while it runs."""
-    return (active(episodes, "gradual-drift", table.time_s, start)
-            & (table.site == site_index(GRADUAL_DRIFT_SITE)))
+    return np.asarray(active(episodes, "gradual-drift", table.time_s, start)
+                      & (table.site == site_index(GRADUAL_DRIFT_SITE)))
 
 
 def drift_days(table: StudyTable, episodes: dict[str, Episode], start: datetime) -> np.ndarray:

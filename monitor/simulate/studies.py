@@ -76,7 +76,7 @@ class StudyTable:
 
 
 def _adult_ages(rng: np.random.Generator, n: int) -> np.ndarray:
-    return np.minimum(18 + np.floor(80 * rng.beta(2.2, 1.9, n)), 100).astype(np.int64)
+    return np.asarray(np.minimum(18 + np.floor(80 * rng.beta(2.2, 1.9, n)), 100), dtype=np.int64)
 
 
 def _icu_stays(

@@ -8,21 +8,37 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, literal, select, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Select,
+    create_engine,
+    event,
+    inspect,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import Update
 
 from monitor.errors import SchemaVersionError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
+# Any SELECT, whatever its columns: filters that add WHERE clauses keep the query's type.
+SelectT = TypeVar("SelectT", bound="Select[*tuple[Any, ...]]")
+# SQLite's default limit is 999 bound parameters: an IN (...) list holds at most this many.
+IN_CHUNK = 900
 
 
 def make_engine(url: str, *, checkpoint_in_background: bool = False, **kwargs: Any) -> Engine:
@@ -193,3 +209,9 @@ def verify_schema(engine: Engine) -> None:
             f"database schema is at revision {found or 'none'}, this code expects {expected}: "
             "run `monitor init` to create or upgrade it"
         )
+
+
+def updated_rows(session: Session, statement: Update) -> int:
+    """How many rows an UPDATE changed. A conditional UPDATE claims a row: 0 means another
+    process changed it first."""
+    return int(cast("CursorResult[Any]", session.execute(statement)).rowcount)

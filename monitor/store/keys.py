@@ -124,8 +124,8 @@ def key_state(connection: Connection) -> KeyState:
     by_state: dict[str, list[str]] = {}
     for found, state in rows:
         by_state.setdefault(state, []).append(found)
-    return KeyState(current=(by_state.get("current") or [None])[0],
-                    previous=(by_state.get("previous") or [None])[0],
+    return KeyState(current=next(iter(by_state.get("current", [])), None),
+                    previous=next(iter(by_state.get("previous", [])), None),
                     retired=frozenset(by_state.get("retired", [])))
 
 

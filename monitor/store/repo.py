@@ -8,13 +8,12 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Select, SQLColumnExpression, case, func, select
 from sqlalchemy.orm import Session
 
 from monitor.errors import NotFoundError, clip
+from monitor.store.db import IN_CHUNK, SelectT
 from monitor.store.models import Inference, ModelAlias, ModelVersion, Override
-
-_IN_CHUNK = 900  # bound parameters per IN list (SQLite's default limit is 999)
 
 # Columns of a window frame: what the detectors and the dashboard read per study.
 WINDOW_COLUMNS = (
@@ -66,8 +65,8 @@ def get_model_version(session: Session, model: str, version: str) -> ModelVersio
     return ModelVersionInfo.of(row, aliases)
 
 
-def _window(query: Select[Any], version_id: int | None, model: str | None,
-            start: datetime | None, end: datetime | None) -> Select[Any]:
+def _window(query: SelectT, version_id: int | None, model: str | None,
+            start: datetime | None, end: datetime | None) -> SelectT:
     if version_id is not None:
         query = query.where(Inference.model_version_id == version_id)
     if model is not None:
@@ -117,11 +116,11 @@ def join_reads(session: Session, frame: pd.DataFrame, version_id: int) -> pd.Dat
     model = session.scalar(select(ModelVersion.model).where(ModelVersion.id == version_id))
     keys = frame["study_key"].dropna().unique().tolist()
     rows: list[Any] = []
-    for lo in range(0, len(keys), _IN_CHUNK):
+    for lo in range(0, len(keys), IN_CHUNK):
         rows += session.execute(
             select(Override.study_key, Override.radiologist_positive,
                    Override.agrees_with_model, Override.ts)
-            .where(Override.model == model, Override.study_key.in_(keys[lo : lo + _IN_CHUNK]))
+            .where(Override.model == model, Override.study_key.in_(keys[lo : lo + IN_CHUNK]))
         ).all()
     if not rows:
         for name in READ_COLUMNS:
@@ -139,8 +138,8 @@ def load_embeddings(session: Session, inference_ids: list[int]) -> np.ndarray | 
     """float32 (n, d) in the order of ``inference_ids``, a row of NaN for a study logged
     without an embedding; None when none of them has one."""
     blobs: dict[int, bytes | None] = {}
-    for lo in range(0, len(inference_ids), _IN_CHUNK):
-        chunk = inference_ids[lo : lo + _IN_CHUNK]
+    for lo in range(0, len(inference_ids), IN_CHUNK):
+        chunk = inference_ids[lo : lo + IN_CHUNK]
         blobs.update(session.execute(
             select(Inference.id, Inference.embedding).where(Inference.id.in_(chunk))
         ).all())
@@ -172,19 +171,19 @@ def summary(
     """Counts of studies, positives and radiologist reads (and overrides: reads that disagree
     with the model) per day, site, scanner or version."""
     version_id = get_model_version(session, model, version).id if version else None
-    key = {
+    key: SQLColumnExpression[Any] = {
         "day": func.date(Inference.ts),
         "site": Inference.site,
         "scanner": Inference.scanner_model,
         "version": Inference.model_version_id,
     }[by]
-    studies = _window(
+    studies: Select[Any, int, Any] = _window(
         select(key.label("key"), func.count().label("studies"),
-               func.sum(case((Inference.positive, 1), else_=0)).label("positives"))
+               func.sum(case((Inference.positive.is_(True), 1), else_=0)).label("positives"))
         .group_by(key),
         version_id, model, start, end,
     )
-    reads = _window(
+    reads: Select[Any, int, int] = _window(
         select(key.label("key"), func.count(func.distinct(Override.study_key)).label("reads"),
                func.count(func.distinct(Override.study_key)).filter(
                    Override.agrees_with_model.is_(False)).label("overrides"))

@@ -21,6 +21,7 @@ from sqlalchemy import Select, delete, insert, select
 from sqlalchemy.orm import Session
 
 from monitor.errors import NotFoundError
+from monitor.store.db import SelectT
 from monitor.store.models import (
     Baseline,
     BaselineMember,
@@ -134,7 +135,7 @@ def insert_baseline(
     return row.id
 
 
-def _baselines_query() -> Select[Any]:
+def _baselines_query() -> Select[Baseline, str, str]:
     return (select(Baseline, ModelVersion.model, ModelVersion.version)
             .join(ModelVersion, ModelVersion.id == Baseline.model_version_id))
 
@@ -214,7 +215,7 @@ def store_check_run(
     return row.id, replaced
 
 
-def _runs_query() -> Select[Any]:
+def _runs_query() -> Select[CheckRun, str, str]:
     return (select(CheckRun, ModelVersion.model, ModelVersion.version)
             .join(ModelVersion, ModelVersion.id == CheckRun.model_version_id))
 
@@ -251,8 +252,8 @@ def get_check_run(session: Session, check_run_id: int, *, with_results: bool = T
     return _run_info(run, model, version, results)
 
 
-def _filtered(query: Select[Any], *, model: str | None, version: str | None,
-              start: datetime | None, end: datetime | None) -> Select[Any]:
+def _filtered(query: SelectT, *, model: str | None, version: str | None,
+              start: datetime | None, end: datetime | None) -> SelectT:
     if model is not None:
         query = query.where(ModelVersion.model == model)
     if version is not None:

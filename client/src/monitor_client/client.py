@@ -90,7 +90,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import httpx
 
@@ -833,7 +833,7 @@ def _fill_from_dicom(
         event["study_uid"] = parts["study_uid"]
 
 
-def _is_dataset(value: Any) -> bool:
+def _is_dataset(value: object) -> TypeGuard[Dataset]:
     """A pydicom Dataset (pydicom is imported only where the caller has used it)."""
     pydicom = sys.modules.get("pydicom")
     return pydicom is not None and isinstance(value, pydicom.Dataset)

@@ -29,7 +29,7 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -85,7 +85,7 @@ _SEXES: Final = frozenset({"F", "M", "O"})
 # (predicate on the cleaned, upper-case name, vendor). Canon Medical Systems is the former
 # Toshiba Medical Systems (bought by Canon in 2016, renamed 2018): same product lines and
 # software lineage, so the two names are one vendor for grouping.
-_VENDOR_RULES: Final = (
+_VENDOR_RULES: Final[tuple[tuple[Callable[[str, str], bool], str], ...]] = (
     (lambda key, first: first in {"GE", "GEMS"} or key.startswith("GENERAL ELECTRIC"), "GE"),
     (lambda key, first: first.startswith("PHILIPS"), "Philips"),
     (lambda key, first: first.startswith("SIEMENS"), "Siemens"),

@@ -53,22 +53,17 @@ PATTERN_MESSAGES = {
 ID_MAX = 128
 
 
-def _text(max_length: int) -> Any:
-    """Text of at most ``max_length`` characters, without control characters."""
-    return Annotated[str, Field(max_length=max_length, pattern=TEXT_PATTERN)]
-
-
-def _identifier(max_length: int = ID_MAX) -> Any:
-    return Annotated[str, Field(min_length=1, max_length=max_length, pattern=ID_PATTERN)]
-
-
-EventId = _identifier()
+# Identifiers: non-empty, without control or invisible characters.
+EventId = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+Identifier = EventId  # a finding's or a reader's name
+StudyUid = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]  # DICOM UI
+PatientId = StudyUid  # DICOM LO: 64 characters too
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-StudyUid = _identifier(64)  # DICOM UI: 64 characters
-PatientId = _identifier(64)  # DICOM LO
 # DICOM value representations: LO (long string) 64 characters, SH (short string) 16, CS (code
 # string) 16. Fields derived from a DICOM element are bounded by its VR.
-LongString, ShortString, CodeString = _text(64), _text(16), _text(16)
+LongString = Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)]
+ShortString = Annotated[str, Field(max_length=16, pattern=TEXT_PATTERN)]
+CodeString = ShortString
 
 
 # A multi-valued LO element (SoftwareVersions): values separated by a backslash (DICOM) or a
@@ -87,9 +82,13 @@ def long_string_values_problem(value: str) -> str | None:
 # --- numbers -----------------------------------------------------------------------------------
 # Strict: a boolean or a string is not a number. Never NaN or infinite.
 
-
-def _number(**bounds: float) -> Any:
-    return Annotated[float | None, Field(strict=True, allow_inf_nan=False, **bounds)]
+Kvp = Annotated[float | None, Field(strict=True, allow_inf_nan=False, ge=0, le=1_000)]
+ExposureMas = Annotated[float | None, Field(strict=True, allow_inf_nan=False, ge=0, le=100_000)]
+PixelSpacingMm = Annotated[float | None, Field(strict=True, allow_inf_nan=False, gt=0, le=100)]
+AgeYears = Annotated[float | None, Field(strict=True, allow_inf_nan=False, ge=0, le=130)]
+Probability = Annotated[float | None, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
+LatencyMs = Annotated[float | None, Field(strict=True, allow_inf_nan=False, ge=0,
+                                          le=3_600_000)]
 
 
 # --- timestamps -------------------------------------------------------------------------------
@@ -134,9 +133,9 @@ class Scanner(TypedDict, total=False):
     modality: CodeString | None  # Modality (CS)
     body_part: CodeString | None  # BodyPartExamined (CS)
     view: CodeString | None  # ViewPosition (CS)
-    kvp: _number(ge=0, le=1_000)  # KVP (DS)
-    exposure_mas: _number(ge=0, le=100_000)  # Exposure (IS), ExposureInmAs (DS)
-    pixel_spacing_mm: _number(gt=0, le=100)  # PixelSpacing (DS)
+    kvp: Kvp  # KVP (DS)
+    exposure_mas: ExposureMas  # Exposure (IS), ExposureInmAs (DS)
+    pixel_spacing_mm: PixelSpacingMm  # PixelSpacing (DS)
     photometric: CodeString | None  # PhotometricInterpretation (CS)
     software_version: SoftwareVersions | None  # SoftwareVersions (LO, multi-valued)
     vendor: LongString | None  # the normalised manufacturer
@@ -149,7 +148,7 @@ SCANNER_FIELDS = frozenset(Scanner.__annotations__)
 class Patient(TypedDict, total=False):
     id: PatientId | None  # PatientID (LO)
     sex: Literal["F", "M", "O", "U"] | None
-    age_years: _number(ge=0, le=130)
+    age_years: AgeYears
 
 
 Score = Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)]
@@ -160,7 +159,7 @@ ScoreName = Annotated[str, Field(pattern=KEY_PATTERN)]
 class Prediction(TypedDict):
     scores: Annotated[dict[ScoreName, Score], Field(min_length=1, max_length=256)]
     positive: NotRequired[bool | None]
-    threshold: NotRequired[_number(ge=0, le=1)]
+    threshold: NotRequired[Probability]
 
 
 # Base64 of little-endian float32 values (``monitor_client.codec``), decoded by the service
@@ -187,7 +186,7 @@ class InferenceEvent(TypedDict):
     prediction: Prediction
     embedding: NotRequired[Float32Base64 | list[Annotated[float, Field(
         strict=True, allow_inf_nan=False)]] | None]
-    latency_ms: NotRequired[_number(ge=0, le=3_600_000)]
+    latency_ms: NotRequired[LatencyMs]
 
 
 def embedding_dim(event: InferenceEvent) -> int | None:
@@ -206,9 +205,9 @@ class OverrideEvent(BaseModel):
     study_uid: StudyUid
     timestamp: Timestamp
     radiologist_positive: bool
-    finding: _identifier() | None = None
+    finding: Identifier | None = None
     agrees_with_model: bool | None = None
-    reader: _identifier() | None = None
+    reader: Identifier | None = None
 
     @field_validator("timestamp")
     @classmethod
