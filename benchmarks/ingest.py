@@ -33,13 +33,14 @@ from monitor_client.codec import encode_embedding
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, scratch_postgres
 
-from monitor.collect.ingest import INFERENCE_COLUMNS, _inference_rows, _sqlite_text
+from monitor.collect.ingest import _inference_rows
 from monitor.collect.inprocess import InProcessCollector
 from monitor.config import Settings
 from monitor.privacy import Pseudonymiser
 from monitor.runtime import Runtime
 from monitor.schema import INFERENCES
 from monitor.store.db import make_engine, upgrade
+from monitor.store.ingest import INFERENCE_COLUMNS, sqlite_text
 
 
 def free_port() -> int:
@@ -139,7 +140,7 @@ def limit_rows(events: list[dict], *, sqlite: bool) -> list[tuple]:
     now = datetime.now(UTC)
     if sqlite:
         return _inference_rows(parsed, [1] * len(parsed), Pseudonymiser(KEY.encode()),
-                               _sqlite_text(now), _sqlite_text)
+                               sqlite_text(now), sqlite_text)
     return _inference_rows(parsed, [1] * len(parsed), Pseudonymiser(KEY.encode()), now)
 
 

@@ -24,12 +24,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
+from monitor_client.events import as_utc as as_utc  # re-exported: windows speak UTC
 from sqlalchemy.orm import Session
 
 from monitor.errors import InsufficientDataError, ValidationError
 from monitor.store import repo
-from monitor.store.models import Inference
+from monitor.store.repo import newest_timestamp as newest_timestamp
 
 TICK = timedelta(microseconds=1)
 GRID_LABEL = "1d"
@@ -76,17 +76,6 @@ def parse_window(label: str) -> WindowSpec:
         f"window has value {label!r}; use a span such as 1d, 7d, 12h, 30m, 2w or a count "
         "such as last:500", field="window",
     )
-
-
-def as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def newest_timestamp(session: Session, version_id: int) -> datetime | None:
-    newest = session.scalar(
-        select(func.max(Inference.ts)).where(Inference.model_version_id == version_id)
-    )
-    return None if newest is None else as_utc(newest)
 
 
 def default_now(session: Session, version_id: int) -> datetime:

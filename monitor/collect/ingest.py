@@ -19,15 +19,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from monitor_client.dicom import age_band, normalise_manufacturer
 from monitor_client.events import SCANNER_FIELDS, InferenceEvent, OverrideEvent, embedding_dim
-from sqlalchemy import Executable, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from monitor.errors import BatchValidationError
 from monitor.privacy import Pseudonymiser
-from monitor.store.db import IN_CHUNK, session_scope
-from monitor.store.models import Inference, ModelVersion, Override
+from monitor.store import ingest as store
+from monitor.store.db import session_scope
+from monitor.store.ingest import INFERENCE_COLUMNS, EventKey
 
 if TYPE_CHECKING:
     from monitor.runtime import Runtime
@@ -45,59 +43,6 @@ class IngestResult:
     duplicates: int
 
 
-def _sqlite_text(moment: datetime) -> str:
-    """How SQLAlchemy's DateTime stores a (UTC) datetime on SQLite: "2026-11-23 18:30:00.000000"."""
-    return moment.astimezone(UTC).isoformat(" ", "microseconds")[:26]
-
-
-def _insert_inference_rows(session: Session, rows: list[tuple[Any, ...]]) -> int:
-    """The hot path: rows already in the driver's form (``_inference_rows``) go to the
-    driver's executemany. SQLAlchemy's per-value bind processing doubled the cost of a batch
-    (benchmarks/ingest.py). ON CONFLICT DO NOTHING skips event_ids already stored; returns the
-    rows inserted."""
-    connection = session.connection()
-    placeholder = "?" if connection.dialect.name == "sqlite" else "%s"  # psycopg: %s
-    sql = (f"INSERT INTO {Inference.__tablename__} ({', '.join(INFERENCE_COLUMNS)}) "
-           f"VALUES ({', '.join([placeholder] * len(INFERENCE_COLUMNS))}) "
-           "ON CONFLICT (model, event_id) DO NOTHING")
-    return int(connection.exec_driver_sql(sql, rows).rowcount)
-
-
-def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT (model, event_id) DO NOTHING, so a concurrent retry cannot fail the
-    batch."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    stmt: Executable
-    if dialect == "sqlite":
-        stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=["model", "event_id"])
-    elif dialect == "postgresql":
-        stmt = pg_insert(table).on_conflict_do_nothing(index_elements=["model", "event_id"])
-    else:
-        stmt = insert(table)
-    session.execute(stmt, rows)
-
-
-EventKey = tuple[str, str]  # (model, event_id): what makes an event unique
-
-
-def _existing_event_keys(session: Session, table: Any, keys: Sequence[EventKey]
-                         ) -> set[EventKey]:
-    """The (model, event_id) pairs among ``keys`` already stored in ``table``."""
-    by_model: dict[str, list[str]] = {}
-    for model, event_id in keys:
-        by_model.setdefault(model, []).append(event_id)
-    found: set[EventKey] = set()
-    for model, event_ids in by_model.items():
-        for start in range(0, len(event_ids), IN_CHUNK):
-            chunk = event_ids[start : start + IN_CHUNK]
-            query = select(table.event_id).where(table.model == model,
-                                                 table.event_id.in_(chunk))
-            found.update((model, event_id) for event_id in session.scalars(query))
-    return found
-
-
 def _unique_by_key(events: Sequence[Any], keys: Sequence[EventKey]) -> list[tuple[int, Any]]:
     """(index, event) of each (model, event_id)'s first occurrence in the batch."""
     seen: set[EventKey] = set()
@@ -107,26 +52,6 @@ def _unique_by_key(events: Sequence[Any], keys: Sequence[EventKey]) -> list[tupl
             seen.add(key)
             unique.append((index, event))
     return unique
-
-
-def _version_id(session: Session, model: str, version: str) -> tuple[int, int | None]:
-    """(id, registered embedding length) of a model version, created (status ``candidate``)
-    on first sight."""
-    query = select(ModelVersion.id, ModelVersion.embedding_dim).where(
-        ModelVersion.model == model, ModelVersion.version == version)
-    found = session.execute(query).first()
-    if found is None:
-        now = datetime.now(UTC)
-        values = {"model": model, "version": version, "status": "candidate",
-                  "created_at": now, "updated_at": now}
-        dialect = session.get_bind().dialect.name
-        if dialect in ("sqlite", "postgresql"):  # a concurrent writer may create it first
-            make = sqlite_insert if dialect == "sqlite" else pg_insert
-            session.execute(make(ModelVersion).values(**values).on_conflict_do_nothing())
-        else:
-            session.execute(insert(ModelVersion).values(**values))
-        found = session.execute(query).one()
-    return found.id, found.embedding_dim
 
 
 def _check_embedding_lengths(
@@ -143,7 +68,7 @@ def _check_embedding_lengths(
     for index, event in unique:
         key = (event["model"], event["model_version"])
         if key not in ids:
-            ids[key], lengths[key] = _version_id(session, *key)
+            ids[key], lengths[key] = store.version_id(session, *key)
         dim = embedding_dim(event)
         if dim is None:
             continue
@@ -168,15 +93,8 @@ def _register_lengths(session: Session, registers: dict[int, tuple[int, int]]) -
     rejected as if it had arrived second."""
     if not registers:
         return
-    for version_id, (length, _) in registers.items():
-        session.execute(
-            update(ModelVersion)
-            .where(ModelVersion.id == version_id, ModelVersion.embedding_dim.is_(None))
-            .values(embedding_dim=length)
-        )
-    query = select(ModelVersion.id, ModelVersion.embedding_dim).where(
-        ModelVersion.id.in_(list(registers)))
-    stored = {version_id: length for version_id, length in session.execute(query)}
+    stored = store.register_embedding_lengths(
+        session, {version_id: length for version_id, (length, _) in registers.items()})
     problems = [{"index": index, "field": "embedding",
                  "message": f"embedding length {length} does not match the length "
                  f"{stored[version_id]} registered meanwhile"}
@@ -184,16 +102,6 @@ def _register_lengths(session: Session, registers: dict[int, tuple[int, int]]) -
                 if stored[version_id] != length]
     if problems:
         raise BatchValidationError(problems)
-
-
-# The inference table's columns in the order ``_inference_rows`` gives them.
-INFERENCE_COLUMNS: Final = (
-    "event_id", "model_version_id", "model", "ts", "received_at", "study_key", "patient_key",
-    "sex", "age_years", "age_band", "manufacturer", "vendor", "scanner_model", "station", "site",
-    "modality", "body_part", "view", "kvp", "exposure_mas", "pixel_spacing_mm", "photometric",
-    "software_version", "tags", "scores", "score", "positive", "threshold", "latency_ms",
-    "study_key_next", "patient_key_next", "embedding",
-)
 
 
 # Inference columns read straight from the event's scanner part: column -> scanner key.
@@ -300,9 +208,9 @@ def prepare_inferences(
     unique = [event for _, event in indexed]
     version_ids = [ids[(event["model"], event["model_version"])] for event in unique]
     received_at = datetime.now(UTC)
-    if session.get_bind().dialect.name == "sqlite":  # SQLite stores datetimes as text
-        rows = _inference_rows(unique, version_ids, pseudonymiser, _sqlite_text(received_at),
-                               _sqlite_text)
+    if store.stores_time_as_text(session):
+        rows = _inference_rows(unique, version_ids, pseudonymiser,
+                               store.sqlite_text(received_at), store.sqlite_text)
     else:
         rows = _inference_rows(unique, version_ids, pseudonymiser, received_at)
     return PreparedInferences(rows=rows, batch_size=len(events), registers=registers)
@@ -312,7 +220,7 @@ def insert_inferences(session: Session, prepared: PreparedInferences) -> IngestR
     """Insert prepared rows in the caller's transaction (the caller commits); events already
     stored are skipped."""
     _register_lengths(session, prepared.registers)
-    new = _insert_inference_rows(session, prepared.rows)  # the insert itself counts what is new
+    new = store.insert_inference_rows(session, prepared.rows)  # it counts what is new
     return IngestResult(accepted=len(prepared.rows), new=new,
                         duplicates=prepared.batch_size - new)
 
@@ -339,7 +247,7 @@ def write_overrides(
     """Store radiologist reads. A read whose inference has not arrived (or whose model is not
     known yet) is kept as it is: reads join inferences by (model, study) at query time."""
     unique = _unique_by_key(events, [(event.model, event.event_id) for event in events])
-    existing = _existing_event_keys(session, Override, [(e.model, e.event_id) for _, e in unique])
+    existing = store.existing_override_keys(session, [(e.model, e.event_id) for _, e in unique])
     received_at = datetime.now(UTC)
     rows = [
         {
@@ -359,5 +267,5 @@ def write_overrides(
         for _, event in unique
         if (event.model, event.event_id) not in existing
     ]
-    _insert_ignoring_duplicates(session, Override, rows)
+    store.insert_override_rows(session, rows)
     return IngestResult(accepted=len(unique), new=len(rows), duplicates=len(events) - len(rows))

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from monitor_client.events import as_utc
 from sqlalchemy import Select, SQLColumnExpression, case, func, select
 from sqlalchemy.orm import Session
 
@@ -266,3 +267,11 @@ def count_rows(session: Session) -> dict[str, int]:
         "overrides": session.scalar(select(func.count()).select_from(Override)) or 0,
         "model_versions": session.scalar(select(func.count()).select_from(ModelVersion)) or 0,
     }
+
+
+def newest_timestamp(session: Session, version_id: int) -> datetime | None:
+    """The version's newest inference timestamp (UTC), None without inferences."""
+    newest = session.scalar(
+        select(func.max(Inference.ts)).where(Inference.model_version_id == version_id)
+    )
+    return None if newest is None else as_utc(newest)
