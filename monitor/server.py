@@ -1,11 +1,13 @@
 """`monitor serve`: the API under uvicorn, with the check scheduler and the alert delivery
-loop beside it."""
+loop beside it (and, for ``monitor demo``, the back-filled daily checks before the scheduler)."""
 
 from __future__ import annotations
 
 import gc
 import ipaddress
 import logging
+import threading
+from collections.abc import Callable
 
 import uvicorn
 
@@ -50,7 +52,51 @@ def check_bind(host: str, *, api_open: bool, insecure_open: bool) -> None:
                 "promote and roll back as 'anonymous'", host)
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
+# Work that runs beside the API before the scheduled checks start: called with the server's
+# runtime and an event that is set when the server stops (return soon after it is set).
+Backfill = Callable[[Runtime, threading.Event], object]
+BACKFILL_STOP_TIMEOUT_S = 120.0
+
+
+class BackfillThread:
+    """Runs a ``Backfill`` in a daemon thread, then calls ``then`` (starting the scheduler)
+    unless it was stopped first. ``stop`` asks it to stop and waits for the work in progress
+    (a check is not interrupted halfway)."""
+
+    def __init__(self, work: Backfill, runtime: Runtime, *, then: Callable[[], None],
+                 stop_timeout_s: float = BACKFILL_STOP_TIMEOUT_S):
+        self.work, self.runtime, self.then = work, runtime, then
+        self.stop_timeout_s = stop_timeout_s
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backfill", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.work(self.runtime, self.stopping)
+        except Exception:
+            log.exception("the back-filled checks failed; scheduled checks take over")
+        if not self.stopping.is_set():
+            self.then()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if not self._thread.is_alive():
+            return
+        log.info("stopping: waiting for the check in progress to finish")
+        self._thread.join(self.stop_timeout_s)
+        if self._thread.is_alive():
+            log.warning("the check in progress did not finish within %.0f s; leaving it",
+                        self.stop_timeout_s)
+
+
+def serve(settings: Settings, *, host: str, port: int, backfill: Backfill | None = None
+          ) -> None:
+    """Serve the API until interrupted. ``backfill`` (``monitor demo``'s daily checks) runs
+    in a thread beside the API from the start; the scheduler starts once it is done, so the
+    two never check the same day."""
     runtime = Runtime.open(settings, background_checkpoint=True)
     try:
         app = create_app(runtime)  # imports the bootstrap admin and legacy tokens
@@ -62,13 +108,22 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     register_check_hook()  # alert rules are evaluated after every check
     scheduler = CheckScheduler(runtime)
     delivery = DeliveryLoop(runtime, interval_s=30)
-    scheduler.start()  # logs and does nothing when MONITOR_CHECK_INTERVAL_S=0
+    # the scheduler logs and does nothing when MONITOR_CHECK_INTERVAL_S=0
+    first = None if backfill is None else BackfillThread(backfill, runtime,
+                                                         then=scheduler.start)
+    if first is None:
+        scheduler.start()
+    else:
+        first.start()
     delivery.start()
     gc.freeze()  # the imported libraries' objects are never garbage: keep them out of GC passes
-    log.info("serving on http://%s:%d (API docs at /docs, metrics at /metrics)", host, port)
+    log.info("serving on http://%s:%d (links at /, API docs at /docs, metrics at /metrics)",
+             host, port)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
+        if first is not None:
+            first.stop()  # before the scheduler: it may start the scheduler as it finishes
         scheduler.stop()
         delivery.stop()
         runtime.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -9,12 +10,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from monitor.cli import main
+from monitor.cli import build_parser, main
+from monitor.commands.core import ingest_file
+from monitor.errors import BatchValidationError
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import session_scope
@@ -60,12 +64,49 @@ def test_ingest_jsonl_reports_bad_lines_and_keeps_the_good(
     capsys.readouterr()
     assert main(["ingest", str(path), "--batch-size", "3"]) == 1
     out = capsys.readouterr().out
-    assert "5 stored, 0 duplicates skipped, 2 rejected" in out
+    assert "5 stored, 0 duplicates skipped, 2 lines rejected" in out
     assert "line 3: malformed JSON" in out
     assert "line 5: prediction.scores.x:" in out
     assert stored(env) == 5
     assert main(["ingest", str(path)]) == 1  # a re-run stores nothing twice
     assert "0 stored, 5 duplicates skipped" in capsys.readouterr().out
+
+
+def test_ingest_counts_rejected_lines_not_their_problems(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["init"])
+    three_problems = inference_event(prediction={"scores": {"x": 3}}, latency_ms=-1,
+                                     timestamp="yesterday")
+    lines = [json.dumps(inference_event()), json.dumps(three_problems),
+             json.dumps(inference_event())]
+    path = env / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["ingest", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 stored, 0 duplicates skipped, 1 line rejected" in out
+    (listed,) = [line for line in out.splitlines() if line.startswith("  line ")]
+    assert listed.startswith("  line 2: ")
+    for field in ("timestamp:", "prediction.scores.x:", "latency_ms:"):
+        assert field in listed
+
+
+def test_ingest_counts_every_line_of_a_batch_refused_as_a_whole(tmp_path: Path) -> None:
+    """A problem that names no line (the batch as a whole) leaves every line of the batch
+    unstored: each is counted as rejected, not lost without a word."""
+    class Refusing:
+        def log_inferences(self, events: list[Any]) -> Any:
+            raise BatchValidationError([{"index": None, "field": "body",
+                                         "message": "too many events"}])
+
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(inference_event()) + "\n" for _ in range(3)))
+    new, duplicates, rejected = ingest_file(Refusing(), path,  # type: ignore[arg-type]
+                                            kind="inference", batch_size=2)
+    assert (new, duplicates) == (0, 0)
+    assert rejected == [(1, "body: too many events"), (2, "body: too many events"),
+                        (3, "body: too many events")]
 
 
 def test_ingest_parquet(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,3 +230,37 @@ def test_serve_on_an_unreachable_database_masks_the_password(tmp_path: Path) -> 
     assert errors[0].startswith("monitor serve: error: cannot use the database "
                                 f"postgresql+psycopg://monitor:***@127.0.0.1:{port}/m: ")
     assert "Connection refused" in errors[0] or "connection failed" in errors[0]
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str | None = None
+             ) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """The parser and every subcommand's, sub-subcommands included, with their command line."""
+    path = path or parser.prog
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, f"{path} {name}")
+
+
+def test_every_option_and_positional_of_every_command_has_help() -> None:
+    missing, commands = [], 0
+    for path, parser in _parsers(build_parser()):
+        commands += 1
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    assert commands > 30  # the walk reached the sub-subcommands (token create, alerts ack...)
+    assert missing == []
+
+
+def test_the_help_walk_sees_a_bare_argument() -> None:
+    parser = argparse.ArgumentParser(prog="x")
+    sub = parser.add_subparsers().add_parser("y").add_subparsers().add_parser("z")
+    sub.add_argument("--bare")
+    found = [(path, action.dest) for path, p in _parsers(parser) for action in p._actions
+             if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+             and not action.help]
+    assert found == [("x y z", "bare")]

@@ -6,13 +6,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from monitor import server
+from monitor.config import Settings
 from monitor.errors import ConfigError
+from monitor.runtime import Runtime
 from monitor.server import check_bind, is_loopback
 from monitor.store.db import session_scope
 from monitor.store.tokens import create_token
@@ -111,3 +117,100 @@ def test_serve_on_all_interfaces_with_a_token_or_insecure_open(sqlite_url: str,
         stop_process(process)
     assert process.stderr is not None
     assert "NO AUTHENTICATION" not in process.stderr.read().decode()
+
+
+# --- the back-fill beside the API (`monitor demo`'s daily checks) -----------------------------
+
+
+class _Recorder:
+    """Stands in for the scheduler and the delivery loop: records what happened, in order."""
+
+    def __init__(self, events: list[str], name: str) -> None:
+        self.events, self.name = events, name
+
+    def start(self) -> None:
+        self.events.append(f"{self.name} start")
+
+    def stop(self, *args: object) -> None:
+        self.events.append(f"{self.name} stop")
+
+
+def _migrated(sqlite_url: str, tmp_path: Path) -> Settings:
+    runtime = open_runtime(sqlite_url, tmp_path)
+    runtime.close()
+    return runtime.settings
+
+
+def _fake_serving(monkeypatch: pytest.MonkeyPatch, events: list[str],
+                  while_serving: Callable[[], object]) -> None:
+    monkeypatch.setattr(server, "CheckScheduler", lambda runtime: _Recorder(events, "scheduler"))
+    monkeypatch.setattr(server, "DeliveryLoop",
+                        lambda runtime, interval_s: _Recorder(events, "delivery"))
+    monkeypatch.setattr(server, "register_check_hook", lambda: None)
+
+    def run(app: object, **kwargs: object) -> None:
+        events.append("serving")
+        while_serving()
+        events.append("interrupted")
+
+    monkeypatch.setattr(uvicorn, "run", run)
+
+
+def test_the_scheduler_starts_once_the_backfill_is_done(
+        sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _migrated(sqlite_url, tmp_path)
+    events: list[str] = []
+
+    def backfill(runtime: Runtime, stop: threading.Event) -> None:
+        assert runtime.settings.database_url == sqlite_url
+        events.append("backfill")
+
+    def serving() -> None:  # until the scheduler has started (as the back-fill returns)
+        deadline = time.monotonic() + 10
+        while "scheduler start" not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    _fake_serving(monkeypatch, events, serving)
+    server.serve(settings, host="127.0.0.1", port=free_port(), backfill=backfill)
+    assert events.index("scheduler start") > events.index("backfill")
+    assert events[-2:] == ["scheduler stop", "delivery stop"]
+    events.clear()
+    server.serve(settings, host="127.0.0.1", port=free_port())  # no back-fill: at once
+    assert events[:3] == ["scheduler start", "delivery start", "serving"]
+
+
+def test_stopping_the_server_stops_the_backfill_before_the_scheduler_starts(
+        sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _migrated(sqlite_url, tmp_path)
+    events: list[str] = []
+    working = threading.Event()
+
+    def backfill(runtime: Runtime, stop: threading.Event) -> None:
+        working.set()
+        while not stop.wait(0.05):  # checks, one after another, until asked to stop
+            pass
+        time.sleep(0.3)  # the check in progress finishes
+        events.append("backfill stopped")
+
+    _fake_serving(monkeypatch, events, lambda: working.wait(10))
+    server.serve(settings, host="127.0.0.1", port=free_port(), backfill=backfill)
+    assert "scheduler start" not in events
+    assert events[events.index("interrupted"):] == [
+        "interrupted", "backfill stopped", "scheduler stop", "delivery stop"]
+
+
+def test_a_failing_backfill_is_logged_and_the_scheduler_takes_over(
+        sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    runtime = open_runtime(sqlite_url, tmp_path)
+    started = threading.Event()
+
+    def backfill(runtime: Runtime, stop: threading.Event) -> None:
+        raise RuntimeError("disk full")
+
+    thread = server.BackfillThread(backfill, runtime, then=started.set)
+    thread.start()
+    assert started.wait(10)
+    thread.stop()
+    runtime.close()
+    assert any("back-filled checks failed" in r.getMessage() and r.exc_info
+               for r in caplog.records)

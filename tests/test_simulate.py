@@ -415,6 +415,16 @@ def test_describe_and_batches(default):
     assert started == [e.name for e in default.episodes]
 
 
+def test_batches_report_each_episode_once_and_log_nothing(default, caplog):
+    """The caller announces an episode (or not); ``describe`` lists the calendar. A log line
+    here as well printed each episode's line twice or three times in `monitor demo`."""
+    caplog.set_level("DEBUG")
+    batches = list(default.iter_batches(batch_size=500))
+    assert caplog.records == []
+    started = [e.name for b in batches for e in b.episodes_started]
+    assert sorted(started) == sorted(e.name for e in default.episodes) and len(set(started)) == 4
+
+
 def test_short_runs_drop_episodes_never_reached_and_accept_naive_start():
     d = simulate_deployment(seed=0, n_studies=1_000, days=8, start=datetime(2027, 1, 4))
     assert d.episodes == []

@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboards import charts
 from dashboards.common import (
+    QUERY_TTL_S,
     RAG_COLOURS,
     Context,
     context,
@@ -17,7 +18,8 @@ from dashboards.common import (
     rag_badge,
     scope_caption,
 )
-from monitor.store.dashboard import Filters, ModelStatus
+from monitor.config import Settings
+from monitor.store.dashboard import Filters, GridProgress, ModelStatus
 
 
 def model_card(status: ModelStatus) -> None:
@@ -51,8 +53,21 @@ def model_card(status: ModelStatus) -> None:
             st.caption("Why:  \n" + "  \n".join(md(reason) for reason in status.reasons))
 
 
+@st.fragment(run_every=QUERY_TTL_S)
+def checks_banner(settings: Settings) -> None:
+    """While daily grid windows wait for their check (``monitor demo`` fills them in behind
+    the served dashboard; a new version or an outage leaves a backlog), say how far they are;
+    nothing once every window is checked. Redrawn on its own every ``QUERY_TTL_S``."""
+    progress: GridProgress = query(settings, "grid_progress", timezone=settings.timezone)
+    if progress.filling_in:
+        st.info(f"Checks are still filling in: {progress.checked} of {progress.expected} "
+                "daily windows checked. Health, drift and alerts show the days checked so "
+                "far.", icon=":material/hourglass_top:")
+
+
 def render(ctx: Context) -> None:
     st.title("Overview")
+    checks_banner(ctx.settings)
     f = ctx.filters
     statuses = query(ctx.settings, "model_statuses", start=f.start, end=f.end)
     st.subheader("Models")

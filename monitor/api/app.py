@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from monitor.api.auth import Reader
 from monitor.api.contract import install_contract
 from monitor.api.errors import install_error_handlers
+from monitor.api.home import router as home_router
 from monitor.api.limits import install as install_body_limits
 from monitor.api.metrics import install as install_metrics
 from monitor.api.params import Offset, PathName, QueryModel, QueryName, UtcTime
@@ -54,6 +55,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     install_error_handlers(app)
 
     app.state.body_limits = install_body_limits(app, lambda: runtime.settings)
+    app.include_router(home_router)  # GET /: links to the docs, the dashboard, metrics
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, str]:

@@ -15,10 +15,10 @@ from monitor.schema import INFERENCES, OVERRIDES, TimestampBounds
 class InProcessCollector:
     """``log_*`` validate a batch, write it and commit before returning.
 
-    Example
-    -------
-    >>> collector = InProcessCollector.open()          # MONITOR_DATABASE_URL, MONITOR_SECRET_KEY
-    >>> collector.log_inference(event_dict)            # doctest: +SKIP
+    Example (the README's, run by tests/test_readme.py)::
+
+        collector = InProcessCollector.open()         # MONITOR_DATABASE_URL, MONITOR_SECRET_KEY
+        collector.log_inferences(events)              # committed when it returns
     """
 
     def __init__(self, runtime: Runtime):

@@ -187,12 +187,14 @@ def cmd_incidents_accept(args: argparse.Namespace) -> int:
 def _listing_arguments(parser: argparse.ArgumentParser, *, states: list[str],
                        severities: list[str]) -> None:
     """The filters both listings take; the first state is the default."""
-    parser.add_argument("--state", default=states[0], choices=states)
-    parser.add_argument("--model")
-    parser.add_argument("--version")
-    parser.add_argument("--severity", choices=severities)
-    parser.add_argument("--limit", type=int, default=200)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--state", default=states[0], choices=states,
+                        help=f"only this state (default {states[0]})")
+    parser.add_argument("--model", help="only this model")
+    parser.add_argument("--version", help="only this model version")
+    parser.add_argument("--severity", choices=severities,
+                        help="only this severity (default: all)")
+    parser.add_argument("--limit", type=int, default=200, help="at most this many (default 200)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def add_incident_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -205,17 +207,17 @@ def add_incident_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     listing.set_defaults(func=cmd_incidents_list)
 
     show = incidents.add_parser("show", help="one incident with its findings (JSON)")
-    show.add_argument("incident_id", type=int)
+    show.add_argument("incident_id", type=int, help="its id (`monitor incidents list`)")
     show.set_defaults(func=cmd_incidents_show)
 
     accept = incidents.add_parser(
         "accept", help="accept an incident whose cause is a station, scanner model, software "
         "version, site or vendor as a validated change: its studies from --since replace the "
         "stratum's in a new baseline (audited)")
-    accept.add_argument("incident_id", type=int)
+    accept.add_argument("incident_id", type=int, help="its id (`monitor incidents list`)")
     accept.add_argument("--since", type=_since, required=True,
                         help="first day of the validated change (YYYY-MM-DD, site time zone)")
-    accept.add_argument("--reason", required=True)
+    accept.add_argument("--reason", required=True, help="why (audit log)")
     accept.add_argument("--actor", default=default_actor(), help="default: the OS user")
     accept.set_defaults(func=cmd_incidents_accept)
 
@@ -232,20 +234,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     listing.set_defaults(func=cmd_list)
 
     show = alerts.add_parser("show", help="one alert with its notifications (JSON)")
-    show.add_argument("alert_id", type=int)
+    show.add_argument("alert_id", type=int, help="its id (`monitor alerts list`)")
     show.set_defaults(func=cmd_show)
 
     ack = alerts.add_parser("ack", help="acknowledge an alert (audited)")
-    ack.add_argument("alert_id", type=int)
-    ack.add_argument("--reason")
+    ack.add_argument("alert_id", type=int, help="its id (`monitor alerts list`)")
+    ack.add_argument("--reason", help="why (audit log)")
     ack.add_argument("--actor", default=default_actor(), help="default: the OS user")
     ack.set_defaults(func=cmd_ack)
 
     silence = alerts.add_parser("silence", help="no notifications until a time (audited)")
-    silence.add_argument("alert_id", type=int)
+    silence.add_argument("alert_id", type=int, help="its id (`monitor alerts list`)")
     silence.add_argument("--for", dest="duration", help="30m, 2h, 1d")
     silence.add_argument("--until", help="ISO time, e.g. 2026-11-23T08:00:00+00:00")
-    silence.add_argument("--reason", required=True)
+    silence.add_argument("--reason", required=True, help="why (audit log)")
     silence.add_argument("--actor", default=default_actor(), help="default: the OS user")
     silence.set_defaults(func=cmd_silence)
 
@@ -254,7 +256,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                       ).set_defaults(func=cmd_deliver)
 
     evaluate = alerts.add_parser("evaluate", help="evaluate the rules on a stored check run")
-    evaluate.add_argument("check_run_id", type=int)
+    evaluate.add_argument("check_run_id", type=int,
+                          help="the check run's id (`monitor check` prints it)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     alerts.add_parser("rules", help="validate the config file and print the effective rules"

@@ -18,6 +18,10 @@ from monitor.store.db import session_scope
 from monitor.windows import as_utc
 
 BIAS = "SubgroupBias"
+# A whole week, as a baseline week is: a rolling 1d window is tested against every baseline
+# member, weekend and weekday alike, so the day's case mix alone flags it (README, "The daily
+# grid"); one local day is checked against its own day type with --day.
+DEFAULT_WINDOW = "7d"
 STREAMS = "SequentialEvidence"
 
 
@@ -183,11 +187,14 @@ def cmd_baseline_list(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     check = sub.add_parser("check", help="run every detector over a window and print a summary")
-    check.add_argument("--model", required=True)
+    check.add_argument("--model", required=True, help="the model's name")
     check.add_argument("--version", default=None,
                        help="default: the production alias, else the newest active version")
-    check.add_argument("--window", default="1d",
-                       help="1d, 7d, 12h, 30m, 2w or last:N (default 1d)")
+    check.add_argument("--window", default=DEFAULT_WINDOW,
+                       help=f"1d, 7d, 12h, 30m, 2w or last:N, ending at --now (default "
+                       f"{DEFAULT_WINDOW}, a whole week like the baseline's: a rolling day is "
+                       "flagged for its weekday or weekend case mix alone; use --day to check "
+                       "one day as the scheduler does)")
     check.add_argument("--from", dest="start", type=_time, default=None,
                        help="explicit window start (ISO 8601), with --to")
     check.add_argument("--to", dest="end", type=_time, default=None,
@@ -197,8 +204,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     check.add_argument("--day", type=_day, default=None,
                        help="a local date (MONITOR_TIMEZONE): check that day's grid window, "
                        "as the scheduler does, with its sequential evidence")
-    check.add_argument("--seed", type=int, default=0)
-    check.add_argument("--permutations", type=int, default=CheckOptions.n_permutations)
+    check.add_argument("--seed", type=int, default=0,
+                       help="seed of the permutation tests and subsampling (default 0)")
+    check.add_argument("--permutations", type=int, default=CheckOptions.n_permutations,
+                       help="permutations of each permutation test (MMD, classifier, "
+                       "numeric and score drift; default "
+                       f"{CheckOptions.n_permutations})")
     check.add_argument("--device", default="auto", help="auto, cpu or cuda")
     check.add_argument("--no-report", action="store_true", help="skip the Evidently report")
     check.set_defaults(func=cmd_check)
@@ -206,19 +217,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     baseline = sub.add_parser("baseline", help="create or list baselines")
     actions = baseline.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="create a baseline for a model version")
-    create.add_argument("--model", required=True)
+    create.add_argument("--model", required=True, help="the model's name")
     create.add_argument("--version", default=None,
                         help="default: the production alias, else the newest active version")
-    create.add_argument("--from", dest="start", type=_time, default=None)
-    create.add_argument("--to", dest="end", type=_time, default=None)
+    create.add_argument("--from", dest="start", type=_time, default=None,
+                        help="start of the reference period (ISO 8601), with --to")
+    create.add_argument("--to", dest="end", type=_time, default=None,
+                        help="end of the reference period (exclusive)")
     create.add_argument("--last", type=int, default=None, help="the newest N studies")
     create.add_argument("--max-studies", type=int, default=None,
                         help="cap on the sample (default MONITOR_BASELINE_MAX_STUDIES)")
-    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--seed", type=int, default=0,
+                        help="seed of the stratified sample (default 0)")
     create.add_argument("--actor", default="cli", help="who creates it (audit log)")
     create.set_defaults(func=cmd_baseline_create)
     listing = actions.add_parser("list", help="list baselines, newest first")
-    listing.add_argument("--model", default=None)
-    listing.add_argument("--version", default=None)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--model", default=None, help="only this model's baselines")
+    listing.add_argument("--version", default=None, help="only this version's baselines")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(func=cmd_baseline_list)

@@ -150,12 +150,18 @@ def _read_lines(path: Path) -> Iterator[tuple[int, Any, int]]:
 def ingest_file(collector: InProcessCollector, path: Path, *, kind: str, batch_size: int
                 ) -> tuple[int, int, list[tuple[int, str]]]:
     """Import a JSONL or Parquet file. Good lines are stored in batches; a bad line is named
-    with its reason and skipped, never taking its batch down. Returns (new, duplicates,
-    rejected)."""
+    with its reasons and skipped, never taking its batch down. Returns (new, duplicates,
+    rejected): one (line number, reasons joined by "; ") per line not stored, by line, however
+    many problems it had. A problem of the whole batch (no line named) rejects its every line."""
     log_batch = collector.log_inferences if kind == "inference" else collector.log_overrides
     new = duplicates = 0
-    rejected: list[tuple[int, str]] = []
+    rejected: dict[int, list[str]] = {}
     batch: list[tuple[int, Any]] = []
+
+    def reject(line: int, reason: str) -> None:
+        reasons = rejected.setdefault(line, [])
+        if reason not in reasons:
+            reasons.append(reason)
 
     def flush() -> None:
         nonlocal new, duplicates
@@ -167,9 +173,12 @@ def ingest_file(collector: InProcessCollector, path: Path, *, kind: str, batch_s
         except BatchValidationError as exc:
             bad = {p["index"] for p in exc.problems}
             for problem in exc.problems:
-                if problem["index"] is not None:
-                    line = batch[int(problem["index"])][0]
-                    rejected.append((line, f"{problem['field']}: {problem['message']}"))
+                reason, index = f"{problem['field']}: {problem['message']}", problem["index"]
+                if isinstance(index, int):
+                    reject(batch[index][0], reason)
+                else:  # the batch as a whole: none of its lines is stored
+                    for line, _ in batch:
+                        reject(line, reason)
             good = [item for i, (_, item) in enumerate(batch) if i not in bad]
             if good and None not in bad:
                 result = log_batch(good)
@@ -181,13 +190,14 @@ def ingest_file(collector: InProcessCollector, path: Path, *, kind: str, batch_s
         for number, item, nbytes in _read_lines(path):
             bar.update(nbytes)
             if isinstance(item, json.JSONDecodeError):
-                rejected.append((number, f"malformed JSON: {item.msg}"))
+                reject(number, f"malformed JSON: {item.msg}")
                 continue
             batch.append((number, item))
             if len(batch) >= batch_size:
                 flush()
         flush()
-    return new, duplicates, sorted(rejected)
+    return new, duplicates, [(line, "; ".join(reasons))
+                             for line, reasons in sorted(rejected.items())]
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -200,7 +210,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                                                 batch_size=args.batch_size)
     finally:
         collector.close()
-    print(f"{path}: {new} stored, {duplicates} duplicates skipped, {len(rejected)} rejected")
+    print(f"{path}: {new} stored, {duplicates} duplicates skipped, {len(rejected)} "
+          f"line{'' if len(rejected) == 1 else 's'} rejected")
     for line, reason in rejected[:50]:
         print(f"  line {line}: {reason}")
     if len(rejected) > 50:
@@ -232,7 +243,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                        "or MONITOR_INSECURE_OPEN=true)")
     serve.set_defaults(func=cmd_serve)
     ingest = sub.add_parser("ingest", help="bulk import a JSONL or Parquet file of events")
-    ingest.add_argument("file")
-    ingest.add_argument("--kind", choices=["inference", "override"], default="inference")
-    ingest.add_argument("--batch-size", type=int, default=1000)
+    ingest.add_argument("file", help="a .jsonl file (one event per line) or a .parquet file "
+                        "(one event per row)")
+    ingest.add_argument("--kind", choices=["inference", "override"], default="inference",
+                        help="what the file holds: inference events or radiologist reads "
+                        "(default inference)")
+    ingest.add_argument("--batch-size", type=int, default=1000,
+                        help="events validated and stored together (default 1000); a bad line "
+                        "is skipped, never its batch")
     ingest.set_defaults(func=cmd_ingest)

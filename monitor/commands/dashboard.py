@@ -14,10 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dashboards
 from monitor.config import Settings, load_settings
 from monitor.errors import ConfigError
 
-APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
+# The Streamlit app ships in the wheel as the ``dashboards`` package, beside ``monitor``.
+APP = Path(dashboards.__file__).resolve().parent / "app.py"
 
 
 def streamlit_command(*, app: Path, address: str, port: int) -> list[str]:
@@ -67,8 +69,6 @@ def check_address(address: str, settings: Settings, *, insecure_open: bool) -> N
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     settings = load_settings()  # fail here, naming the variable, rather than in the browser
-    if not APP.is_file():
-        raise ConfigError(f"the dashboard app {APP} is missing (run from a source checkout)")
     check_address(args.address, settings,
                   insecure_open=bool(args.insecure_open or settings.insecure_open))
     port = args.port or settings.dashboard_port

@@ -1,4 +1,9 @@
-"""`monitor demo`: a simulated deployment built into the default database, then served."""
+"""`monitor demo`: a simulated deployment built into the default database, then served.
+
+The API and the dashboard start as soon as the events, the registry and the baselines are
+in; the daily checks (about 46, several seconds each) then fill in behind them in a thread
+of the server, which logs its progress ("daily checks: 12/46") while the dashboard's
+Overview shows how many daily windows are checked. ``--no-serve`` runs every check first."""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import logging
 import math
 import os
 import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
-from monitor import registry
+from monitor import registry, simulate
 from monitor.alerting.engine import process_check_run
 from monitor.baselines import create_baseline
 from monitor.checks import CheckOutcome, run_check
@@ -21,27 +29,26 @@ from monitor.commands.dashboard import APP, streamlit_command
 from monitor.config import Settings, ensure_secret_key, load_settings
 from monitor.runtime import Runtime
 from monitor.schema import TimestampBounds
-from monitor.server import serve
+from monitor.server import Backfill, serve
 from monitor.simulate import SimulatedDeployment, simulate_deployment
 from monitor.store import repo
 from monitor.store.db import make_engine, session_scope, upgrade
 from monitor.store.results import list_baselines, list_check_runs
-from monitor.windows import GRID_LABEL, grid_windows
+from monitor.windows import GRID_LABEL, Window, grid_windows
 
 log = logging.getLogger("monitor.demo")
 
 
 def load_deployment(runtime: Runtime, deployment: SimulatedDeployment, *,
                     batch_size: int = 1000) -> int:
-    """Ingest the simulated events in arrival order, announcing each episode as it starts.
-    Event ids are deterministic, so loading twice stores nothing new."""
+    """Ingest the simulated events in arrival order (the episode calendar is printed once,
+    before, by ``SimulatedDeployment.describe``). Event ids are deterministic, so loading
+    twice stores nothing new."""
     collector = InProcessCollector(runtime)
     new = 0
     total = len(deployment.inferences) + len(deployment.overrides)
     with tqdm(total=total, unit="event", desc="loading demo events") as bar:
         for batch in deployment.iter_batches(batch_size):
-            for episode in batch.episodes_started:
-                tqdm.write(episode.log_line())
             log_batch = (collector.log_inferences if batch.kind == "inference"
                          else collector.log_overrides)
             new += log_batch(batch.events).new
@@ -61,9 +68,11 @@ def accepting(settings: Settings, deployment: SimulatedDeployment) -> Settings:
     })
 
 
-def build_demo(settings: Settings, *, seed: int, n_studies: int) -> Runtime:
-    """Create the schema and key, load the deployment, register versions, build baselines and
-    run the daily checks. Returns the open runtime."""
+def build_demo(settings: Settings, *, seed: int, n_studies: int,
+               steps: Sequence[DemoStep] | None = None) -> tuple[Runtime, SimulatedDeployment]:
+    """Create the schema and key, load the deployment, then run ``steps`` (default
+    ``DEMO_STEPS``: register versions, build baselines, run the daily checks). Returns the
+    open runtime and the deployment."""
     deployment = simulate_deployment(seed=seed, n_studies=n_studies)
     print(deployment.describe())
     settings = accepting(settings, deployment)
@@ -77,9 +86,9 @@ def build_demo(settings: Settings, *, seed: int, n_studies: int) -> Runtime:
     else:
         new = load_deployment(runtime, deployment)
         print(f"stored {new} new events")
-    for step in DEMO_STEPS:
+    for step in DEMO_STEPS if steps is None else steps:
         step(runtime, deployment)
-    return runtime
+    return runtime, deployment
 
 
 def register_versions(runtime: Runtime, deployment: SimulatedDeployment) -> None:
@@ -121,56 +130,120 @@ def _evaluate_alerts_at_window_end(runtime: Runtime, outcome: CheckOutcome) -> N
     process_check_run(runtime, outcome.check_run_id, now=outcome.window.end)
 
 
-def run_daily_checks(runtime: Runtime, deployment: SimulatedDeployment) -> None:
-    """The checks the scheduler would have run: the daily grid (``grid_windows``), every
-    local day after each version's baseline week to the end of the deployment, each once and
-    oldest first, with the alert rules evaluated at each window's end. Prints the days that
-    are not green and the streams at warning or page on them."""
+@dataclass(frozen=True)
+class DailyChecks:
+    """The demo's daily grid: ``total`` windows (every local day after each version's baseline
+    week to the end of the deployment), of which ``todo`` are not stored yet, as (version,
+    window), oldest first and by version within a day."""
+
+    model: str
+    total: int
+    todo: tuple[tuple[str, Window], ...]
+
+    @property
+    def done_before(self) -> int:
+        return self.total - len(self.todo)
+
+
+def plan_daily_checks(runtime: Runtime, deployment: SimulatedDeployment) -> DailyChecks:
+    """The checks the scheduler would have run (``grid_windows``), less those stored."""
     zone = runtime.settings.zone
     with session_scope(runtime.sessions) as session:
         baselines = {b.version: b for b in list_baselines(session, model=deployment.model)}
         done = {(r.version, r.window_start, r.window_end) for r in
                 list_check_runs(session, model=deployment.model, limit=100_000)
                 if r.window_label == GRID_LABEL}
-    todo = []
+    grid = []
     for version in deployment.model_versions:
         after = baselines[version].window_end or deployment.baseline_end
-        for window in grid_windows(after=after, until=deployment.end, zone=zone):
-            if (version, window.start, window.end) not in done:
-                todo.append((window.start, version, window))
-    todo.sort(key=lambda item: (item[0], item[1]))
-    for _, version, window in tqdm(todo, unit="check", desc="daily checks"):
-        outcome = run_check(runtime, model=deployment.model, version=version,
-                            start=window.start, end=window.end,
-                            hooks=[_evaluate_alerts_at_window_end])
+        grid += [(window.start, version, window) for window in
+                 grid_windows(after=after, until=deployment.end, zone=zone)]
+    grid.sort(key=lambda item: (item[0], item[1]))
+    todo = tuple((version, window) for _, version, window in grid
+                 if (version, window.start, window.end) not in done)
+    return DailyChecks(model=deployment.model, total=len(grid), todo=todo)
+
+
+def check_days(runtime: Runtime, plan: DailyChecks, *, stop: threading.Event | None = None,
+               bar: bool = True) -> int:
+    """Run the planned checks in order, each with the alert rules evaluated at its window's
+    end; print the days that are not green and the streams at warning or page on them.
+    Progress: a tqdm bar (``bar``), else one log line per check ("daily checks: 12/46").
+    Stops before the next check once ``stop`` is set. Returns the checks run."""
+    say = tqdm.write if bar else log.info
+    if not bar:
+        log.info("daily checks: %d/%d, running the rest in the background (the dashboard's "
+                 "Overview shows how far they are)", plan.done_before, plan.total)
+    ran = 0
+    for version, window in tqdm(plan.todo, unit="check", desc="daily checks", disable=not bar):
+        if stop is not None and stop.is_set():
+            log.info("daily checks stopped at %d/%d: the next `monitor demo` runs the rest",
+                     plan.done_before + ran, plan.total)
+            break
+        outcome = run_check(runtime, model=plan.model, version=version, start=window.start,
+                            end=window.end, hooks=[_evaluate_alerts_at_window_end])
+        ran += 1
         if outcome.health is not None and outcome.health.status != "green":
             streams = ", ".join(f"{s.stream} {s.level} (Z {s.statistic:.1f}, "
                                 f"{s.days} days)" for s in outcome.escalated[:3])
-            tqdm.write(f"{outcome.day} {version}: health {outcome.health.status} "
-                       f"({outcome.health.score:.2f}): {streams}")
+            say(f"{outcome.day} {version}: health {outcome.health.status} "
+                f"({outcome.health.score:.2f}): {streams}")
+        if not bar:
+            log.info("daily checks: %d/%d", plan.done_before + ran, plan.total)
+    return ran
 
 
-DEMO_STEPS = (register_versions, build_baselines, run_daily_checks)
+def run_daily_checks(runtime: Runtime, deployment: SimulatedDeployment) -> None:
+    """Every daily check of the demo not yet stored, here and now (``--no-serve``)."""
+    check_days(runtime, plan_daily_checks(runtime, deployment))
 
 
-DEMO_ALERT_RULES = Path(__file__).resolve().parents[2] / "alerts" / "monitor-rules.demo.yml"
+def checks_in_background(plan: DailyChecks) -> Backfill:
+    """The planned checks as ``serve``'s back-fill: they run beside the API and the
+    dashboard, stop on Ctrl-C, and hand over to the scheduler when done."""
+    def work(runtime: Runtime, stop: threading.Event) -> None:
+        ran = check_days(runtime, plan, stop=stop, bar=False)
+        if ran == len(plan.todo):
+            log.info("daily checks: all %d done", plan.total)
+
+    return work
+
+
+DemoStep = Callable[[Runtime, SimulatedDeployment], None]
+DEMO_STEPS: tuple[DemoStep, ...] = (register_versions, build_baselines, run_daily_checks)
+SERVE_STEPS: tuple[DemoStep, ...] = (register_versions, build_baselines)  # checks: beside
+
+
+# The demo's alert rules ship inside the package, so an installed wheel finds them.
+DEMO_ALERT_RULES = Path(simulate.__file__).resolve().parent / "demo-alert-rules.yml"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the demo. With ``--no-serve`` every daily check runs before returning; otherwise
+    the API and the dashboard are served as soon as the baselines exist and the daily checks
+    fill in behind them (``checks_in_background``)."""
     settings = load_settings()
-    if settings.alert_rules_file is None and DEMO_ALERT_RULES.is_file():
+    if settings.alert_rules_file is None:
         settings = settings.model_copy(update={"alert_rules_file": DEMO_ALERT_RULES})
     if not args.verbose:  # one line per check and alert would bury the progress bar
         for name in ("monitor.checks", "monitor.alerting", "monitor.baselines"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    build_demo(settings, seed=args.seed, n_studies=args.studies).close()
-    if args.no_serve:
+    runtime, deployment = build_demo(settings, seed=args.seed, n_studies=args.studies,
+                                     steps=DEMO_STEPS if args.no_serve else SERVE_STEPS)
+    try:
+        plan = None if args.no_serve else plan_daily_checks(runtime, deployment)
+    finally:
+        runtime.close()
+    del deployment  # the events: not needed while serving
+    if plan is None:
         return 0
     dashboard = start_dashboard(settings)
-    print(f"dashboard: http://127.0.0.1:{settings.dashboard_port}   "
-          f"API: http://{settings.host}:{settings.port}/docs   Ctrl-C stops both", flush=True)
     try:
-        serve(settings, host=settings.host, port=settings.port)
+        print(f"dashboard: http://127.0.0.1:{settings.dashboard_port}   "
+              f"API: http://{settings.host}:{settings.port}/docs   Ctrl-C stops both "
+              "(and the daily checks)", flush=True)
+        serve(settings, host=settings.host, port=settings.port,
+              backfill=checks_in_background(plan) if plan.todo else None)
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=10)
@@ -189,7 +262,11 @@ def start_dashboard(settings: Settings) -> subprocess.Popen[bytes]:
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo = sub.add_parser("demo", help="build a simulated deployment into the database and "
                           "serve it")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--studies", type=int, default=21_000)
-    demo.add_argument("--no-serve", action="store_true", help="build the data, then exit")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="the simulation's seed: the same seed gives the same events "
+                      "(default 0)")
+    demo.add_argument("--studies", type=int, default=21_000,
+                      help="studies over the 30 simulated days (default 21000)")
+    demo.add_argument("--no-serve", action="store_true",
+                      help="build the data and run every daily check, then exit")
     demo.set_defaults(func=cmd_demo)

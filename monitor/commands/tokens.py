@@ -117,7 +117,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     create.set_defaults(func=cmd_create)
 
     revoke = actions.add_parser("revoke", help="revoke a token")
-    revoke.add_argument("--name", required=True)
+    revoke.add_argument("--name", required=True, help="the token's name (`monitor token list`)")
     revoke.add_argument("--actor", default=None, help="who revokes it (default: the OS user)")
     revoke.set_defaults(func=cmd_revoke)
 
@@ -126,7 +126,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     imported = actions.add_parser("import", help="store a token read from a file (a Docker "
                                   "secret); nothing happens if it is already stored")
-    imported.add_argument("--name", required=True)
+    imported.add_argument("--name", required=True, help="unique; the actor in the audit log")
     imported.add_argument("--role", required=True, help=roles)
     imported.add_argument("--file", required=True, help="a file holding the token")
     imported.add_argument("--actor", default=None, help="who imports it (default: the OS user)")

@@ -133,25 +133,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                               ).add_subparsers(dest="versions_command", required=True)
 
     listing = versions.add_parser("list", help="versions with status, aliases and baseline")
-    listing.add_argument("--model")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--model", help="only this model's versions")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(func=cmd_list)
 
     register = versions.add_parser("register", help="register a model version")
-    register.add_argument("model")
-    register.add_argument("version")
-    register.add_argument("--status", default="candidate", choices=["candidate", "shadow"])
-    register.add_argument("--embedding-dim", type=int)
-    register.add_argument("--notes")
-    register.add_argument("--reason")
+    register.add_argument("model", help="the model's name")
+    register.add_argument("version", help="the version, e.g. 1.4.0")
+    register.add_argument("--status", default="candidate", choices=["candidate", "shadow"],
+                          help="candidate (default) or shadow (runs beside production, "
+                          "unseen); active comes only from a promotion")
+    register.add_argument("--embedding-dim", type=int,
+                          help="length of its embeddings (default: learnt from its first "
+                          "event)")
+    register.add_argument("--notes", help="free text kept with the version")
+    register.add_argument("--reason", help="why (audit log)")
     _actor(register)
     register.set_defaults(func=cmd_register)
 
     promote = versions.add_parser("promote", help="point an alias (production) at a version")
-    promote.add_argument("model")
-    promote.add_argument("version")
-    promote.add_argument("--reason", required=True)
-    promote.add_argument("--alias", default="production")
+    promote.add_argument("model", help="the model's name")
+    promote.add_argument("version", help="the version the alias will point at")
+    promote.add_argument("--reason", required=True, help="why (audit log)")
+    promote.add_argument("--alias", default="production",
+                         help="the alias to move (default production)")
     promote.add_argument("--force", action="store_true",
                          help="promote a version that was rolled back for cause")
     _actor(promote)
@@ -159,11 +164,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     rollback = versions.add_parser("rollback", help="move an alias back now and call the "
                                    "deploy hook")
-    rollback.add_argument("model")
+    rollback.add_argument("model", help="the model's name")
     rollback.add_argument("--to", help="default: the last version that was live with a "
                           "baseline and no critical alert")
-    rollback.add_argument("--reason", required=True)
-    rollback.add_argument("--alias", default="production")
+    rollback.add_argument("--reason", required=True, help="why (audit log)")
+    rollback.add_argument("--alias", default="production",
+                          help="the alias to move back (default production)")
     rollback.add_argument("--alert-id", type=int, help="the alert that caused it")
     rollback.add_argument("--force", action="store_true", help="roll back to a version without "
                           "baseline or one that was rolled back for cause")
@@ -171,30 +177,36 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     rollback.set_defaults(func=cmd_rollback)
 
     recs = versions.add_parser("recommendations", help="rollback recommendations")
-    recs.add_argument("--model")
-    recs.add_argument("--status", choices=["pending", "executed", "rejected"])
-    recs.add_argument("--json", action="store_true")
+    recs.add_argument("--model", help="only this model's recommendations")
+    recs.add_argument("--status", choices=["pending", "executed", "rejected"],
+                      help="only recommendations in this state (default: all)")
+    recs.add_argument("--json", action="store_true", help="print JSON instead of lines")
     recs.set_defaults(func=cmd_recommendations)
 
     for name, func, text in (("approve", cmd_approve, "approve and execute a recommendation"),
                              ("reject", cmd_reject, "reject a recommendation")):
         decide = versions.add_parser(name, help=text)
-        decide.add_argument("recommendation_id", type=int)
-        decide.add_argument("--reason", required=True)
+        decide.add_argument("recommendation_id", type=int,
+                            help="its id (`monitor versions recommendations`)")
+        decide.add_argument("--reason", required=True, help="why (audit log)")
         if name == "approve":
-            decide.add_argument("--force", action="store_true")
+            decide.add_argument("--force", action="store_true",
+                                help="roll back even to a version without a baseline or one "
+                                "that was rolled back for cause")
         _actor(decide)
         decide.set_defaults(func=func)
 
     retry = versions.add_parser("retry-hook", help="call a failed deploy hook again")
-    retry.add_argument("recommendation_id", type=int)
-    retry.add_argument("--reason")
+    retry.add_argument("recommendation_id", type=int,
+                       help="the executed recommendation whose hook failed")
+    retry.add_argument("--reason", help="why (audit log)")
     _actor(retry)
     retry.set_defaults(func=cmd_retry_hook)
 
     audit = versions.add_parser("audit", help="the audit log, newest first")
-    audit.add_argument("--model")
-    audit.add_argument("--action")
-    audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--model", help="only this model's entries")
+    audit.add_argument("--action", help="only this action (promote, rollback, register, "
+                       "baseline_created, acknowledge_alert, ...)")
+    audit.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of lines")
     audit.set_defaults(func=cmd_audit)

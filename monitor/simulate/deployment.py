@@ -25,7 +25,6 @@ Where each part is modelled:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,7 +57,6 @@ from monitor.simulate.summary import describe
 
 DEFAULT_START = datetime(2026, 10, 1, tzinfo=UTC)
 STUDIES_PER_DAY = 700
-logger = logging.getLogger(__name__)
 _TABLE_COLUMNS = ("time_s", "patient", "repeat_patient", "site", "scanner", "view", "female",
                   "age_years", "pneumothorax", "effusion", "new_vendor", "prevalence_raised")
 
@@ -155,7 +153,9 @@ class SimulatedDeployment:
 
         Each slice of the merged timeline yields its inference batch, then its override
         batch, so every override comes after the inference it reads. An episode is reported
-        (``episodes_started``) on the first batch of the slice in which it starts.
+        (``episodes_started``) on the first batch of the slice in which it starts, and on no
+        other; nothing is logged here (``describe`` lists the calendar, announcing an episode
+        is the caller's choice).
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size has value {batch_size}; must be >= 1")
@@ -172,8 +172,6 @@ class SimulatedDeployment:
             chunk_end = self.start + timedelta(seconds=int(times[chunk[-1]]))
             started = tuple(e for e in pending if e.start <= chunk_end)
             pending = [e for e in pending if e.start > chunk_end]
-            for episode in started:
-                logger.info(episode.log_line())
             for kind, source in ((0, self.inferences), (1, self.overrides)):
                 rows = index[chunk[kinds[chunk] == kind]]
                 if rows.size == 0:

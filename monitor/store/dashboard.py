@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from sqlalchemy import Float, Integer, and_, case, cast, exists, false, func, or
 from sqlalchemy.orm import Session, aliased
 
 from monitor.alerting.incidents import STRATUM_FIELDS
+from monitor.baselines import monitored_versions
 from monitor.detect.sequential import STREAM_DETECTOR
 from monitor.detect.stats import wilson_interval
 from monitor.errors import ValidationError
@@ -37,6 +39,8 @@ from monitor.store.models import (
     Override,
     RollbackRecommendation,
 )
+from monitor.store.results import newest_baseline, stored_windows
+from monitor.windows import GRID_LABEL, as_utc, grid_until, grid_windows, newest_timestamp
 
 ACTIVE_ALIAS = "production"
 BIAS_DETECTOR = "SubgroupBias"
@@ -328,6 +332,43 @@ def model_statuses(session: Session, *, start: datetime | None = None,
             critical_incidents=severities.count("critical"),
         ))
     return statuses
+
+
+@dataclass(frozen=True)
+class GridProgress:
+    """How far the daily grid's checks are: ``expected`` grid windows (every complete local
+    day after a monitored version's baseline up to its newest data, as the scheduler counts
+    them: ``monitor.windows.grid_until``), ``checked`` of them with a stored run."""
+
+    expected: int
+    checked: int
+
+    @property
+    def filling_in(self) -> bool:
+        """Days are still waiting for their check (a back-fill, a new version, an outage)."""
+        return self.checked < self.expected
+
+
+def grid_progress(session: Session, *, timezone: str, now: datetime | None = None
+                  ) -> GridProgress:
+    """Checked and expected grid windows over every monitored version (the ``production``
+    alias and every active version) that has a baseline."""
+    zone, now = ZoneInfo(timezone), now or datetime.now(UTC)
+    expected = checked = 0
+    for info in monitored_versions(session):
+        baseline = newest_baseline(session, info.id)
+        newest = newest_timestamp(session, info.id)
+        if baseline is None or baseline.window_end is None or newest is None:
+            continue
+        windows = grid_windows(after=baseline.window_end, until=grid_until(now, newest, zone),
+                               zone=zone)
+        if not windows:
+            continue
+        stored = {(as_utc(start), as_utc(end)) for start, end in stored_windows(
+            session, info.id, label=GRID_LABEL, start=windows[0].start, end=windows[-1].end)}
+        expected += len(windows)
+        checked += sum((w.start, w.end) in stored for w in windows)
+    return GridProgress(expected=expected, checked=checked)
 
 
 def count_studies(session: Session, filters: Filters) -> int:

@@ -30,8 +30,9 @@ from monitor.store.tokens import GRANTS, ROLES, new_token
 from tests.api.conftest import HEADERS, store_test_tokens
 from tests.conftest import open_runtime
 
-# Unauthenticated on purpose: liveness and readiness probes, and the API's own description.
-PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+# Unauthenticated on purpose: liveness and readiness probes, the API's own description, and
+# the home page that links them (``monitor.api.home``: nothing from the database).
+PUBLIC_PATHS = {"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                 "/redoc"}
 PATH_VALUES = {"model": "cxr-triage", "version": "1.0.0", "name": "nobody"}
 CALLERS = (*ROLES, "no token", "wrong token")
@@ -108,7 +109,7 @@ def guarded(sqlite_url: str, tmp_path: Path) -> Iterator[TestClient]:
 def test_every_route_declares_a_role(runtime: Runtime) -> None:
     app = create_app(runtime)
     assert undeclared(app) == []
-    assert {"/healthz", "/openapi.json"} <= {route.path for route in all_routes(app)}
+    assert {"/", "/healthz", "/openapi.json"} <= {route.path for route in all_routes(app)}
     assert len(endpoints(app)) >= 30
     assert {route_role(r) for _, _, r in endpoints(app)} == set(ROLES)
 

@@ -768,3 +768,23 @@ def test_dashboard_command_says_one_line_and_exits_2(
     assert main(["dashboard", "--address", "0.0.0.0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refusing to serve the dashboard on 0.0.0.0" in err[0]
+
+
+def test_overview_says_how_far_the_daily_checks_are(dashboard_env: DashboardData) -> None:
+    with session_scope(dashboard_env.runtime.sessions) as session:
+        progress = q.grid_progress(session, timezone="UTC")
+    assert progress.filling_in and progress.expected > 0
+    at = open_page()
+    banners = [str(i.value) for i in at.info if "filling in" in str(i.value)]
+    assert banners == [f"Checks are still filling in: {progress.checked} of "
+                       f"{progress.expected} daily windows checked. Health, drift and alerts "
+                       "show the days checked so far."]
+
+
+def test_the_checks_banner_is_gone_once_every_window_is_checked(
+        dashboard_env: DashboardData, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(q, "grid_progress",
+                        lambda session, **_: q.GridProgress(expected=46, checked=46))
+    at = open_page()
+    assert not [i for i in at.info if "filling in" in str(i.value)]
+    assert metric(at, "Active version") == PRODUCTION  # the rest of the page is there

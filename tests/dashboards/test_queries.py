@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from monitor.baselines import monitored_versions
+from monitor.checks import CheckOptions, run_check
 from monitor.collect.inprocess import InProcessCollector
 from monitor.runtime import Runtime
+from monitor.scheduler import due_grid_windows
 from monitor.simulate import SimulatedDeployment
 from monitor.store import dashboard as q
 from monitor.store.db import session_scope
@@ -347,3 +350,27 @@ def test_an_incidents_strongest_evidence_gives_its_effect_and_direction() -> Non
     assert q.effect_direction(performance) == "lower"
     assert q.effect_direction({**performance, "current": {"value": 0.91}}) == "higher"
     assert q.effect_direction(None) == ""
+
+
+def test_grid_progress_counts_the_days_the_scheduler_still_owes(
+        loaded: tuple[Runtime, SimulatedDeployment]) -> None:
+    """Expected: every complete grid day after each monitored version's baseline, as the
+    scheduler counts them; checked: those stored. The Overview's banner shows the two."""
+    runtime, deployment = loaded
+    days = deployment.days - 7  # after the clean baseline week
+    now = datetime.now(UTC)
+    progress = run(runtime, "grid_progress", timezone="UTC", now=now)
+    assert (progress.expected, progress.checked, progress.filling_in) == (2 * days, 0, True)
+    with session_scope(runtime.sessions) as session:
+        owed = sum(len(due_grid_windows(session, info, zone=UTC, now=now))
+                   for info in monitored_versions(session))
+    assert owed == progress.expected - progress.checked
+    run_check(runtime, model=MODEL, version=PRODUCTION, day=(deployment.start
+              + timedelta(days=7)).date(), options=CheckOptions(n_permutations=20,
+                                                                report=False))
+    assert run(runtime, "grid_progress", timezone="UTC", now=now) == q.GridProgress(
+        expected=2 * days, checked=1)
+    # with the clock in the middle of the data, only the days that have ended count
+    midway = deployment.start + timedelta(days=10, hours=5)
+    assert run(runtime, "grid_progress", timezone="UTC", now=midway) == q.GridProgress(
+        expected=2 * 3, checked=1)
