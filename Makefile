@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   # builds .venv, loads the simulated deployment into monitor.db, serves API + dashboard
-#   make test   # builds .venv, runs ruff and the whole test suite
+#   make test   # builds .venv, runs ruff, mypy and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,6 +18,7 @@ demo: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: lint
 	DO_NOT_TRACK=1 $(BIN)/pytest

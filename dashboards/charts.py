@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -19,9 +21,11 @@ FAMILY_COLOURS = {"embedding": "#1565c0", "metadata": "#00838f", "prediction": "
 WARNING_LEVEL, PAGE_LEVEL = "warning level", "page level"
 # Drawn as SVG, so the legend is text: readable by a screen reader and a browser test.
 SVG = {"embedOptions": {"renderer": "svg"}}
+# What the builders return: altair composes charts into layers and facets.
+Chart: TypeAlias = alt.Chart | alt.LayerChart | alt.FacetChart
 
 
-def _empty(message: str) -> alt.Chart:
+def _empty(message: str) -> Chart:
     return alt.Chart(pd.DataFrame({"text": [message]})).mark_text(size=14, color="#777").encode(
         text="text:N").properties(height=80)
 
@@ -30,7 +34,7 @@ def _time(field: str, title: str = "") -> alt.X:
     return alt.X(f"{field}:T", title=title, axis=alt.Axis(format="%b %d"))
 
 
-def health_bands(x_min: pd.Timestamp, x_max: pd.Timestamp) -> alt.LayerChart:
+def health_bands(x_min: pd.Timestamp, x_max: pd.Timestamp) -> Chart:
     """Red, amber and green backgrounds (fixed colours: no colour scale shared with the
     lines drawn over them)."""
     layers = []
@@ -42,7 +46,7 @@ def health_bands(x_min: pd.Timestamp, x_max: pd.Timestamp) -> alt.LayerChart:
     return alt.layer(*layers)
 
 
-def health_trend(frame: pd.DataFrame, *, height: int = HEIGHT) -> alt.Chart:
+def health_trend(frame: pd.DataFrame, *, height: int = HEIGHT) -> Chart:
     """Health score per window end and version over red/amber/green bands."""
     if frame.empty:
         return _empty("no completed checks in this range")
@@ -62,7 +66,7 @@ def health_trend(frame: pd.DataFrame, *, height: int = HEIGHT) -> alt.Chart:
     return alt.layer(health_bands(x_min, x_max), line).properties(height=height)
 
 
-def volume(frame: pd.DataFrame, *, height: int = HEIGHT) -> alt.Chart:
+def volume(frame: pd.DataFrame, *, height: int = HEIGHT) -> Chart:
     """Studies per day, stacked by version."""
     if frame.empty:
         return _empty("no studies in this range")
@@ -74,7 +78,7 @@ def volume(frame: pd.DataFrame, *, height: int = HEIGHT) -> alt.Chart:
     ).properties(height=height)
 
 
-def drift_heatmap(frame: pd.DataFrame) -> alt.Chart:
+def drift_heatmap(frame: pd.DataFrame) -> Chart:
     """Every detector (row) by window (column): colour -log10 p (or drift for bound-only
     detectors), a cross where drift was found, grey where the detector failed or had too
     little data."""
@@ -110,7 +114,7 @@ def drift_heatmap(frame: pd.DataFrame) -> alt.Chart:
 
 def detector_series(series: pd.DataFrame, *, baselines: pd.DataFrame, episodes: pd.DataFrame,
                     markers: pd.DataFrame | None = None, title: str,
-                    height: int = 220) -> alt.LayerChart | alt.Chart:
+                    height: int = 220) -> Chart:
     """One detector's p-value (log axis) or statistic per window, its threshold as a dashed
     red line, the baseline period shaded grey, the detector's own alert episodes shaded
     orange (fired until resolved), and model-level alerts (``markers``, e.g. the health
@@ -191,7 +195,7 @@ def _series_labels(data: pd.DataFrame, title: str) -> pd.Series:
 
 
 def sequential_evidence(frame: pd.DataFrame, *, title: str,
-                        height: int = HEIGHT) -> alt.LayerChart | alt.Chart:
+                        height: int = HEIGHT) -> Chart:
     """The sequential statistic per family and day of one version (a ``family_evidence``
     frame): one line per family, the largest statistic of its streams over its page threshold,
     so the page level is 1 for every family; the page level dashed red, the warning level of
@@ -231,7 +235,7 @@ def sequential_evidence(frame: pd.DataFrame, *, title: str,
                                                       usermeta=SVG)
 
 
-def attribution_bars(frame: pd.DataFrame, *, top: int = 10) -> alt.Chart:
+def attribution_bars(frame: pd.DataFrame, *, top: int = 10) -> Chart:
     if frame.empty:
         return _empty("no attribution for this window (no drift found to attribute)")
     data = frame.head(top).copy()
@@ -249,7 +253,7 @@ def attribution_bars(frame: pd.DataFrame, *, top: int = 10) -> alt.Chart:
     ).properties(height=alt.Step(24))
 
 
-def mix_area(frame: pd.DataFrame, *, title: str, height: int = HEIGHT) -> alt.Chart:
+def mix_area(frame: pd.DataFrame, *, title: str, height: int = HEIGHT) -> Chart:
     """Share of studies per day by value, stacked to 100%."""
     if frame.empty:
         return _empty("no studies in this range")
@@ -263,7 +267,7 @@ def mix_area(frame: pd.DataFrame, *, title: str, height: int = HEIGHT) -> alt.Ch
     ).properties(height=height)
 
 
-def first_seen_marks(frame: pd.DataFrame) -> alt.Chart:
+def first_seen_marks(frame: pd.DataFrame) -> Chart:
     """A timeline dot per value at the date it appeared; new ones in red."""
     if frame.empty:
         return _empty("nothing seen")
@@ -278,7 +282,7 @@ def first_seen_marks(frame: pd.DataFrame) -> alt.Chart:
     ).properties(height=alt.Step(24))
 
 
-def forest(frame: pd.DataFrame, *, metric: str, height: int | None = None) -> alt.Chart:
+def forest(frame: pd.DataFrame, *, metric: str, height: int | None = None) -> Chart:
     """Forest plot of one metric: each subgroup's value with its Wilson interval, the rest of
     the window as a dashed reference line; insufficient-data groups grey and labelled."""
     data = frame[frame["metric"] == metric].copy()
@@ -322,7 +326,7 @@ def forest(frame: pd.DataFrame, *, metric: str, height: int | None = None) -> al
 
 
 def rate_over_time(frame: pd.DataFrame, *, metric: str, title: str,
-                   height: int = 220) -> alt.Chart:
+                   height: int = 220) -> Chart:
     """A daily rate with its Wilson 95% band."""
     data = frame.dropna(subset=[metric])
     if data.empty:
@@ -341,7 +345,7 @@ def rate_over_time(frame: pd.DataFrame, *, metric: str, title: str,
     return (band + line).properties(title=title, height=height)
 
 
-def coverage_and_delay(frame: pd.DataFrame, *, height: int = 200) -> alt.Chart:
+def coverage_and_delay(frame: pd.DataFrame, *, height: int = 200) -> Chart:
     if frame.empty:
         return _empty("no studies in this range")
     base = alt.Chart(frame).encode(x=alt.X("day:T", title=None, axis=alt.Axis(format="%b %d")))
@@ -358,7 +362,7 @@ def coverage_and_delay(frame: pd.DataFrame, *, height: int = 200) -> alt.Chart:
     return alt.layer(coverage, delay).resolve_scale(y="independent").properties(height=height)
 
 
-def delay_histogram(frame: pd.DataFrame, *, height: int = 200) -> alt.Chart:
+def delay_histogram(frame: pd.DataFrame, *, height: int = 200) -> Chart:
     if frame.empty or frame["reads"].sum() == 0:
         return _empty("no reads in this range")
     return alt.Chart(frame).mark_bar(color="#6a1b9a").encode(
@@ -368,7 +372,7 @@ def delay_histogram(frame: pd.DataFrame, *, height: int = 200) -> alt.Chart:
     ).properties(height=height)
 
 
-def version_comparison(frame: pd.DataFrame, *, height: int = 240) -> alt.Chart:
+def version_comparison(frame: pd.DataFrame, *, height: int = 240) -> Chart:
     """Rates of two (or more) versions side by side with their intervals."""
     data = frame.dropna(subset=["value"])
     if data.empty:

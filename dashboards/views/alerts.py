@@ -20,7 +20,6 @@ from dashboards.common import (
     done_confirming,
     fmt_day,
     fmt_time,
-    md,
     query,
     refresh,
     runtime_for,
@@ -28,6 +27,7 @@ from dashboards.common import (
 )
 from monitor.alerting.config import load_config
 from monitor.errors import MonitorError
+from monitor.safe_output import markdown_text as md
 from monitor.store.dashboard import (
     ACCEPTABLE_CAUSES,
     CLOSED_INCIDENT_STATES,
@@ -249,7 +249,7 @@ def action_form(ctx: Context, active: pd.DataFrame) -> None:
     labels = {int(r.alert_id): f"#{r.alert_id} {r.severity} {r.rule} ({r.model_version})"
               for r in active.itertuples()}
     with st.form("alert_action", clear_on_submit=False):
-        alert_id = st.selectbox("Finding", list(labels), format_func=labels.get,
+        alert_id = st.selectbox("Finding", list(labels), format_func=labels.__getitem__,
                                 key="alert_action_id")
         action = st.radio("Action", ["acknowledge", "silence"], horizontal=True,
                           key="alert_action_kind")

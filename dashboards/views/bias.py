@@ -14,7 +14,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts
-from dashboards.common import Context, context, fmt_p, fmt_rate, md, query, scope_caption
+from dashboards.common import Context, context, fmt_p, fmt_rate, query, scope_caption
+from monitor.safe_output import markdown_text as md
 from monitor.store.dashboard import BIAS_DETECTOR, Filters
 
 # Columns the page reads beyond the per-window ones (empty for results stored before the
@@ -131,7 +132,7 @@ def render(ctx: Context) -> None:
               f"{r.window_label} ({r.n_studies} studies)" for r in runs.itertuples()}
     ids = list(labels)
     run_id = st.selectbox("Window", ids, index=ids.index(latest) if latest in ids else 0,
-                          format_func=labels.get, key="bias_window")
+                          format_func=labels.__getitem__, key="bias_window")
     frame = query(ctx.settings, "bias_table", int(run_id))
     if frame.empty:
         st.info("This window has no subgroup results.")

@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts
-from dashboards.common import Context, context, fmt_p, fmt_time, md, query, scope_caption
+from dashboards.common import Context, context, fmt_p, fmt_time, query, scope_caption
+from monitor.safe_output import markdown_text as md
 from monitor.store.dashboard import family_evidence, paging_windows
 
 MAX_DETAIL_CHARTS = 6
@@ -81,7 +82,7 @@ def attribution_section(ctx: Context, runs: pd.DataFrame, series: pd.DataFrame) 
     drifting = set(series.loc[series["drift"], "run_id"])
     default = next((i for i, run_id in enumerate(runs["run_id"]) if run_id in drifting), 0)
     labels = {int(r.run_id): window_label(runs.loc[i]) for i, r in runs.iterrows()}
-    run_id = st.selectbox("Window", list(labels), index=default, format_func=labels.get,
+    run_id = st.selectbox("Window", list(labels), index=default, format_func=labels.__getitem__,
                           key="drift_window")
     run = runs[runs["run_id"] == run_id].iloc[0]
     ranking = query(ctx.settings, "attribution_ranking", int(run_id))

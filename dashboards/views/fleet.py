@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts
-from dashboards.common import Context, context, fmt_day, fmt_time, md, query, scope_caption
+from dashboards.common import Context, context, fmt_day, fmt_time, query, scope_caption
+from monitor.safe_output import markdown_text as md
 
 MIX_FIELDS = (
     ("manufacturer", "Manufacturer"),

@@ -13,12 +13,12 @@ from dashboards.common import (
     context,
     fmt_ago,
     fmt_time,
-    md,
     query,
     rag_badge,
     scope_caption,
 )
 from monitor.config import Settings
+from monitor.safe_output import markdown_text as md
 from monitor.store.dashboard import Filters, GridProgress, ModelStatus
 
 

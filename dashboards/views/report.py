@@ -12,8 +12,9 @@ from pathlib import Path
 import streamlit as st
 import streamlit.components.v1 as components
 
-from dashboards.common import Context, context, fmt_time, md, query
+from dashboards.common import Context, context, fmt_time, query
 from monitor.reports import report_policy
+from monitor.safe_output import markdown_text as md
 
 REPORT_HEIGHT_PX = 1400
 

@@ -22,13 +22,13 @@ from dashboards.common import (
     fmt_p,
     fmt_rate,
     fmt_time,
-    md,
     query,
     refresh,
     runtime_for,
     show_error,
 )
 from monitor.errors import MonitorError
+from monitor.safe_output import markdown_text as md
 
 MAX_FINDINGS_SHOWN = 5
 COMPARED_RATES = ("override_rate", "sensitivity", "specificity", "ppv", "positive_rate")

@@ -44,7 +44,7 @@ def _day(text: str) -> date:
 def _verdict(result: DetectionResult) -> str:
     status = (result.details or {}).get("status")
     if status in ("failed", "insufficient data"):
-        return status
+        return str(status)
     if not result.drift:
         return "ok"
     new = (result.details or {}).get("new_categories")

@@ -109,7 +109,7 @@ def cmd_key_fingerprint(args: argparse.Namespace) -> int:
             state = key_state(connection)
     finally:
         engine.dispose()
-    expected = {state.current: "this database's current key",
+    expected: dict[str | None, str] = {state.current: "this database's current key",
                 state.previous: "the previous key of the rotation in progress",
                 **{retired: "a retired key" for retired in state.retired}}
     for name, found in shown.items():

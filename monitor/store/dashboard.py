@@ -211,7 +211,8 @@ def filter_options(session: Session) -> FilterOptions:
         last[model] = session.scalar(select(func.max(Inference.ts)).where(
             Inference.model == model))
     sites = sorted(s for s in session.scalars(
-        select(Inference.site).where(Inference.site.is_not(None)).group_by(Inference.site)))
+        select(Inference.site).where(Inference.site.is_not(None)).group_by(Inference.site))
+        if s is not None)
     return FilterOptions(
         models=tuple(versions),
         versions={m: tuple(v) for m, v in versions.items()},
@@ -313,7 +314,7 @@ def model_statuses(session: Session, *, start: datetime | None = None,
             scores = session.scalars(
                 select(CheckRun.health_score).where(done, CheckRun.window_label == label)
                 .order_by(CheckRun.window_end.desc()).limit(HEALTH_HISTORY)).all()
-            history = tuple(float(x) for x in reversed(scores))
+            history = tuple(float(x) for x in reversed(scores) if x is not None)
         statuses.append(ModelStatus(
             model=model,
             active_version=active,
@@ -779,7 +780,7 @@ def _fleet_field(fleet_field: str) -> FleetField:
     if fleet_field not in FLEET_FIELDS:
         raise ValidationError(f"field {fleet_field!r} is not one of {', '.join(FLEET_FIELDS)}",
                               field="field")
-    return fleet_field  # type: ignore[return-value]
+    return fleet_field
 
 
 def fleet_mix(session: Session, filters: Filters, fleet_field: FleetField) -> pd.DataFrame:
@@ -802,7 +803,8 @@ def latest_run_with(session: Session, filters: Filters, detector: str) -> int | 
         select(CheckRun.id).join(CheckResult, CheckResult.check_run_id == CheckRun.id)
         .where(CheckRun.status.in_(DONE_STATUSES), CheckResult.detector == detector),
         session, filters)
-    return session.scalar(query.order_by(CheckRun.window_end.desc(), CheckRun.id.desc()).limit(1))
+    found = session.scalar(query.order_by(CheckRun.window_end.desc(), CheckRun.id.desc()).limit(1))
+    return None if found is None else int(found)
 
 
 BIAS_COLUMNS = ["field", "value", "metric", "status", "n", "group_value", "ci_low", "ci_high",
@@ -1176,8 +1178,11 @@ def _evidence_strength(row: Mapping[str, Any]) -> tuple[int, float]:
 def strongest_evidence(info: IncidentInfo) -> dict[str, Any] | None:
     """The incident's strongest evidence row: at the page level before warning, then the
     largest statistic relative to its threshold."""
-    rows = [row for row in info.evidence if isinstance(row, Mapping)]
-    return dict(max(rows, key=_evidence_strength)) if rows else None
+    rows: list[Mapping[str, Any]] = [row for row in info.evidence if isinstance(row, Mapping)]
+    if not rows:
+        return None
+    strongest: Mapping[str, Any] = max(rows, key=_evidence_strength)
+    return dict(strongest)
 
 
 def effect_direction(row: Mapping[str, Any] | None) -> str:
