@@ -5,10 +5,11 @@ Two sources:
 * ``StoreCollector`` reads the store on every scrape: rows ingested per model version, the
   scheduled checks (when the newest succeeded or failed; the p-value and effect size of every
   test of the newest, its sequential evidence per family, performance, subgroup gaps and
-  health), open incidents, findings firing and the live versions. ``collect()`` builds fresh
-  families each time and ``describe()`` answers without touching the store, so every API
-  worker over one database reports the same numbers and registering the collector costs
-  nothing.
+  health), open incidents, findings firing and the live versions. The queries are
+  ``monitor.store.scrape``'s; this module turns what they return into series. ``collect()``
+  builds fresh families each time and ``describe()`` answers without touching the store, so
+  every API worker over one database reports the same numbers and registering the collector
+  costs nothing.
 * ``IngestMetrics`` counts rejected ingestion requests and times ingestion requests. Only the
   process that served a request knows these, so each worker exports its own series, told apart
   by Prometheus's ``instance`` label when each worker is scraped (see docs/metrics.md).
@@ -30,12 +31,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal
 
 from prometheus_client import (
@@ -53,24 +53,24 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.config import GRID_SCHEDULE
 from monitor.detect.health import DETECTOR_FAMILIES
 from monitor.detect.sequential import STREAM_DETECTOR
-from monitor.store.db import IN_CHUNK, session_scope
+from monitor.store import scrape
+from monitor.store.db import session_scope
 from monitor.store.incidents import INCIDENT_SEVERITIES
-from monitor.store.models import (
-    Alert,
-    CheckResult,
-    CheckRun,
-    Incident,
-    Inference,
-    ModelAlias,
-    ModelVersion,
-    Override,
+from monitor.store.scrape import (
+    CATEGORICAL_DETECTOR,
+    FAILED_STATUS,
+    NOVELTY_DETECTOR,
+    PERFORMANCE_DETECTOR,
+    SETTLE_SECONDS,
+    SUBGROUP_DETECTOR,
+    ResultFields,
+    VersionStatus,
 )
 from monitor.windows import GRID_LABEL, grid_day
 
@@ -79,31 +79,24 @@ Families = dict[str, Any]  # metric name -> its Counter, Gauge or Info family
 
 # Subgroup values exported per (model version, field, metric): the largest groups.
 MAX_SUBGROUP_VALUES = 50
-# Ingested rows older than this are counted once and remembered (see SettledCount).
-SETTLE_SECONDS = 300.0
 SEVERITIES = ("info", "warning", "critical")
 # A model's check results are exported for its live versions (the production alias and
 # status active: what scheduled checks cover). A model with no live version falls back to its
 # versions not ended, so checks of an unregistered model still show. Ended versions never
 # export results: a rolled-back version's last evidence would page forever.
 ENDED_STATUSES = frozenset({"retired", "rolled_back"})
-# Runs that stored results: ``partial`` means some family (or the report) failed.
-RESULT_STATUSES = ("ok", "partial")
-FAILED_STATUS = "failed"
 # Per version and outcome (results stored, failed), the newest runs looked at to find the
 # newest scheduled one: a day's grid run is among them unless more than this many
 # unscheduled runs of the same label end after it.
 RECENT_RUNS = 8
-PERFORMANCE_DETECTOR = "PerformanceDrift"
-SUBGROUP_DETECTOR = "SubgroupBias"
 NOT_EXPORTED_DETECTORS = frozenset({"Attribution", STREAM_DETECTOR})  # not tests
 # Result statuses whose statistic means nothing (a failed detector stores 0.0).
 NO_STATISTIC = frozenset({"failed", "insufficient data"})
 # Effect sizes by kind, and the detectors whose results give them.
-DISTRIBUTION_DISTANCE_DETECTORS = frozenset({"NumericDrift", "ScoreDrift", "CategoricalDrift"})
+DISTRIBUTION_DISTANCE_DETECTORS = frozenset({"NumericDrift", "ScoreDrift",
+                                             CATEGORICAL_DETECTOR})
 PROPORTION_DIFFERENCE_DETECTORS = frozenset({"PositiveRateDrift", PERFORMANCE_DETECTOR})
 CLASSIFIER_DETECTOR = "ClassifierDrift"
-NOVELTY_DETECTOR = "NoveltyDrift"
 UNKNOWN_VERSION = "unknown"  # an override event that names no model version
 
 # ``model_version``, as on the service's incidents and in the Alertmanager configs.
@@ -225,51 +218,6 @@ def exposed_metric_names() -> frozenset[str]:
     return frozenset(names)
 
 
-# --- ingestion counts ---------------------------------------------------------------------
-
-
-class SettledCount:
-    """Rows of one table per key, exact on every scrape without counting the table each time.
-
-    A row whose ``received_at`` is more than ``settle_seconds`` old belongs to a committed
-    (or abandoned) transaction: it is counted once and remembered, up to a frontier id. Each
-    scrape adds the rows settled since the last one and counts the tail beyond the frontier,
-    both by primary-key range. The first scrape of a process counts the table once. Rows
-    inserted in a transaction that stays open longer than ``settle_seconds`` could be missed;
-    ingestion commits one bounded batch per transaction, in well under a second.
-    """
-
-    def __init__(self, id_column: Any, received_column: Any, key_columns: Sequence[Any],
-                 *, settle_seconds: float = SETTLE_SECONDS):
-        self._id = id_column
-        self._received = received_column
-        self._keys = tuple(key_columns)
-        self.settle_seconds = settle_seconds
-        self._frontier = 0
-        self._settled: Tally[tuple[Any, ...]] = Tally()
-        self._lock = threading.Lock()
-
-    def _count(self, session: Session, after: int, upto: int | None) -> Tally[tuple[Any, ...]]:
-        query = select(*self._keys, func.count()).where(self._id > after).group_by(*self._keys)
-        if upto is not None:
-            query = query.where(self._id <= upto)
-        return Tally({tuple(row[:-1]): int(row[-1]) for row in session.execute(query)})
-
-    def read(self, session: Session, *, now: datetime) -> dict[tuple[Any, ...], int]:
-        with self._lock:
-            cutoff = now - timedelta(seconds=self.settle_seconds)
-            frontier = session.scalar(
-                select(func.max(self._id)).where(self._id > self._frontier,
-                                                 self._received < cutoff)
-            )
-            if frontier is not None and frontier > self._frontier:
-                self._settled.update(self._count(session, self._frontier, frontier))
-                self._frontier = int(frontier)
-            counts = Tally(self._settled)
-            counts.update(self._count(session, self._frontier, None))
-        return dict(counts)
-
-
 # --- which checks are the scheduled ones --------------------------------------------------
 
 
@@ -297,13 +245,6 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class _Version:
-    model: str
-    version: str
-    status: str
-
-
-@dataclass(frozen=True)
 class _Run:
     id: int
     version_id: int
@@ -321,7 +262,7 @@ class _ScheduledRuns:
     last_failure: dict[int, float]
 
 
-def exported_versions(versions: dict[int, _Version], live: set[int]) -> set[int]:
+def exported_versions(versions: dict[int, VersionStatus], live: set[int]) -> set[int]:
     """Whose check results are exported: per model its live versions, or, for a model with
     none, its versions not ended."""
     models_with_live = {versions[i].model for i in live}
@@ -334,17 +275,6 @@ def _timestamp(value: datetime | None) -> float | None:
     if value is None:
         return None
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-
-
-def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(ids), IN_CHUNK):
-        yield ids[start : start + IN_CHUNK]
-
-
-def _as_dict(details: Any) -> dict[str, Any]:
-    if isinstance(details, str):  # a driver that hands JSON back as text
-        details = json.loads(details)
-    return details if isinstance(details, dict) else {}
 
 
 def _finite(value: Any) -> float | None:
@@ -375,28 +305,6 @@ def total_variation_distance(counts: Mapping[str, Any]) -> float | None:
     if total_ref <= 0 or total_cur <= 0:
         return None
     return 0.5 * sum(abs(current[c] / total_cur - reference[c] / total_ref) for c in reference)
-
-
-def _detail(key: str, kind: Literal["string", "float"], *, of: Iterable[str] = (),
-            not_of: Iterable[str] = ()) -> Any:
-    """``details[key]`` of the results of the detectors ``of`` (or all but ``not_of``), NULL
-    for the others: the database parses a row's JSON only where the value is used (on
-    PostgreSQL each extraction parses the ``json`` text again)."""
-    path = CheckResult.details[key]
-    value = path.as_string() if kind == "string" else path.as_float()
-    selects = (CheckResult.detector.in_(tuple(of)) if of
-               else CheckResult.detector.not_in(tuple(not_of)))
-    return case((selects, value), else_=None).label(key)
-
-
-_DETAIL_FIELDS = (
-    _detail("status", "string", not_of=(STREAM_DETECTOR,)),
-    _detail("of_family", "string", of=(STREAM_DETECTOR,)),
-    _detail("ks_statistic", "float", of=("NumericDrift", "ScoreDrift")),
-    _detail("n_novel_counted", "float", of=(NOVELTY_DETECTOR,)),
-    _detail("n_counted", "float", of=(NOVELTY_DETECTOR,)),
-    _detail("baseline_gap", "float", of=(SUBGROUP_DETECTOR,)),
-)
 
 
 class StoreCollector(Collector):
@@ -433,12 +341,8 @@ class StoreCollector(Collector):
         self.schedule = schedule or Schedule()
         self.max_subgroup_values = max_subgroup_values
         self._clock = clock
-        self._inferences = SettledCount(Inference.id, Inference.received_at,
-                                        [Inference.model_version_id],
-                                        settle_seconds=settle_seconds)
-        self._overrides = SettledCount(Override.id, Override.received_at,
-                                       [Override.model, Override.model_version],
-                                       settle_seconds=settle_seconds)
+        self._inferences = scrape.settled_inference_counts(settle_seconds=settle_seconds)
+        self._overrides = scrape.settled_override_counts(settle_seconds=settle_seconds)
         self._incident_table_seen = False
         if registry is not None:
             registry.register(self)
@@ -466,12 +370,7 @@ class StoreCollector(Collector):
     # Each _fill_* reads one part of the store into its families.
 
     def _fill(self, session: Session, families: Families) -> None:
-        versions = {
-            row.id: _Version(row.model, row.version, row.status)
-            for row in session.execute(
-                select(ModelVersion.id, ModelVersion.model, ModelVersion.version,
-                       ModelVersion.status))
-        }
+        versions = scrape.model_versions(session)
         now = datetime.fromtimestamp(self._clock(), UTC)
         self._fill_ingestion(session, families, versions, now)
         live = self._fill_registry(session, families, versions)
@@ -481,7 +380,7 @@ class StoreCollector(Collector):
         self._fill_alerts(session, families, versions, exported)
 
     def _fill_ingestion(self, session: Session, families: Families,
-                        versions: dict[int, _Version], now: datetime) -> None:
+                        versions: dict[int, VersionStatus], now: datetime) -> None:
         inferences = families["monitor_inferences"]
         for (version_id,), n in sorted(self._inferences.read(session, now=now).items()):
             version = versions.get(version_id)
@@ -491,22 +390,19 @@ class StoreCollector(Collector):
         for (model, version), n in sorted(self._overrides.read(session, now=now).items(),
                                           key=lambda item: (item[0][0], item[0][1] or "")):
             overrides.add_metric([model, version or UNKNOWN_VERSION], n)
-        newest = (select(func.max(Inference.ts))
-                  .where(Inference.model_version_id == ModelVersion.id).scalar_subquery())
         last = families["monitor_last_inference_timestamp_seconds"]
-        for version_id, ts in session.execute(select(ModelVersion.id, newest)):
+        for version_id, ts in scrape.newest_inference_times(session).items():
             stamp = _timestamp(ts)
             if stamp is not None and version_id in versions:
                 version = versions[version_id]
                 last.add_metric([version.model, version.version], stamp)
 
     def _fill_registry(self, session: Session, families: Families,
-                       versions: dict[int, _Version]) -> set[int]:
+                       versions: dict[int, VersionStatus]) -> set[int]:
         """Export the live versions; return their ids."""
         live = {version_id for version_id, version in versions.items()
                 if version.status == "active"}
-        production = session.scalars(
-            select(ModelAlias.model_version_id).where(ModelAlias.alias == "production"))
+        production = scrape.production_version_ids(session)
         live.update(version_id for version_id in production if version_id in versions)
         info = families["monitor_model_active_version"]
         for version_id in sorted(live, key=lambda i: (versions[i].model, versions[i].version)):
@@ -518,46 +414,31 @@ class StoreCollector(Collector):
         """The newest scheduled runs of each exported version, from its ``RECENT_RUNS``
         newest runs (by window end) of the schedule's label that stored results and as many
         that failed."""
-        failed = case((CheckRun.status == FAILED_STATUS, 1), else_=0)
         latest: dict[int, _Run] = {}
         last_success: dict[int, float] = {}
         last_failure: dict[int, float] = {}
-        for chunk in _chunks(sorted(exported)):
-            ranked = (
-                select(CheckRun.id, CheckRun.model_version_id, CheckRun.status,
-                       CheckRun.window_start, CheckRun.window_end, CheckRun.started_at,
-                       CheckRun.finished_at, CheckRun.n_studies, CheckRun.health_score,
-                       func.row_number().over(
-                           partition_by=(CheckRun.model_version_id, failed),
-                           order_by=(CheckRun.window_end.desc(), CheckRun.id.desc()),
-                       ).label("rank"))
-                .where(CheckRun.model_version_id.in_(chunk),
-                       CheckRun.window_label == self.schedule.label,
-                       CheckRun.status.in_((*RESULT_STATUSES, FAILED_STATUS)))
-                .subquery()
-            )
-            rows = session.execute(select(ranked).where(ranked.c.rank <= RECENT_RUNS)
-                                   .order_by(ranked.c.window_end.desc(), ranked.c.id.desc()))
-            for row in rows:
-                if not self.schedule.covers(row.window_start, row.window_end):
-                    continue
-                finished = _timestamp(row.finished_at or row.started_at)
-                version_id = row.model_version_id
-                if row.status == FAILED_STATUS:
-                    if finished is not None:
-                        last_failure[version_id] = max(last_failure.get(version_id, finished),
-                                                       finished)
-                    continue
+        for row in scrape.recent_check_runs(session, exported,
+                                            window_label=self.schedule.label,
+                                            per_outcome=RECENT_RUNS):
+            if not self.schedule.covers(row.window_start, row.window_end):
+                continue
+            finished = _timestamp(row.finished_at or row.started_at)
+            version_id = row.model_version_id
+            if row.status == FAILED_STATUS:
                 if finished is not None:
-                    last_success[version_id] = max(last_success.get(version_id, finished),
+                    last_failure[version_id] = max(last_failure.get(version_id, finished),
                                                    finished)
-                if version_id not in latest:  # newest window end first
-                    latest[version_id] = _Run(row.id, version_id, row.n_studies or 0,
-                                              row.health_score)
+                continue
+            if finished is not None:
+                last_success[version_id] = max(last_success.get(version_id, finished),
+                                               finished)
+            if version_id not in latest:  # newest window end first
+                latest[version_id] = _Run(row.id, version_id, row.n_studies or 0,
+                                          row.health_score)
         return _ScheduledRuns(latest, last_success, last_failure)
 
     def _fill_checks(self, session: Session, families: Families,
-                     versions: dict[int, _Version], exported: set[int]) -> None:
+                     versions: dict[int, VersionStatus], exported: set[int]) -> None:
         scheduled = self._scheduled_runs(session, exported)
         for name, stamps in (("monitor_check_last_success_timestamp_seconds",
                               scheduled.last_success),
@@ -571,17 +452,10 @@ class StoreCollector(Collector):
             families["monitor_check_window_studies"].add_metric(labels, run.n_studies)
             if run.health_score is not None:
                 families["monitor_health_score"].add_metric(labels, run.health_score)
-        subgroups: dict[tuple[int, str, str], list[tuple[str, Any]]] = {}
+        subgroups: dict[tuple[int, str, str], list[tuple[str, ResultFields]]] = {}
         evidence: dict[tuple[int, str], float] = {}
-        for chunk in _chunks(sorted(runs)):
-            rows = session.execute(
-                select(CheckResult.check_run_id, CheckResult.detector, CheckResult.feature,
-                       CheckResult.statistic, CheckResult.p_value, CheckResult.threshold,
-                       CheckResult.n_current, *_DETAIL_FIELDS)
-                .where(CheckResult.check_run_id.in_(chunk))
-                .order_by(CheckResult.check_run_id, CheckResult.detector, CheckResult.feature)
-            )
-            for row in rows:
+        for chunk in scrape.check_results_of_runs(session, runs):
+            for row in chunk.results:
                 run = runs[row.check_run_id]
                 if row.detector == STREAM_DETECTOR:
                     self._note_evidence(evidence, run, row)
@@ -595,42 +469,29 @@ class StoreCollector(Collector):
                         subgroups.setdefault((run.id, field, metric), []).append((value, row))
                     continue
                 self._add_test(families, self._version_labels(run.version_id, versions), row)
-            categorical = session.execute(
-                select(CheckResult.check_run_id, CheckResult.feature,
-                       CheckResult.details["counts"].label("counts"))
-                .where(CheckResult.check_run_id.in_(chunk),
-                       CheckResult.detector == "CategoricalDrift",
-                       CheckResult.p_value.is_not(None))
-                .order_by(CheckResult.check_run_id, CheckResult.feature)
-            )
-            for run_id, feature, counts in categorical:
-                distance = total_variation_distance(_as_dict(counts))
+            for counted in chunk.categorical_counts:
+                distance = total_variation_distance(counted.counts)
                 if distance is not None:
-                    labels = [*self._version_labels(runs[run_id].version_id, versions),
-                              "metadata", "CategoricalDrift", feature]
+                    version = self._version_labels(runs[counted.check_run_id].version_id,
+                                                   versions)
                     families["monitor_test_distribution_distance_ratio"].add_metric(
-                        labels, distance)
-            performance = session.execute(
-                select(CheckResult.check_run_id, CheckResult.feature, CheckResult.details)
-                .where(CheckResult.check_run_id.in_(chunk),
-                       CheckResult.detector == PERFORMANCE_DETECTOR)
-                .order_by(CheckResult.check_run_id, CheckResult.feature)
-            )
-            for run_id, metric, details in performance:
-                labels = [*self._version_labels(runs[run_id].version_id, versions), metric]
-                self._add_performance(families, labels, _as_dict(details))
+                        [*version, "metadata", CATEGORICAL_DETECTOR, counted.feature], distance)
+            for measured in chunk.performance:
+                version = self._version_labels(runs[measured.check_run_id].version_id, versions)
+                self._add_performance(families, [*version, measured.metric], measured.details)
         for (run_id, family), ratio in sorted(evidence.items()):
             families["monitor_sequential_evidence"].add_metric(
                 [*self._version_labels(runs[run_id].version_id, versions), family], ratio)
         self._add_subgroups(families, subgroups, runs, versions)
 
     @staticmethod
-    def _version_labels(version_id: int, versions: dict[int, _Version]) -> list[str]:
+    def _version_labels(version_id: int, versions: dict[int, VersionStatus]) -> list[str]:
         version = versions[version_id]
         return [version.model, version.version]
 
     @staticmethod
-    def _note_evidence(evidence: dict[tuple[int, str], float], run: _Run, row: Any) -> None:
+    def _note_evidence(evidence: dict[tuple[int, str], float], run: _Run,
+                       row: ResultFields) -> None:
         """Keep the largest statistic / page threshold of each family's streams."""
         family = row.of_family
         statistic, page_at = _finite(row.statistic), _finite(row.threshold)
@@ -641,7 +502,7 @@ class StoreCollector(Collector):
         evidence[key] = max(evidence.get(key, ratio), ratio)
 
     @staticmethod
-    def _add_test(families: Families, version: list[str], row: Any) -> None:
+    def _add_test(families: Families, version: list[str], row: ResultFields) -> None:
         family = DETECTOR_FAMILIES.get(row.detector, "other")
         labels = [*version, family, row.detector, row.feature]
         if row.p_value is not None:
@@ -650,7 +511,7 @@ class StoreCollector(Collector):
             return
         effect: tuple[str, float | None] | None = None
         if row.detector in DISTRIBUTION_DISTANCE_DETECTORS:
-            if row.detector != "CategoricalDrift":  # from its counts, in _fill_checks
+            if row.detector != CATEGORICAL_DETECTOR:  # from its counts, in _fill_checks
                 effect = ("monitor_test_distribution_distance_ratio", _finite(row.ks_statistic))
         elif row.detector in PROPORTION_DIFFERENCE_DETECTORS:
             effect = ("monitor_test_proportion_difference_ratio", _finite(row.statistic))
@@ -681,8 +542,8 @@ class StoreCollector(Collector):
                 families[name].add_metric(labels, finite)
 
     def _add_subgroups(self, families: Families,
-                       subgroups: dict[tuple[int, str, str], list[tuple[str, Any]]],
-                       runs: dict[int, _Run], versions: dict[int, _Version]) -> None:
+                       subgroups: dict[tuple[int, str, str], list[tuple[str, ResultFields]]],
+                       runs: dict[int, _Run], versions: dict[int, VersionStatus]) -> None:
         omitted: Tally[tuple[str, ...]] = Tally()
         for (run_id, field, metric), members in sorted(subgroups.items()):
             version = self._version_labels(runs[run_id].version_id, versions)
@@ -702,12 +563,12 @@ class StoreCollector(Collector):
             families["monitor_subgroup_values_omitted"].add_metric(list(key), n)
 
     def _fill_incidents(self, session: Session, families: Families,
-                        versions: dict[int, _Version], exported: set[int]) -> None:
+                        versions: dict[int, VersionStatus], exported: set[int]) -> None:
         """Open incidents per version and severity: 0 for every exported version, so a
         query can tell "none open" from "not reported". A database from before the incident
         table (revision 0004) reports none rather than failing the scrape."""
         if not self._incident_table_seen:
-            if not inspect(session.connection()).has_table(Incident.__tablename__):
+            if not scrape.has_incident_table(session):
                 return
             self._incident_table_seen = True
         open_now: Tally[tuple[str, str, str]] = Tally()
@@ -715,28 +576,20 @@ class StoreCollector(Collector):
             for severity in INCIDENT_SEVERITIES:
                 model, version = self._version_labels(version_id, versions)
                 open_now[(model, version, severity)] += 0
-        for model, version, severity, n in session.execute(
-            select(Incident.model, Incident.model_version, Incident.severity, func.count())
-            .where(Incident.state == "open")
-            .group_by(Incident.model, Incident.model_version, Incident.severity)
-        ):
-            open_now[(model, version, severity)] += int(n)
+        for (model, version, severity), n in scrape.open_incident_counts(session).items():
+            open_now[(model, version, severity)] += n
         for labels, n in sorted(open_now.items()):
             families["monitor_open_incidents"].add_metric(list(labels), n)
 
     def _fill_alerts(self, session: Session, families: Families,
-                     versions: dict[int, _Version], exported: set[int]) -> None:
+                     versions: dict[int, VersionStatus], exported: set[int]) -> None:
         firing: Tally[tuple[str, str, str]] = Tally()
         for version_id in exported:
             for severity in SEVERITIES:
                 model, version = self._version_labels(version_id, versions)
                 firing[(model, version, severity)] += 0
-        for model, alert_version, severity, n in session.execute(
-            select(Alert.model, Alert.model_version, Alert.severity, func.count())
-            .where(Alert.state == "firing")
-            .group_by(Alert.model, Alert.model_version, Alert.severity)
-        ):
-            firing[(model, alert_version or UNKNOWN_VERSION, severity)] += int(n)
+        for (model, alert_version, severity), n in scrape.firing_alert_counts(session).items():
+            firing[(model, alert_version or UNKNOWN_VERSION, severity)] += n
         for labels, n in sorted(firing.items()):
             families["monitor_alerts_firing"].add_metric(list(labels), n)
 

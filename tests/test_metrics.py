@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, event, select, text, update
 from sqlalchemy.orm import sessionmaker
 
 from monitor.api.app import create_app
@@ -36,6 +37,7 @@ from monitor.metrics import (
 )
 from monitor.runtime import Runtime
 from monitor.store import results as store
+from monitor.store import scrape
 from monitor.store.db import make_engine, session_scope
 from monitor.store.models import Alert, Incident, Inference, ModelAlias, ModelVersion
 from tests.api.conftest import INGEST, VIEWER, store_test_tokens
@@ -113,6 +115,21 @@ def performance_details(value: float, low: float, high: float, n: int, baseline:
     return {"family": "performance",
             "current": {"value": value, "ci_low": low, "ci_high": high, "n": n},
             "baseline": {"value": baseline, "ci_low": 0.0, "ci_high": 1.0, "n": 400}}
+
+
+@contextmanager
+def statements(runtime: Runtime) -> Iterator[list[str]]:
+    """The SQL statements run inside the block."""
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", note)
 
 
 # --- store collector ------------------------------------------------------------------------
@@ -413,6 +430,51 @@ def test_incidents_alerts_and_active_versions_by_model_version(runtime: Runtime)
     assert value(info, prod) == 1
     assert value(info, {"model": MODEL, "model_version": "1.3.0"}) is None
     assert value(info, ct) == 1
+
+
+def test_a_scrape_runs_a_fixed_number_of_queries(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One query per read whatever the store holds, and per chunk of ``IN_CHUNK`` ids for
+    the scheduled runs (one) and their results (three)."""
+    uids = log(runtime, 2, version="1.4.0")
+    log(runtime, 1, version="1.3.0")
+    InProcessCollector(runtime).log_overrides([override_event(uids[0])])
+    for version in ("1.4.0", "1.3.0"):
+        store_run(runtime, version_id(runtime, version), [
+            result("CategoricalDrift", "vendor", 3.0, 0.2, False,
+                   details={"counts": {"GE": {"reference": 6, "current": 3}}}),
+            result("PerformanceDrift", "sensitivity", -0.1, 0.01, True,
+                   details=performance_details(0.7, 0.6, 0.8, 90, 0.8)),
+            stream("metadata", "CategoricalDrift/vendor", 2.0),
+        ])
+    with session_scope(runtime.sessions) as session:
+        session.add(incident("warning"))
+    clock = {"now": datetime.now(UTC).timestamp() + 3600.0}  # every row settled
+    registry, _ = collector(runtime, clock=lambda: clock["now"])
+    # versions; per ingestion table the settled frontier, the newly settled rows and the
+    # tail; newest inferences; the production alias; scheduled runs; their results,
+    # categorical counts and performance details; the incident table (first scrape only);
+    # open incidents; firing alerts.
+    with statements(runtime) as first:
+        list(registry.collect())
+    assert len(first) == 1 + 2 * 3 + 1 + 1 + 1 + 3 + 1 + 1 + 1
+    with statements(runtime) as warm:  # nothing settled since: no count of settled rows
+        list(registry.collect())
+    assert len(warm) == 1 + 2 * 2 + 1 + 1 + 1 + 3 + 1 + 1
+    monkeypatch.setattr(scrape, "IN_CHUNK", 1)  # two chunks of versions and of runs
+    with statements(runtime) as chunked:
+        values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                  for family in registry.collect() for s in family.samples
+                  if s.name != "monitor_store_scrape_duration_seconds"}
+    assert len(chunked) == len(warm) + 1 + 3
+    monkeypatch.setattr(scrape, "IN_CHUNK", 900)
+    assert values == {(s.name, tuple(sorted(s.labels.items()))): s.value
+                      for family in registry.collect() for s in family.samples
+                      if s.name != "monitor_store_scrape_duration_seconds"}
+    assert values[("monitor_test_distribution_distance_ratio", (
+        ("detector", "CategoricalDrift"), ("family", "metadata"), ("feature", "vendor"),
+        ("model", MODEL), ("model_version", "1.3.0")))] == 0.0
 
 
 def test_a_store_without_the_incident_table_still_answers(sqlite_runtime: Runtime) -> None:
