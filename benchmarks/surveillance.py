@@ -96,6 +96,7 @@ from monitor.commands.demo import accepting, build_baselines, register_versions
 from monitor.config import Settings
 from monitor.detect.health import health_score
 from monitor.detect.result import DetectionResult
+from monitor.grid import GRID_GRACE
 from monitor.reports import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS, _prepared
 from monitor.runtime import Runtime
 from monitor.scheduler import CheckScheduler
@@ -112,7 +113,6 @@ from monitor.store import repo
 from monitor.store.db import make_engine, session_scope, upgrade
 from monitor.store.incidents import IncidentInfo, list_incidents
 from monitor.store.results import get_baseline, get_check_run, list_check_runs
-from monitor.windows import GRID_GRACE
 
 KEY = "benchmark-key-0123456789abcdef0123456789"
 RESULTS = Path(__file__).resolve().parent / "results" / "surveillance.md"

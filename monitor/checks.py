@@ -18,7 +18,7 @@ baseline members are left out of the window so the two samples are disjoint):
 * ``bias``: ``SubgroupBias`` (per vendor, scanner, site, sex, age band, view; BH-corrected).
 
 Grid windows (one local day [midnight, next midnight) in ``Settings.timezone``, label ``1d``;
-``monitor.windows.grid_day``) are tested against the baseline members of the same day type
+``monitor.grid.grid_day``) are tested against the baseline members of the same day type
 (weekday Mon-Fri or weekend Sat-Sun, local time), or all members when that subset has fewer
 than ``CheckOptions.min_day_type_reference`` studies; every result's ``details["reference"]``
 says which (``weekday``, ``weekend``, ``all``). Each p-valued result of the five families is
@@ -85,17 +85,11 @@ from monitor.detect.sequential import (
     sequential_health,
 )
 from monitor.errors import InsufficientDataError, ValidationError
+from monitor.grid import GRID_LABEL, Window, day_window, grid_day, is_weekend
 from monitor.runtime import Runtime
 from monitor.store import results as store
 from monitor.store.db import session_scope
-from monitor.windows import (
-    GRID_LABEL,
-    Window,
-    day_window,
-    grid_day,
-    is_weekend,
-    load_window,
-)
+from monitor.windows import load_window
 
 log = logging.getLogger(__name__)
 

@@ -59,6 +59,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.config import GRID_SCHEDULE
 from monitor.detect.health import DETECTOR_FAMILIES
 from monitor.detect.sequential import STREAM_DETECTOR
+from monitor.grid import GRID_LABEL, grid_day
 from monitor.store import scrape
 from monitor.store.db import session_scope
 from monitor.store.incidents import INCIDENT_SEVERITIES
@@ -72,7 +73,6 @@ from monitor.store.scrape import (
     ResultFields,
     VersionStatus,
 )
-from monitor.windows import GRID_LABEL, grid_day
 
 log = logging.getLogger(__name__)
 Families = dict[str, Any]  # metric name -> its Counter, Gauge or Info family

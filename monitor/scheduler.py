@@ -5,10 +5,10 @@ A round covers, for every model, the version the ``production`` alias points at 
 version with status ``active`` (``monitor.baselines.monitored_versions``). What it checks
 depends on ``Settings.check_window``:
 
-* ``grid`` (the default): the daily calendar grid (``monitor.windows.grid_windows``). Every
+* ``grid`` (the default): the daily calendar grid (``monitor.grid.grid_windows``). Every
   complete local day [midnight, next midnight) in ``Settings.timezone`` after the version's
   baseline (complete: the clock has passed its end, and data of a later day has arrived or
-  two hours have passed; ``monitor.windows.grid_until``) is checked exactly once: a day with a
+  two hours have passed; ``monitor.grid.grid_until``) is checked exactly once: a day with a
   stored ``1d`` run is not run again, and days go oldest first, because each day's
   sequential evidence builds on the days before it. A round checks at most
   ``max_days_per_round`` days per version, so a backlog (a new version, a restart after an
@@ -36,24 +36,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
+from monitor_client.events import as_utc
 from sqlalchemy.orm import Session
 
 from monitor.baselines import monitored_versions, require_baseline
 from monitor.checks import CheckHook, CheckOptions, CheckOutcome, run_check
 from monitor.config import GRID_SCHEDULE
+from monitor.grid import GRID_LABEL, Window, grid_until, grid_windows
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store import results as store
 from monitor.store.db import session_scope
-from monitor.windows import (
-    GRID_LABEL,
-    Window,
-    as_utc,
-    grid_until,
-    grid_windows,
-    newest_timestamp,
-    parse_window,
-)
+from monitor.store.repo import newest_timestamp
+from monitor.windows import parse_window
 
 log = logging.getLogger(__name__)
 

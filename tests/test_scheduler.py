@@ -13,18 +13,20 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
+from monitor_client.events import as_utc
 from sqlalchemy import select, update
 
 from monitor import scheduler as scheduler_module
 from monitor.baselines import resolve_version
 from monitor.checks import CheckOptions, CheckOutcome
 from monitor.errors import ValidationError
+from monitor.grid import day_window, grid_day
 from monitor.runtime import Runtime
 from monitor.scheduler import CheckScheduler, RoundReport
 from monitor.store.db import session_scope
 from monitor.store.models import CheckRun, ModelVersion
+from monitor.store.repo import newest_timestamp
 from monitor.store.results import store_check_run
-from monitor.windows import as_utc, day_window, grid_day, newest_timestamp
 from tests.conftest import open_runtime
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION, SimulatedTemplate
 

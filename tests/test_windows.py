@@ -12,7 +12,7 @@ import pytest
 
 from monitor.config import load_settings
 from monitor.errors import ConfigError
-from monitor.windows import (
+from monitor.grid import (
     GRID_LABEL,
     TICK,
     day_window,

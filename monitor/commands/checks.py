@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 from datetime import date, datetime
 
+from monitor_client.events import as_utc
+
 from monitor.baselines import create_baseline
 from monitor.checks import CheckOptions, CheckOutcome, run_check
 from monitor.config import load_settings
@@ -15,7 +17,6 @@ from monitor.errors import ValidationError
 from monitor.runtime import Runtime
 from monitor.store import results
 from monitor.store.db import session_scope
-from monitor.windows import as_utc
 
 BIAS = "SubgroupBias"
 # A whole week, as a baseline week is: a rolling 1d window is tested against every baseline

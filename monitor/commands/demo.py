@@ -27,6 +27,7 @@ from monitor.checks import CheckOutcome, run_check
 from monitor.collect.inprocess import InProcessCollector
 from monitor.commands.dashboard import APP, streamlit_command
 from monitor.config import Settings, ensure_secret_key, load_settings
+from monitor.grid import GRID_LABEL, Window, grid_windows
 from monitor.runtime import Runtime
 from monitor.schema import TimestampBounds
 from monitor.server import Backfill, serve
@@ -34,7 +35,6 @@ from monitor.simulate import SimulatedDeployment, simulate_deployment
 from monitor.store import repo
 from monitor.store.db import make_engine, session_scope, upgrade
 from monitor.store.results import list_baselines, list_check_runs
-from monitor.windows import GRID_LABEL, Window, grid_windows
 
 log = logging.getLogger("monitor.demo")
 

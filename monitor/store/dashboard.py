@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+from monitor_client.events import as_utc
 from sqlalchemy import Float, Integer, and_, case, cast, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
@@ -26,6 +27,7 @@ from monitor.baselines import monitored_versions
 from monitor.detect.sequential import STREAM_DETECTOR
 from monitor.detect.stats import wilson_interval
 from monitor.errors import ValidationError
+from monitor.grid import GRID_LABEL, grid_until, grid_windows
 from monitor.store.incidents import AlertInfo, IncidentInfo, list_incidents
 from monitor.store.models import (
     Alert,
@@ -39,8 +41,8 @@ from monitor.store.models import (
     Override,
     RollbackRecommendation,
 )
+from monitor.store.repo import newest_timestamp
 from monitor.store.results import newest_baseline, stored_windows
-from monitor.windows import GRID_LABEL, as_utc, grid_until, grid_windows, newest_timestamp
 
 ACTIVE_ALIAS = "production"
 BIAS_DETECTOR = "SubgroupBias"
@@ -339,7 +341,7 @@ def model_statuses(session: Session, *, start: datetime | None = None,
 class GridProgress:
     """How far the daily grid's checks are: ``expected`` grid windows (every complete local
     day after a monitored version's baseline up to its newest data, as the scheduler counts
-    them: ``monitor.windows.grid_until``), ``checked`` of them with a stored run."""
+    them: ``monitor.grid.grid_until``), ``checked`` of them with a stored run."""
 
     expected: int
     checked: int
