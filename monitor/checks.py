@@ -102,11 +102,10 @@ MIN_NOVEL_ATTRIBUTED = 3  # novel studies in the window before their composition
 # Families whose streams at warning or page call for attribution (a cause to name).
 ATTRIBUTED_FAMILIES = ("embedding", "metadata")
 
-CheckHook = Callable[[Runtime, "CheckOutcome"], None]
-# Called after every stored check (scheduled, CLI or API), in order, unless run_check is given
-# its own ``hooks``: the alerting engine appends its rule evaluation here at start-up. A hook
-# that raises is logged and does not undo the stored check or stop the hooks after it.
-on_check_complete: list[CheckHook] = []
+# Called after a stored check, in order: the service passes the alerting engine's rule
+# evaluation (``monitor.alerting.engine.on_check_complete``). A hook that raises is logged and
+# does not undo the stored check or stop the hooks after it.
+CheckHook = Callable[[Runtime, "CheckOutcome"], object]
 
 
 @dataclass(frozen=True)
@@ -607,7 +606,7 @@ def run_check(
     now: datetime | None = None,
     day: date | None = None,
     options: CheckOptions | None = None,
-    hooks: Sequence[CheckHook] | None = None,
+    hooks: Sequence[CheckHook] = (),
 ) -> CheckOutcome:
     """Run every detector family over a window of a model version and store the results.
 
@@ -617,8 +616,7 @@ def run_check(
     and ``end``, or ``day`` (a local date: that day's grid window in ``Settings.timezone``).
     A window that covers exactly one local day is a grid window, however it was given: it is
     labelled ``1d`` and scored by the sequential layer (module docstring). Re-running a window
-    replaces its stored results. After storing, calls ``hooks`` (default: the module's
-    ``on_check_complete`` list) with the outcome.
+    replaces its stored results. After storing, calls each of ``hooks`` with the outcome.
     """
     options = options or CheckOptions()
     zone = runtime.settings.zone
@@ -769,7 +767,7 @@ def run_check(
         attribution=ranking, report_path=report_path, failures=failures, timings=timings,
         replaced=replaced, day=checked_day, reference=reference_key, streams=tuple(streams),
     )
-    for hook in list(on_check_complete if hooks is None else hooks):
+    for hook in hooks:
         try:
             hook(runtime, outcome)
         except Exception:

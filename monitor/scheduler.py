@@ -18,8 +18,8 @@ depends on ``Settings.check_window``:
   window, ending at the version's newest inference (the rolling window of earlier releases).
 
 A version without a baseline, or any other error, is logged and skipped; the next version and
-the next round go on. Each stored check calls the hooks of ``monitor.checks.on_check_complete``
-(the alerting engine evaluates its rules there), or the scheduler's own ``hooks`` when given.
+the next round go on. Each stored check calls the scheduler's ``hooks`` (``monitor serve``
+passes the alerting engine's rule evaluation).
 
     scheduler = CheckScheduler(runtime)
     scheduler.start()
@@ -96,7 +96,7 @@ class CheckScheduler:
         interval_s: float | None = None,
         window: str | None = None,
         options: CheckOptions | None = None,
-        hooks: Sequence[CheckHook] | None = None,
+        hooks: Sequence[CheckHook] = (),
         max_days_per_round: int = MAX_DAYS_PER_ROUND,
         clock: Callable[[], datetime] | None = None,
     ):

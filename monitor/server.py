@@ -7,13 +7,13 @@ import gc
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import uvicorn
 
-from monitor.alerting import register_check_hook
-from monitor.alerting.engine import DeliveryLoop
+from monitor.alerting.engine import DeliveryLoop, on_check_complete
 from monitor.api import create_app
+from monitor.checks import CheckHook
 from monitor.config import Settings
 from monitor.errors import ConfigError
 from monitor.runtime import Runtime
@@ -98,32 +98,46 @@ def serve(settings: Settings, *, host: str, port: int, backfill: Backfill | None
     in a thread beside the API from the start; the scheduler starts once it is done, so the
     two never check the same day."""
     runtime = Runtime.open(settings, background_checkpoint=True)
+    hooks = (on_check_complete,)  # alert rules are evaluated after every check
     try:
-        app = create_app(runtime)  # imports the bootstrap admin and legacy tokens
+        work = ServiceWork(runtime, hooks=hooks, backfill=backfill)
+        # create_app imports the bootstrap admin and legacy tokens
+        app = create_app(runtime, check_hooks=hooks, background=work)
         check_bind(host, api_open=app.state.token_verifier.is_open(),
                    insecure_open=settings.insecure_open)
     except BaseException:
         runtime.close()
         raise
-    register_check_hook()  # alert rules are evaluated after every check
-    scheduler = CheckScheduler(runtime)
-    delivery = DeliveryLoop(runtime, interval_s=30)
-    # the scheduler logs and does nothing when MONITOR_CHECK_INTERVAL_S=0
-    first = None if backfill is None else BackfillThread(backfill, runtime,
-                                                         then=scheduler.start)
-    if first is None:
-        scheduler.start()
-    else:
-        first.start()
-    delivery.start()
     gc.freeze()  # the imported libraries' objects are never garbage: keep them out of GC passes
     log.info("serving on http://%s:%d (links at /, API docs at /docs, metrics at /metrics)",
              host, port)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
-        if first is not None:
-            first.stop()  # before the scheduler: it may start the scheduler as it finishes
-        scheduler.stop()
-        delivery.stop()
         runtime.close()
+
+
+class ServiceWork:
+    """What runs beside the API, started and stopped by the app's lifespan: the check
+    scheduler (it logs and does nothing when MONITOR_CHECK_INTERVAL_S=0) and the notification
+    loop; with a ``backfill``, that first, and the scheduler once it is done."""
+
+    def __init__(self, runtime: Runtime, *, hooks: Sequence[CheckHook],
+                 backfill: Backfill | None = None):
+        self.scheduler = CheckScheduler(runtime, hooks=hooks)
+        self.delivery = DeliveryLoop(runtime, interval_s=30)
+        self.backfill = None if backfill is None else BackfillThread(
+            backfill, runtime, then=self.scheduler.start)
+
+    def start(self) -> None:
+        if self.backfill is None:
+            self.scheduler.start()
+        else:
+            self.backfill.start()
+        self.delivery.start()
+
+    def stop(self) -> None:
+        if self.backfill is not None:
+            self.backfill.stop()  # before the scheduler: it may start the scheduler as it ends
+        self.scheduler.stop()
+        self.delivery.stop()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from monitor import server
 from monitor.config import Settings
@@ -143,15 +145,19 @@ def _migrated(sqlite_url: str, tmp_path: Path) -> Settings:
 
 def _fake_serving(monkeypatch: pytest.MonkeyPatch, events: list[str],
                   while_serving: Callable[[], object]) -> None:
-    monkeypatch.setattr(server, "CheckScheduler", lambda runtime: _Recorder(events, "scheduler"))
+    monkeypatch.setattr(server, "CheckScheduler",
+                        lambda runtime, hooks: _Recorder(events, "scheduler"))
     monkeypatch.setattr(server, "DeliveryLoop",
                         lambda runtime, interval_s: _Recorder(events, "delivery"))
-    monkeypatch.setattr(server, "register_check_hook", lambda: None)
 
-    def run(app: object, **kwargs: object) -> None:
-        events.append("serving")
-        while_serving()
-        events.append("interrupted")
+    def run(app: FastAPI, **kwargs: object) -> None:
+        async def serving() -> None:  # the app's lifespan starts and stops the background
+            async with app.router.lifespan_context(app):
+                events.append("serving")
+                while_serving()
+                events.append("interrupted")
+
+        asyncio.run(serving())
 
     monkeypatch.setattr(uvicorn, "run", run)
 

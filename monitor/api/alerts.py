@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
-from monitor.alerting import engine, register_check_hook
+from monitor.alerting import engine
 from monitor.alerting.config import parse_duration
 from monitor.api.auth import Operator, Reader
 from monitor.api.params import PathId, QueryName, Text
@@ -21,7 +21,6 @@ from monitor.store.db import session_scope
 
 router = APIRouter(tags=["alerts"])
 MAX_SILENCE = timedelta(days=365)
-register_check_hook()  # the scheduled checks of `monitor serve` evaluate the alert rules
 
 
 class AcknowledgeRequest(BaseModel):

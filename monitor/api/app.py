@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
+from monitor.alerting.engine import on_check_complete
 from monitor.api import alerts, checks, incidents, ingest, registry, tokens
 from monitor.api.auth import Reader
 from monitor.api.contract import install_contract
@@ -16,6 +19,7 @@ from monitor.api.home import router as home_router
 from monitor.api.limits import install as install_body_limits
 from monitor.api.metrics import install as install_metrics
 from monitor.api.params import Offset, PathName, QueryModel, QueryName, UtcTime
+from monitor.checks import CheckHook
 from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store.db import current_revision_of, head_revision, session_scope, unreadable_table
@@ -41,14 +45,40 @@ def readiness_problem(runtime: Runtime) -> str | None:
     return None
 
 
-def create_app(runtime: Runtime | None = None) -> FastAPI:
+class Background(Protocol):
+    """Work that runs beside the API while it serves (``monitor serve``: the check scheduler,
+    the notification loop and the demo's back-filled checks)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def create_app(runtime: Runtime | None = None, *,
+               check_hooks: Sequence[CheckHook] = (on_check_complete,),
+               background: Background | None = None) -> FastAPI:
+    """The API over ``runtime``. ``check_hooks`` run after each check the API runs (the alert
+    rules by default); ``background`` starts with the app and stops with it."""
     runtime = runtime or Runtime.open()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if background is not None:
+            background.start()
+        try:
+            yield
+        finally:
+            if background is not None:
+                background.stop()
+
     app = FastAPI(
         title="Imaging AI monitor",
         version="0.1.0",
         description="Post-deployment monitoring of medical-imaging AI models.",
+        lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.check_hooks = tuple(check_hooks)
     # Start-up: MONITOR_BOOTSTRAP_ADMIN_TOKEN and the legacy MONITOR_API_TOKENS into the store.
     import_configured_tokens(runtime.sessions, runtime.settings)
     app.state.token_verifier = TokenVerifier(runtime.sessions)

@@ -61,7 +61,8 @@ def post_check(body: CheckRequest, request: Request, actor: Operator) -> dict[st
     runtime = _runtime(request)
     window = None if body.start is not None or body.end is not None else body.window
     outcome = run_check(runtime, model=body.model, version=body.version, window=window,
-                        start=body.start, end=body.end, now=body.now)
+                        start=body.start, end=body.end, now=body.now,
+                        hooks=request.app.state.check_hooks)
     with session_scope(runtime.sessions) as session:
         run = results.get_check_run(session, outcome.check_run_id)
         record_audit(session, actor=actor, action="run_check", model=run.model,

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from monitor.alerting import engine, register_check_hook
+from monitor.alerting import engine
 from monitor.alerting.config import load_config, parse_duration
 from monitor.alerting.incidents import accept_incident
 from monitor.alerting.notify import deliver_pending
@@ -224,7 +224,6 @@ def add_incident_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_incident_commands(sub)
-    register_check_hook()  # every `monitor check` evaluates the alert rules
     alerts = sub.add_parser("alerts", help="list, acknowledge and silence alerts; deliver "
                             "notifications").add_subparsers(dest="alerts_command", required=True)
 

@@ -9,6 +9,7 @@ from datetime import date, datetime
 
 from monitor_client.events import as_utc
 
+from monitor.alerting.engine import on_check_complete
 from monitor.baselines import create_baseline
 from monitor.checks import CheckOptions, CheckOutcome, run_check
 from monitor.config import load_settings
@@ -138,6 +139,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             start=args.start, end=args.end, now=args.now, day=args.day,
             options=CheckOptions(seed=args.seed, n_permutations=args.permutations,
                                  device=args.device, report=not args.no_report),
+            hooks=[on_check_complete],  # the alert rules are evaluated on the stored results
         )
     finally:
         runtime.close()
