@@ -35,16 +35,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.detect.performance import performance_summary
 from monitor.errors import InsufficientDataError, NotFoundError, ValidationError, clip
-from monitor.registry import SYSTEM_ACTOR, record_audit
 from monitor.runtime import Runtime
 from monitor.store import repo, results
+from monitor.store.audit import SYSTEM_ACTOR, record_audit
 from monitor.store.db import session_scope
-from monitor.store.models import ModelAlias
+from monitor.store.registry import active_version
+from monitor.store.registry import monitored_versions as monitored_versions  # its old place
 from monitor.store.repo import join_reads, load_embeddings
 from monitor.store.results import BaselineInfo
 from monitor.windows import as_utc, default_now
@@ -78,26 +78,14 @@ def resolve_version(session: Session, model: str, version: str | None = None
     versions = repo.list_model_versions(session, model)
     if not versions:
         raise NotFoundError(f"model {clip(model)!r} not found (no version has logged inferences)")
-    production = session.get(ModelAlias, (model, "production"))
-    if production is not None:
-        for info in versions:
-            if info.id == production.model_version_id:
-                return info
-    active = [v for v in versions if v.status == "active"]
-    if active:
-        return max(active, key=lambda v: (v.created_at, v.id))
+    active = active_version(session, model)
+    for info in versions:
+        if info.version == active:
+            return info
     raise NotFoundError(
         f"model {clip(model)!r} has no production alias and no active version: name one with "
         f"--version (known: {', '.join(v.version for v in versions)})"
     )
-
-
-def monitored_versions(session: Session) -> list[repo.ModelVersionInfo]:
-    """What scheduled checks cover: per model, the production version and every active one."""
-    production = set(session.scalars(
-        select(ModelAlias.model_version_id).where(ModelAlias.alias == "production")))
-    return [v for v in repo.list_model_versions(session)
-            if v.id in production or v.status == "active"]
 
 
 def stratified_sample(

@@ -1,5 +1,6 @@
 """The registry: versions, aliases, the audit log, rollback targets and rules, and the deploy
-hook called after the commit and retried."""
+hook called after the commit and retried; on its own (its deploy hook and retirement
+callback as arguments) and wired to the alerting config (``monitor.alerting.rollback``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import Session
 
 from monitor import registry
+from monitor.alerting import rollback
 from monitor.alerting.config import AlertingConfig, parse_config
 from monitor.errors import ConflictError, NotFoundError, ValidationError
 from monitor.runtime import Runtime
@@ -115,7 +118,7 @@ def test_rollback_target_is_the_last_clean_live_version(runtime: Runtime) -> Non
 def _rollback(runtime: Runtime, *, config: AlertingConfig = NO_HOOK, **kwargs: object
               ) -> registry.RecommendationInfo:
     with session_scope(runtime.sessions) as session:
-        return registry.rollback(session, model=MODEL, actor="alice", config=config,
+        return rollback.rollback(session, model=MODEL, actor="alice", config=config,
                                  **{"reason": "r", **kwargs})  # type: ignore[arg-type]
 
 
@@ -174,14 +177,14 @@ def test_decisions_need_a_reason_and_a_pending_recommendation(runtime: Runtime) 
     rec_id = _recommend(runtime)
     with session_scope(runtime.sessions) as session:
         with pytest.raises(ValidationError, match="reason is required"):
-            registry.approve(session, rec_id, actor="alice", reason=None, config=NO_HOOK)
+            rollback.approve(session, rec_id, actor="alice", reason=None, config=NO_HOOK)
         with pytest.raises(NotFoundError, match="id 999"):
             registry.reject(session, 999, actor="alice", reason="r")
         rejected = registry.reject(session, rec_id, actor="alice", reason="reads are late")
     assert (rejected.status, rejected.decided_by) == ("rejected", "alice")
     with session_scope(runtime.sessions) as session, pytest.raises(ConflictError,
                                                                     match="is rejected"):
-        registry.approve(session, rec_id, actor="alice", reason="changed my mind",
+        rollback.approve(session, rec_id, actor="alice", reason="changed my mind",
                          config=NO_HOOK)
     assert _status(runtime)["1.4.0"] == "active"
 
@@ -192,7 +195,7 @@ def test_an_out_of_date_recommendation_is_refused(runtime: Runtime) -> None:
     _rollback(runtime, to_version="1.2.0", reason="manual, earlier")
     with session_scope(runtime.sessions) as session, pytest.raises(ConflictError,
                                                                     match="out of date"):
-        registry.approve(session, rec_id, actor="alice", reason="go", config=NO_HOOK)
+        rollback.approve(session, rec_id, actor="alice", reason="go", config=NO_HOOK)
     with session_scope(runtime.sessions) as session:
         assert registry.aliases(session, MODEL) == {"production": "1.2.0"}
 
@@ -201,7 +204,7 @@ def test_deploy_hook_is_called_after_the_commit(sqlite_runtime: Runtime) -> None
     _live(sqlite_runtime, "1.3.0", "1.4.0")
     rec_id = _recommend(sqlite_runtime)
     with http_receiver() as platform:
-        reg = registry.Registry(sqlite_runtime, _hook_config(f"{platform.url}/deploy"))
+        reg = rollback.registry_for(sqlite_runtime, _hook_config(f"{platform.url}/deploy"))
         done = reg.approve(rec_id, actor="alice", reason="sensitivity below target")
         (call,) = platform.wait_for(lambda r: len(r) == 1)
     assert (done.status, done.hook_status, done.hook_attempts) == ("executed", "sent", 1)
@@ -219,7 +222,7 @@ def test_a_failing_deploy_hook_is_retried_and_the_registry_stays_whole(
     _live(runtime, "1.3.0", "1.4.0")
     port = free_port()  # the platform is down
     config = _hook_config(f"http://127.0.0.1:{port}/deploy")
-    reg = registry.Registry(runtime, config)
+    reg = rollback.registry_for(runtime, config)
     rec = reg.rollback(model=MODEL, actor="alice", reason="override rate up")
     assert (rec.status, rec.hook_status, rec.hook_attempts) == ("executed", "pending", 1)
     assert "ConnectError" in (rec.hook_error or "")
@@ -231,10 +234,10 @@ def test_a_failing_deploy_hook_is_retried_and_the_registry_stays_whole(
 
     assert rec.hook_next_attempt_at is not None
     due = rec.hook_next_attempt_at
-    assert registry.deliver_deploy_hooks(runtime, config=config,
+    assert rollback.deliver_deploy_hooks(runtime, config=config,
                                          now=due - timedelta(seconds=1)).sent == 0
     with http_receiver(port) as platform:
-        report = registry.deliver_deploy_hooks(runtime, config=config, now=due)
+        report = rollback.deliver_deploy_hooks(runtime, config=config, now=due)
         (call,) = platform.wait_for(lambda r: len(r) == 1)
     assert report.sent == 1 and call.body["to_version"] == "1.3.0"
     after = reg.recommendation(rec.id)
@@ -248,11 +251,11 @@ def test_a_deploy_hook_that_keeps_failing_ends_failed_and_can_be_retried(
     with http_receiver() as platform:
         platform.fail_next = 3
         config = _hook_config(platform.url)
-        reg = registry.Registry(sqlite_runtime, config)
+        reg = rollback.registry_for(sqlite_runtime, config)
         rec = reg.rollback(model=MODEL, actor="alice", reason="r")
         later = datetime.now(UTC) + timedelta(hours=1)
         for step in (1, 2):
-            registry.deliver_deploy_hooks(sqlite_runtime, config=config,
+            rollback.deliver_deploy_hooks(sqlite_runtime, config=config,
                                           now=later + timedelta(hours=step))
         failed = reg.recommendation(rec.id)
         assert (failed.hook_status, failed.hook_attempts) == ("failed", 3)
@@ -262,6 +265,34 @@ def test_a_deploy_hook_that_keeps_failing_ends_failed_and_can_be_retried(
         assert retried.hook_status == "sent"
         assert len(platform.requests) == 1
     assert {e.action for e in reg.audit()} >= {"deploy_hook_retry", "deploy_hook_delivered"}
+
+
+def test_the_registry_takes_its_hook_and_retirement_callback_as_arguments(
+        sqlite_runtime: Runtime) -> None:
+    """No alerting config: the deploy hook comes as ``HookSettings`` and the versions that
+    stop being live go to the caller's callback, inside the registry's transaction."""
+    retired: list[tuple[str, bool]] = []
+
+    def on_retired(session: Session, *, model: str, version: str, rolled_back: bool,
+                   now: datetime) -> None:
+        assert session.in_transaction() and model == MODEL
+        retired.append((version, rolled_back))
+
+    for version in ("1.2.0", "1.3.0", "1.4.0"):
+        add_version(sqlite_runtime, version)
+    with http_receiver() as platform:
+        hooks = registry.HookSettings(url=f"{platform.url}/deploy", headers={"X-Deploy": "k"},
+                                      timeout_s=2, max_attempts=2, backoff_s=lambda n: 5.0)
+        reg = registry.Registry(sqlite_runtime, hooks=hooks, on_retired=on_retired)
+        for version in ("1.2.0", "1.3.0", "1.4.0"):
+            reg.promote(model=MODEL, version=version, actor="alice", reason="release")
+        assert retired == [("1.2.0", False), ("1.3.0", False)]
+        rec = reg.rollback(model=MODEL, actor="alice", reason="sensitivity")
+        (call,) = platform.wait_for(lambda r: len(r) == 1)
+    assert retired[-1] == ("1.4.0", True)
+    assert (rec.to_version, rec.hook_status, rec.hook_attempts) == ("1.3.0", "sent", 1)
+    assert call.path == "/deploy" and call.headers["x-deploy"] == "k"
+    assert registry.deliver_deploy_hooks(sqlite_runtime, hooks) == registry.HookReport()
 
 
 def test_versions_cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from monitor.alerting.rollback import registry_for
 from monitor.api.auth import Operator, Reader
 from monitor.api.params import MAX_ID, Name, PathId, PathName, QueryName, Text
 from monitor.registry import Registry
@@ -49,7 +50,7 @@ class DecisionRequest(BaseModel):
 
 def _registry(request: Request) -> Registry:
     runtime: Runtime = request.app.state.runtime
-    return Registry(runtime)
+    return registry_for(runtime)
 
 
 @router.get("/v1/models/{model}/aliases", summary="A model's aliases")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, insert, select
+from sqlalchemy import Select, delete, exists, insert, select
 from sqlalchemy.orm import Session
 
 from monitor.errors import NotFoundError
@@ -165,6 +165,16 @@ def get_baseline(session: Session, baseline_id: int) -> BaselineInfo:
     if found is None:
         raise NotFoundError(f"baseline id {baseline_id} not found")
     return _baseline_info(*found)
+
+
+def has_baseline(session: Session, model_version_id: int) -> bool:
+    return bool(session.scalar(select(exists().where(
+        Baseline.model_version_id == model_version_id))))
+
+
+def baseline_version_ids(session: Session) -> set[int]:
+    """The ids of the model versions that have a baseline."""
+    return set(session.scalars(select(Baseline.model_version_id).distinct()))
 
 
 def baseline_member_ids(session: Session, baseline_id: int) -> list[int]:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.errors import ConfigError, ConflictError, NotFoundError, ValidationError
-from monitor.registry import record_audit
+from monitor.store.audit import SYSTEM_ACTOR, record_audit
 from monitor.store.db import session_scope
 from monitor.store.models import ApiToken
 
@@ -58,7 +58,6 @@ MIN_TOKEN_LENGTH = 32
 MAX_TOKEN_LENGTH = 512
 MAX_ROLE_LENGTH = 16  # api_token.role
 BOOTSTRAP_ADMIN_NAME = "admin"
-SYSTEM_ACTOR = "system"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
