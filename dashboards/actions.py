@@ -16,9 +16,10 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from dashboards.guard import is_open, principal_for
 from monitor.alerting import engine, incidents
 from monitor.alerting.config import AlertingConfig
+from monitor.alerting.rollback import registry_for
 from monitor.api.errors import Forbidden, Unauthorized
 from monitor.errors import ValidationError
-from monitor.registry import RecommendationInfo, Registry
+from monitor.registry import RecommendationInfo
 from monitor.runtime import Runtime
 from monitor.safe_output import visible
 from monitor.store.db import session_scope
@@ -90,7 +91,7 @@ def decide_rollback(runtime: Runtime, recommendation_id: int, *, approve: bool,
     rollback recommendation."""
     actor, reason = check_decision(runtime, recommendation_id, approve=approve,
                                    credential=credential, reason=reason)
-    registry = Registry(runtime)
+    registry = registry_for(runtime)
     if approve:
         return registry.approve(recommendation_id, actor=actor, reason=reason)
     return registry.reject(recommendation_id, actor=actor, reason=reason)

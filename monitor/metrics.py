@@ -63,6 +63,7 @@ from monitor.grid import GRID_LABEL, grid_day
 from monitor.store import scrape
 from monitor.store.db import session_scope
 from monitor.store.incidents import INCIDENT_SEVERITIES
+from monitor.store.registry import monitored_version_ids
 from monitor.store.scrape import (
     CATEGORICAL_DETECTOR,
     FAILED_STATUS,
@@ -400,10 +401,7 @@ class StoreCollector(Collector):
     def _fill_registry(self, session: Session, families: Families,
                        versions: dict[int, VersionStatus]) -> set[int]:
         """Export the live versions; return their ids."""
-        live = {version_id for version_id, version in versions.items()
-                if version.status == "active"}
-        production = scrape.production_version_ids(session)
-        live.update(version_id for version_id in production if version_id in versions)
+        live = monitored_version_ids(session) & versions.keys()
         info = families["monitor_model_active_version"]
         for version_id in sorted(live, key=lambda i: (versions[i].model, versions[i].version)):
             info.add_metric([versions[version_id].model],

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, tzinfo
 from monitor_client.events import as_utc
 from sqlalchemy.orm import Session
 
-from monitor.baselines import monitored_versions, require_baseline
+from monitor.baselines import require_baseline
 from monitor.checks import CheckHook, CheckOptions, CheckOutcome, run_check
 from monitor.config import GRID_SCHEDULE
 from monitor.grid import GRID_LABEL, Window, grid_until, grid_windows
@@ -47,6 +47,7 @@ from monitor.runtime import Runtime
 from monitor.store import repo
 from monitor.store import results as store
 from monitor.store.db import session_scope
+from monitor.store.registry import monitored_versions
 from monitor.store.repo import newest_timestamp
 from monitor.windows import parse_window
 

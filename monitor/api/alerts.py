@@ -15,8 +15,8 @@ from monitor.alerting.config import parse_duration
 from monitor.api.auth import Operator, Reader
 from monitor.api.params import PathId, QueryName, Text
 from monitor.errors import ConfigError, ValidationError
-from monitor.registry import record_audit
 from monitor.runtime import Runtime
+from monitor.store.audit import record_audit
 from monitor.store.db import session_scope
 
 router = APIRouter(tags=["alerts"])

@@ -15,10 +15,10 @@ from monitor.api.params import Name, Offset, PathId, QueryName, UtcTime
 from monitor.baselines import create_baseline
 from monitor.checks import resolve_report_path, run_check
 from monitor.errors import NotFoundError
-from monitor.registry import record_audit
 from monitor.reports import report_policy
 from monitor.runtime import Runtime
 from monitor.store import results
+from monitor.store.audit import record_audit
 from monitor.store.db import session_scope
 
 router = APIRouter(tags=["checks"])

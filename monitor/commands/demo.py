@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from monitor import registry, simulate
+from monitor.alerting import rollback
 from monitor.alerting.engine import process_check_run
 from monitor.baselines import create_baseline
 from monitor.checks import CheckOutcome, run_check
@@ -102,7 +103,7 @@ def register_versions(runtime: Runtime, deployment: SimulatedDeployment) -> None
             ("fallback", previous, "demo: the previous version keeps part of the traffic"),
             ("production", newest, "demo: validated on the retrospective test set"),
         ):
-            registry.promote(session, model=deployment.model, version=version, actor="demo",
+            rollback.promote(session, model=deployment.model, version=version, actor="demo",
                              reason=reason, alias=alias, now=deployment.start)
     print(f"registry: production -> {newest}, fallback -> {previous}")
 

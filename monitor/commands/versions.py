@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 from datetime import UTC
 
+from monitor.alerting.rollback import registry_for
 from monitor.commands.alerts import default_actor, opened, print_json
-from monitor.registry import RecommendationInfo, Registry
+from monitor.registry import RecommendationInfo
 
 
 def _hook(rec: RecommendationInfo) -> str:
@@ -20,7 +21,7 @@ def _hook(rec: RecommendationInfo) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        versions = Registry(runtime).versions(args.model)
+        versions = registry_for(runtime).versions(args.model)
     if args.json:
         print_json(versions)
         return 0
@@ -37,7 +38,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_register(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        info = Registry(runtime).register(model=args.model, version=args.version,
+        info = registry_for(runtime).register(model=args.model, version=args.version,
                                           actor=args.actor, status=args.status,
                                           embedding_dim=args.embedding_dim, notes=args.notes,
                                           reason=args.reason)
@@ -47,7 +48,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        move = Registry(runtime).promote(model=args.model, version=args.version,
+        move = registry_for(runtime).promote(model=args.model, version=args.version,
                                          actor=args.actor, reason=args.reason, alias=args.alias,
                                          force=args.force)
     print(f"{move.model} {move.alias}: {move.from_version or '(none)'} -> {move.to_version}")
@@ -56,7 +57,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        rec = Registry(runtime).rollback(model=args.model, actor=args.actor, reason=args.reason,
+        rec = registry_for(runtime).rollback(model=args.model, actor=args.actor, reason=args.reason,
                                          to_version=args.to, alias=args.alias, force=args.force,
                                          alert_id=args.alert_id)
     print(f"{rec.model} {rec.alias}: {rec.from_version} -> {rec.to_version} (rolled back; "
@@ -66,7 +67,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_recommendations(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        recs = Registry(runtime).recommendations(model=args.model, status=args.status)
+        recs = registry_for(runtime).recommendations(model=args.model, status=args.status)
     if args.json:
         print_json([r.to_dict() for r in recs])
         return 0
@@ -85,7 +86,7 @@ def cmd_recommendations(args: argparse.Namespace) -> int:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        rec = Registry(runtime).approve(args.recommendation_id, actor=args.actor,
+        rec = registry_for(runtime).approve(args.recommendation_id, actor=args.actor,
                                         reason=args.reason, force=args.force)
     print(f"approved: {rec.model} {rec.alias}: {rec.from_version} -> {rec.to_version}; "
           f"{_hook(rec)}")
@@ -94,7 +95,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_reject(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        rec = Registry(runtime).reject(args.recommendation_id, actor=args.actor,
+        rec = registry_for(runtime).reject(args.recommendation_id, actor=args.actor,
                                        reason=args.reason)
     print(f"rejected recommendation {rec.id} ({rec.model} {rec.from_version} -> "
           f"{rec.to_version})")
@@ -103,7 +104,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 def cmd_retry_hook(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        rec = Registry(runtime).retry_hook(args.recommendation_id, actor=args.actor,
+        rec = registry_for(runtime).retry_hook(args.recommendation_id, actor=args.actor,
                                            reason=args.reason)
     print(f"recommendation {rec.id}: {_hook(rec)}")
     return 0 if rec.hook_status == "sent" else 1
@@ -111,7 +112,7 @@ def cmd_retry_hook(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     with opened() as runtime:
-        entries = Registry(runtime).audit(model=args.model, action=args.action,
+        entries = registry_for(runtime).audit(model=args.model, action=args.action,
                                           limit=args.limit)
     if args.json:
         print_json([e.to_dict() for e in entries])

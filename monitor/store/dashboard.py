@@ -23,7 +23,6 @@ from sqlalchemy import Float, Integer, and_, case, cast, exists, false, func, or
 from sqlalchemy.orm import Session, aliased
 
 from monitor.alerting.incidents import STRATUM_FIELDS
-from monitor.baselines import monitored_versions
 from monitor.detect.sequential import STREAM_DETECTOR
 from monitor.detect.stats import wilson_interval
 from monitor.errors import ValidationError
@@ -41,6 +40,8 @@ from monitor.store.models import (
     Override,
     RollbackRecommendation,
 )
+from monitor.store.registry import active_version, monitored_versions
+from monitor.store.registry import aliases as model_aliases
 from monitor.store.repo import newest_timestamp
 from monitor.store.results import newest_baseline, stored_windows
 
@@ -222,27 +223,6 @@ def filter_options(session: Session) -> FilterOptions:
         sites=tuple(sites),
         first_ts=first,
         last_ts=last,
-    )
-
-
-def model_aliases(session: Session, model: str) -> dict[str, str]:
-    """alias -> version for one model."""
-    return dict(session.execute(
-        select(ModelAlias.alias, ModelVersion.version)
-        .join(ModelVersion, ModelVersion.id == ModelAlias.model_version_id)
-        .where(ModelAlias.model == model).order_by(ModelAlias.alias)
-    ).all())
-
-
-def active_version(session: Session, model: str) -> str | None:
-    """The version the ``production`` alias points at; else the newest with status active."""
-    aliases = model_aliases(session, model)
-    if ACTIVE_ALIAS in aliases:
-        return aliases[ACTIVE_ALIAS]
-    return session.scalar(
-        select(ModelVersion.version).where(ModelVersion.model == model,
-                                           ModelVersion.status == "active")
-        .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(1)
     )
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from monitor import registry
-from monitor.alerting import engine
+from monitor.alerting import engine, rollback
 from monitor.alerting.config import parse_config
 from monitor.runtime import Runtime
 from monitor.store import repo
@@ -75,8 +74,8 @@ def test_list_sorted_by_severity_then_age_with_filters(token_client: TestClient,
     assert ids(model="cxr-triage", severity="critical") == [south, version]
     assert ids(model="other") == [] and ids(state="resolved") == []
     with session_scope(runtime.sessions) as session:
-        registry.promote(session, model="cxr-triage", version="1.3.0", actor="a", reason="r")
-        registry.promote(session, model="cxr-triage", version="1.4.0", actor="a", reason="r")
+        rollback.promote(session, model="cxr-triage", version="1.3.0", actor="a", reason="r")
+        rollback.promote(session, model="cxr-triage", version="1.4.0", actor="a", reason="r")
     assert ids(state="resolved") == [version]  # 1.3.0 was retired: no longer live
     assert ids(state="all") == [south, version, aged]
     bad = token_client.get("/v1/incidents", params={"state": "burning"}, headers=VIEWER)

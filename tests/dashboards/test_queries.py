@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitor.baselines import monitored_versions
 from monitor.checks import CheckOptions, run_check
 from monitor.collect.inprocess import InProcessCollector
 from monitor.runtime import Runtime
@@ -21,6 +20,7 @@ from monitor.simulate import SimulatedDeployment
 from monitor.store import dashboard as q
 from monitor.store.db import session_scope
 from monitor.store.incidents import IncidentInfo
+from monitor.store.registry import monitored_versions
 from monitor.store.results import store_check_run
 from tests.dashboards.seed import DAILY_Z, seed_daily_evidence, seed_incidents
 from tests.factories import override_event
