@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import hmac
 import os
 import sys
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.config import load_settings
 from monitor.errors import ConfigError
 from monitor.store import tokens
 from monitor.store.db import make_engine, session_factory, session_scope, verify_schema
-from monitor.store.models import ApiToken
 
 
 def _sessions() -> sessionmaker[Session]:
@@ -61,19 +58,11 @@ def cmd_import(args: argparse.Namespace) -> int:
                           f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     role = tokens.parse_role(args.role)
     with session_scope(_sessions()) as session:
-        existing = session.scalar(select(ApiToken).where(ApiToken.name == args.name))
-        if existing is not None:
-            same = hmac.compare_digest(existing.digest, tokens.token_digest(token))
-            if not same or existing.role != role:
-                raise ConfigError(f"a token named {args.name!r} exists with another value or "
-                                  "role; revoke it and import under a new name")
-            if existing.revoked_at is not None:
-                raise ConfigError(f"token {args.name!r} was revoked; import a new token under "
-                                  "a new name")
-            print(f"token {args.name!r} ({role}) is already in the store")
-            return 0
-        tokens.add_token(session, name=args.name, role=role, token=token, actor=_actor(args),
-                         action="token-import")
+        stored = tokens.import_token(session, name=args.name, role=role, token=token,
+                                     actor=_actor(args))
+    if not stored:
+        print(f"token {args.name!r} ({role}) is already in the store")
+        return 0
     print(f"imported token {args.name!r} with role {role!r} from {args.file}")
     return 0
 

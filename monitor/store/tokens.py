@@ -186,6 +186,23 @@ def add_token(session: Session, *, name: str, role: str, token: str, actor: str,
     return _info(row)
 
 
+def import_token(session: Session, *, name: str, role: str, token: str, actor: str) -> bool:
+    """Store a token that exists elsewhere (a secret file). Idempotent: True when stored now,
+    False when the same token with the same role is already there. Another value or role
+    under the name, or a revoked token of that name, is refused."""
+    existing = _row(session, name)
+    if existing is None:
+        add_token(session, name=name, role=role, token=token, actor=actor,
+                  action="token-import")
+        return True
+    if not hmac.compare_digest(existing.digest, token_digest(token)) or existing.role != role:
+        raise ConflictError(f"a token named {name!r} exists with another value or role; "
+                            "revoke it and import under a new name")
+    if existing.revoked_at is not None:
+        raise ConflictError(f"token {name!r} was revoked; import a new token under a new name")
+    return False
+
+
 def create_token(session: Session, *, name: str, role: str, actor: str,
                  now: datetime | None = None) -> tuple[str, TokenInfo]:
     """A new random token for ``name``: returns (the token, shown once; its row)."""
