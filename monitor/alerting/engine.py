@@ -33,7 +33,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor import registry
@@ -45,18 +44,32 @@ from monitor.alerting.notify import (
     resend_firing,
 )
 from monitor.alerting.rules import Observation, observe_all
-from monitor.errors import NotFoundError, ValidationError
+from monitor.errors import ValidationError
 from monitor.runtime import Runtime
+from monitor.store.alerts import (
+    ALERT_STATES,
+    AlertRecord,
+    AlertWindow,
+    acknowledge_alert,
+    add_alert,
+    alert_by_key,
+    get_alert,
+    list_alerts,
+    open_alerts_of_removed_rules,
+    record_alert_window,
+    resolve_alert,
+    silence_alert,
+)
 from monitor.store.db import session_scope
 from monitor.store.incidents import AlertInfo, NotificationInfo
-from monitor.store.models import Alert, Notification
 from monitor.store.results import CheckRunInfo, get_check_run
 
 log = logging.getLogger(__name__)
 
-ALERT_STATES = ("pending", "firing", "resolved")
-__all__ = ["AlertInfo", "EvaluationReport", "NotificationInfo", "Transition",
-           "evaluate_run", "process_check_run"]
+# ALERT_STATES, AlertInfo, NotificationInfo, get_alert and list_alerts are the store's, kept
+# here for their callers.
+__all__ = ["ALERT_STATES", "AlertInfo", "EvaluationReport", "NotificationInfo", "Transition",
+           "evaluate_run", "get_alert", "list_alerts", "process_check_run"]
 
 
 @dataclass(frozen=True)
@@ -81,55 +94,80 @@ class EvaluationReport:
     incidents_resolved: tuple[int, ...] = ()
 
 
-def _new_window(alert: Alert, run: CheckRunInfo) -> bool:
+def _new_window(alert: AlertRecord, run: CheckRunInfo) -> bool:
     return alert.last_window_end is None or run.window_end > alert.last_window_end
 
 
+def _first_window(obs: Observation, now: datetime) -> AlertWindow:
+    """A new alert, before its first window counts."""
+    return AlertWindow(state="pending", severity=obs.rule.severity, labels=obs.labels,
+                       summary=obs.summary, consecutive=0, firing_windows=0, started_at=now,
+                       fired_at=None, resolved_at=None, acknowledged_by=None,
+                       acknowledged_at=None, last_check_run_id=None, last_window_end=None,
+                       updated_at=now)
+
+
+def _active(window: AlertWindow, obs: Observation, now: datetime) -> AlertWindow:
+    """The condition holds: a resolved alert starts again as pending; one more window
+    counts; at the rule's ``for`` windows a pending alert fires."""
+    if window.state == "resolved":
+        window = replace(window, state="pending", started_at=now, fired_at=None,
+                         resolved_at=None, consecutive=0, firing_windows=0,
+                         acknowledged_by=None, acknowledged_at=None)
+    window = replace(window, consecutive=window.consecutive + 1)
+    if window.state == "pending" and window.consecutive >= obs.rule.for_windows:
+        window = replace(window, state="firing", fired_at=now)
+    if window.state == "firing":
+        window = replace(window, firing_windows=window.firing_windows + 1)
+    return replace(window, severity=obs.rule.severity, labels=obs.labels, summary=obs.summary)
+
+
+def _next_window(window: AlertWindow, obs: Observation, run: CheckRunInfo, now: datetime
+                 ) -> AlertWindow:
+    """The alert after one more window of the run (the state machine above)."""
+    if obs.active:
+        window = _active(window, obs, now)
+    elif window.state in ("pending", "firing"):
+        window = replace(window, state="resolved", resolved_at=now, consecutive=0,
+                         firing_windows=0)
+    return replace(window, last_check_run_id=run.id, last_window_end=run.window_end,
+                   updated_at=now)
+
+
 def _apply(session: Session, obs: Observation, run: CheckRunInfo, now: datetime
-           ) -> tuple[Alert | None, Transition | None]:
+           ) -> tuple[AlertRecord | None, Transition | None]:
     """One observation's effect on its alert: (alert, transition or None)."""
-    alert = session.scalar(select(Alert).where(Alert.key == obs.key))
+    alert = alert_by_key(session, obs.key)
     if alert is None and not obs.active:
         return None, None
     if alert is not None and not _new_window(alert, run):
         return alert, None
     before = None if alert is None else alert.state
     if alert is None:
-        alert = Alert(key=obs.key, rule=obs.rule.name, model=run.model,
-                      model_version=run.version, severity=obs.rule.severity, state="pending",
-                      labels=obs.labels, summary=obs.summary, consecutive=0, firing_windows=0,
-                      started_at=now, updated_at=now)
-        session.add(alert)
-    if obs.active:
-        if alert.state == "resolved":
-            alert.state, alert.started_at, alert.fired_at, alert.resolved_at = (
-                "pending", now, None, None)
-            alert.consecutive, alert.firing_windows = 0, 0
-            alert.acknowledged_by, alert.acknowledged_at = None, None
-        alert.consecutive += 1
-        if alert.state == "pending" and alert.consecutive >= obs.rule.for_windows:
-            alert.state, alert.fired_at = "firing", now
-        if alert.state == "firing":
-            alert.firing_windows += 1
-        alert.severity, alert.labels, alert.summary = obs.rule.severity, obs.labels, obs.summary
-    elif alert.state in ("pending", "firing"):
-        alert.state, alert.resolved_at = "resolved", now
-        alert.consecutive, alert.firing_windows = 0, 0
-    alert.last_check_run_id, alert.last_window_end, alert.updated_at = run.id, run.window_end, now
-    session.flush()
+        alert = add_alert(session, key=obs.key, rule=obs.rule.name, model=run.model,
+                          model_version=run.version,
+                          window=_next_window(_first_window(obs, now), obs, run, now))
+    else:
+        alert = record_alert_window(session, alert.id,
+                                    _next_window(alert.window(), obs, run, now))
     changed = before != alert.state
     transition = Transition(alert.id, alert.rule, dict(alert.labels or {}), before,
                             alert.state) if changed else None
     return alert, transition
 
 
-def _orphans(session: Session, run: CheckRunInfo, config: AlertingConfig) -> list[Alert]:
-    """Open alerts of the run's version whose rule is gone from the config: they would
-    otherwise stay open (and be re-sent to Alertmanager) for ever."""
-    names = [rule.name for rule in config.rules]
-    return list(session.scalars(select(Alert).where(
-        Alert.model == run.model, Alert.model_version == run.version,
-        Alert.state.in_(("pending", "firing")), Alert.rule.not_in(names))))
+def _resolve_orphans(session: Session, run: CheckRunInfo, config: AlertingConfig,
+                     now: datetime) -> list[Transition]:
+    """Resolve the open alerts of the run's version whose rule is gone from the config: they
+    would otherwise stay open (and be re-sent to Alertmanager) for ever."""
+    transitions = []
+    for alert in open_alerts_of_removed_rules(session, model=run.model, version=run.version,
+                                              rules=[rule.name for rule in config.rules]):
+        resolve_alert(session, alert.id, now=now)
+        transitions.append(Transition(alert.id, alert.rule, dict(alert.labels or {}),
+                                      alert.state, "resolved"))
+        log.info("alert %d %s resolved: its rule is no longer configured", alert.id, alert.rule)
+    return transitions
 
 
 def evaluate_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
@@ -147,14 +185,7 @@ def evaluate_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
                      obs.labels.get("feature", ""), transition.before, transition.after)
         if alert is not None and alert.state == "firing":
             firing.append(alert.id)
-    for alert in _orphans(session, run, config):
-        before = alert.state
-        alert.state, alert.resolved_at, alert.updated_at = "resolved", now, now
-        alert.consecutive, alert.firing_windows = 0, 0
-        session.flush()
-        transitions.append(Transition(alert.id, alert.rule, dict(alert.labels or {}), before,
-                                      "resolved"))
-        log.info("alert %d %s resolved: its rule is no longer configured", alert.id, alert.rule)
+    transitions += _resolve_orphans(session, run, config, now)
     grouped = group_run(session, run, config, now=now)
     recommendations = registry.apply_rollback_policies(session, config, model=run.model,
                                                        now=now)
@@ -209,56 +240,10 @@ def on_check_complete(runtime: Runtime, outcome: Any) -> EvaluationReport | None
 # --- reading and changing alerts -----------------------------------------------------------
 
 
-def _notifications(session: Session, alert: Alert) -> tuple[NotificationInfo, ...]:
-    """What was sent about an alert: its incident's notifications (and its own, from before
-    incidents)."""
-    about = Notification.alert_id == alert.id
-    if alert.incident_id is not None:
-        about = about | (Notification.incident_id == alert.incident_id)
-    rows = session.scalars(select(Notification).where(about).order_by(Notification.id))
-    return tuple(NotificationInfo.of(r) for r in rows)
-
-
-def _alert(session: Session, alert_id: int) -> Alert:
-    row = session.get(Alert, alert_id)
-    if row is None:
-        raise NotFoundError(f"alert id {alert_id} not found")
-    return row
-
-
-def get_alert(session: Session, alert_id: int) -> AlertInfo:
-    """One alert with its (incident's) notifications."""
-    row = _alert(session, alert_id)
-    return AlertInfo.of(row, _notifications(session, row))
-
-
-def list_alerts(session: Session, *, state: str | None = "active", model: str | None = None,
-                version: str | None = None, severity: str | None = None, limit: int = 200
-                ) -> list[AlertInfo]:
-    """Alerts, most recently updated first. ``state``: pending, firing, resolved, ``active``
-    (pending or firing) or None for all."""
-    query = select(Alert).order_by(Alert.updated_at.desc(), Alert.id.desc()).limit(limit)
-    if state == "active":
-        query = query.where(Alert.state.in_(("pending", "firing")))
-    elif state is not None:
-        if state not in ALERT_STATES:
-            raise ValidationError(f"state {state!r} is not one of active, "
-                                  f"{', '.join(ALERT_STATES)}", field="state")
-        query = query.where(Alert.state == state)
-    if model is not None:
-        query = query.where(Alert.model == model)
-    if version is not None:
-        query = query.where(Alert.model_version == version)
-    if severity is not None:
-        query = query.where(Alert.severity == severity)
-    return [AlertInfo.of(row) for row in session.scalars(query)]
-
-
 def acknowledge(session: Session, alert_id: int, *, actor: str, reason: str | None = None,
                 now: datetime | None = None) -> AlertInfo:
     now = now or datetime.now(UTC)
-    alert = _alert(session, alert_id)
-    alert.acknowledged_by, alert.acknowledged_at, alert.updated_at = actor, now, now
+    alert = acknowledge_alert(session, alert_id, actor=actor, now=now)
     registry.record_audit(session, actor=actor, action="acknowledge_alert", model=alert.model,
                           model_version=alert.model_version, reason=reason, alert_id=alert.id,
                           now=now, details={"rule": alert.rule, "state": alert.state})
@@ -274,8 +259,7 @@ def silence(session: Session, alert_id: int, *, actor: str, until: datetime,
                               f"(got {reason!r})", field="reason")
     now = now or datetime.now(UTC)
     until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
-    alert = _alert(session, alert_id)
-    alert.silenced_until, alert.updated_at = until, now
+    alert = silence_alert(session, alert_id, until=until, now=now)
     registry.record_audit(session, actor=actor, action="silence_alert", model=alert.model,
                           model_version=alert.model_version, reason=reason, alert_id=alert.id,
                           now=now, details={"rule": alert.rule, "until": until.isoformat()})

@@ -57,22 +57,40 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from monitor.alerting.config import AlertingConfig
-from monitor.alerting.notify import OPEN_ALERT_STATES, queue_incident_notifications
+from monitor.alerting.notify import queue_incident_notifications
 from monitor.alerting.rules import SEQUENTIAL_DETECTOR
 from monitor.detect.health import DETECTOR_FAMILIES
 from monitor.detect.performance import WORSE_WHEN_HIGHER
 from monitor.errors import ConflictError, ValidationError, clip
-from monitor.store.incidents import IncidentInfo, get_incident, incident_row
-from monitor.store.models import Alert, Incident
+from monitor.store.alerts import (
+    OPEN_ALERT_STATES,
+    AlertRecord,
+    flushed_alerts,
+    open_alerts_of_version,
+    resolve_open_alerts_of_incident,
+    resolve_open_alerts_of_version,
+    set_alert_incident,
+)
+from monitor.store.incidents import (
+    IncidentInfo,
+    IncidentRecord,
+    add_open_incident,
+    get_incident,
+    incident_record,
+    mark_incident_escalated,
+    mark_incident_paged,
+    open_incidents,
+    record_acceptance,
+    record_incident_run,
+    resolve_incident,
+)
 from monitor.store.results import CheckResultInfo, CheckRunInfo
 
 log = logging.getLogger(__name__)
@@ -314,7 +332,7 @@ def explaining_subgroup(metric: str, run: CheckRunInfo) -> tuple[str, str] | Non
     return best[1] if best is not None else None
 
 
-def cause_of(alert: Alert, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
+def cause_of(alert: AlertRecord, run: CheckRunInfo, run_cause: Cause | None) -> Cause:
     """A finding's cause: its subgroup; else, for a finding on the inputs or the outputs,
     the run's attribution (around the finding's own field for a stratum's distribution);
     else the version."""
@@ -404,7 +422,7 @@ def effect_text(detector: str, feature: str, family: str, details: Mapping[str, 
     return f"{what} {p}" if p else what
 
 
-def finding_evidence(alert: Alert, run: CheckRunInfo,
+def finding_evidence(alert: AlertRecord, run: CheckRunInfo,
                      results: Mapping[tuple[str, str], CheckResultInfo],
                      cause: tuple[str, str] | None = None) -> dict[str, Any]:
     """One evidence row of an incident (whose cause is ``cause``): what the finding's rule
@@ -455,7 +473,7 @@ def _strength(row: Mapping[str, Any]) -> tuple[int, float]:
             statistic / threshold if threshold > 0 else statistic)
 
 
-def summarise(incident: Incident, evidence: Sequence[Mapping[str, Any]],
+def summarise(incident: IncidentRecord, evidence: Sequence[Mapping[str, Any]],
               share: float | None) -> str:
     """What, where, how much and since when, in one line."""
     effects: list[str] = []
@@ -477,13 +495,7 @@ def summarise(incident: Incident, evidence: Sequence[Mapping[str, Any]],
 # --- grouping ------------------------------------------------------------------------------
 
 
-def _open_incidents(session: Session, model: str, version: str) -> list[Incident]:
-    return list(session.scalars(select(Incident).where(
-        Incident.model == model, Incident.model_version == version, Incident.state == "open")
-        .order_by(Incident.id)))
-
-
-def _matching(incidents: Iterable[Incident], cause: Cause) -> Incident | None:
+def _matching(incidents: Iterable[IncidentRecord], cause: Cause) -> IncidentRecord | None:
     """The open incident of this cause, else one whose cause the canonical group names."""
     incidents = list(incidents)
     exact = next((i for i in incidents if (i.cause_field, i.cause_value) == cause.key), None)
@@ -492,7 +504,8 @@ def _matching(incidents: Iterable[Incident], cause: Cause) -> Incident | None:
     return next((i for i in incidents if (i.cause_field, i.cause_value) in cause.names), None)
 
 
-def _does_better(alert: Alert, results: Mapping[tuple[str, str], CheckResultInfo]) -> bool:
+def _does_better(alert: AlertRecord, results: Mapping[tuple[str, str], CheckResultInfo]
+                 ) -> bool:
     """A subgroup finding of the default path whose group does better than the rest: the
     stream's own ``direction``, or today's ``SubgroupBias`` row of the group."""
     labels = alert.labels or {}
@@ -510,37 +523,40 @@ def _does_better(alert: Alert, results: Mapping[tuple[str, str], CheckResultInfo
     return False
 
 
-def _new_incident(session: Session, run: CheckRunInfo, cause: Cause, severity: str,
-                  now: datetime) -> Incident:
-    """Add the open incident of ``cause``; if another transaction just added it, use that
-    one (the partial unique index refuses a second)."""
-    incident = Incident(model=run.model, model_version=run.version, cause_field=cause.field,
-                        cause_value=cause.value, cause_label=cause.label, state="open",
-                        severity=severity, opened_at=now, quiet_windows=0, evidence=[],
-                        updated_at=now)
-    try:
-        with session.begin_nested():
-            session.add(incident)
-            session.flush()
-    except IntegrityError:
-        found = session.scalar(select(Incident).where(
-            Incident.model == run.model, Incident.model_version == run.version,
-            Incident.cause_field == cause.field, Incident.cause_value == cause.value,
-            Incident.state == "open"))
-        if found is None:
-            raise
-        return found
-    return incident
-
-
 def _rank(severity: str) -> int:
     return SEVERITY_RANK.get(severity, 0)
 
 
-def _is_grid_window(run: CheckRunInfo, incident: Incident) -> bool:
+def _is_grid_window(run: CheckRunInfo, incident: IncidentRecord) -> bool:
     """A new grid window of the version (one the incident has not counted yet)."""
     return run.window_label == GRID_LABEL and (
         incident.last_window_end is None or run.window_end > incident.last_window_end)
+
+
+def _file(session: Session, alert: AlertRecord, incidents: dict[int, IncidentRecord],
+          run: CheckRunInfo, run_cause: Cause | None,
+          results: Mapping[tuple[str, str], CheckResultInfo], report: GroupingReport,
+          now: datetime) -> IncidentRecord | None:
+    """The open incident an open finding belongs to: the one it is filed under, else that of
+    its cause, opened (for a firing finding that does not do better) if there is none yet.
+    Returns None for a finding that stays out of every incident."""
+    incident = incidents.get(alert.incident_id) if alert.incident_id is not None else None
+    if incident is not None:
+        return incident
+    cause = cause_of(alert, run, run_cause)
+    incident = _matching(incidents.values(), cause)
+    if incident is None:
+        if alert.state != "firing" or _does_better(alert, results):
+            set_alert_incident(session, alert.id, None)
+            return None
+        incident = add_open_incident(session, model=run.model, version=run.version,
+                                     cause_field=cause.field, cause_value=cause.value,
+                                     cause_label=cause.label, severity=alert.severity, now=now)
+        if incident.id not in incidents:
+            incidents[incident.id] = incident
+            report.opened.append(incident.id)
+    set_alert_incident(session, alert.id, incident.id)
+    return incident
 
 
 def group_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
@@ -550,30 +566,18 @@ def group_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
     caller's transaction (see the module docstring)."""
     report = GroupingReport()
     results = {(r.detector, r.feature): r for r in run.results}
-    findings = list(session.scalars(select(Alert).where(
-        Alert.model == run.model, Alert.model_version == run.version,
-        Alert.state.in_(OPEN_ALERT_STATES)).order_by(Alert.id)))
-    incidents = {i.id: i for i in _open_incidents(session, run.model, run.version)}
+    findings = open_alerts_of_version(session, model=run.model, version=run.version)
+    incidents = {i.id: i for i in open_incidents(session, model=run.model, version=run.version)}
     run_cause = attribution_cause(run)
     share_today: dict[int, float] = {}
     for alert in findings:
-        incident = incidents.get(alert.incident_id) if alert.incident_id is not None else None
+        incident = _file(session, alert, incidents, run, run_cause, results, report, now)
         if incident is None:
-            cause = cause_of(alert, run, run_cause)
-            incident = _matching(incidents.values(), cause)
-            if incident is None:
-                if alert.state != "firing" or _does_better(alert, results):
-                    alert.incident_id = None
-                    continue
-                incident = _new_incident(session, run, cause, alert.severity, now)
-                if incident.id not in incidents:
-                    incidents[incident.id] = incident
-                    report.opened.append(incident.id)
-            alert.incident_id = incident.id
+            continue
         share = _share_today(run, incident)
         if share is not None:
             share_today[incident.id] = share
-    session.flush()
+    findings = flushed_alerts(session, [alert.id for alert in findings])
     for incident in incidents.values():
         members = [a for a in findings if a.incident_id == incident.id]
         _update(session, incident, members, run, results, share_today.get(incident.id),
@@ -581,7 +585,7 @@ def group_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
     return report
 
 
-def _share_today(run: CheckRunInfo, incident: Incident) -> float | None:
+def _share_today(run: CheckRunInfo, incident: IncidentRecord) -> float | None:
     """The share of the window's studies that the incident's stratum holds, where the run's
     attribution ranks it."""
     if incident.cause_field not in STRATUM_FIELDS:
@@ -595,11 +599,13 @@ def _share_today(run: CheckRunInfo, incident: Incident) -> float | None:
     return None
 
 
-def _update(session: Session, incident: Incident, members: list[Alert], run: CheckRunInfo,
-            results: Mapping[tuple[str, str], CheckResultInfo], share: float | None,
-            config: AlertingConfig, report: GroupingReport, now: datetime, *,
-            opened: bool) -> None:
-    evidence = {int(row["alert_id"]): dict(row) for row in incident.evidence or []
+def _evidence_rows(incident: IncidentRecord, members: list[AlertRecord], run: CheckRunInfo,
+                   results: Mapping[tuple[str, str], CheckResultInfo], share: float | None
+                   ) -> list[dict[str, Any]]:
+    """The incident's evidence after the run: a new row for each member the run saw (or that
+    has none yet), the state of each, resolved for a finding no longer open; open ones first,
+    then the strongest."""
+    evidence = {int(row["alert_id"]): dict(row) for row in incident.evidence
                 if isinstance(row, Mapping) and row.get("alert_id") is not None}
     for alert in members:
         if alert.last_check_run_id == run.id or alert.id not in evidence:
@@ -613,38 +619,67 @@ def _update(session: Session, incident: Incident, members: list[Alert], run: Che
     for alert_id, row in evidence.items():
         if alert_id not in open_ids and row.get("state") in OPEN_ALERT_STATES:
             row["state"] = "resolved"
-    rows = sorted(evidence.values(), key=lambda r: (r.get("state") not in OPEN_ALERT_STATES,
+    return sorted(evidence.values(), key=lambda r: (r.get("state") not in OPEN_ALERT_STATES,
                                                    [-x for x in _strength(r)],
                                                    int(r["alert_id"])))
+
+
+def _first_evidence_day(incident: IncidentRecord, rows: Sequence[Mapping[str, Any]]
+                        ) -> date | None:
+    """The earliest ``since`` the incident has seen."""
     days = [d for d in (_as_date(r.get("since")) for r in rows) if d is not None]
-    if days:
-        first = min(days)
-        if incident.first_evidence_day is None or first < incident.first_evidence_day:
-            incident.first_evidence_day = first
+    if days and (incident.first_evidence_day is None or min(days) < incident.first_evidence_day):
+        return min(days)
+    return incident.first_evidence_day
+
+
+def _severity(incident: IncidentRecord, members: Sequence[AlertRecord]) -> str:
+    """The highest severity of the firing members, if above the incident's (it never
+    drops while the incident is open)."""
     firing = [a for a in members if a.state == "firing"]
-    before = incident.severity
     if firing:
         highest = max((a.severity for a in firing), key=_rank)
         if _rank(highest) > _rank(incident.severity):
-            incident.severity = highest
+            return highest
+    return incident.severity
+
+
+def _record_run(session: Session, incident: IncidentRecord, members: list[AlertRecord],
+                run: CheckRunInfo, results: Mapping[tuple[str, str], CheckResultInfo],
+                share: float | None, now: datetime) -> IncidentRecord:
+    """Write the run's evidence, severity, summary and quiet windows on the incident."""
+    rows = _evidence_rows(incident, members, run, results, share)
+    first_day = _first_evidence_day(incident, rows)
     latest_share = share if share is not None else next(
         (r.get("share") for r in sorted(rows, key=lambda r: str(r.get("window_end", "")),
                                         reverse=True) if r.get("share") is not None), None)
-    incident.evidence = rows
-    incident.summary = summarise(incident, [r for r in rows if r.get("state") in
-                                            OPEN_ALERT_STATES] or rows, latest_share)
+    summary = summarise(replace(incident, first_evidence_day=first_day),
+                        [r for r in rows if r.get("state") in OPEN_ALERT_STATES] or rows,
+                        latest_share)
+    quiet = incident.quiet_windows
     if _is_grid_window(run, incident):
-        incident.quiet_windows = 0 if members else incident.quiet_windows + 1
-    incident.last_check_run_id = run.id
-    if incident.last_window_end is None or run.window_end > incident.last_window_end:
-        incident.last_window_end = run.window_end
-    incident.updated_at = now
-    session.flush()
+        quiet = 0 if members else quiet + 1
+    window_end = (run.window_end if incident.last_window_end is None
+                  else max(incident.last_window_end, run.window_end))
+    return record_incident_run(session, incident.id, evidence=rows, summary=summary,
+                               severity=_severity(incident, members),
+                               first_evidence_day=first_day, quiet_windows=quiet,
+                               check_run_id=run.id, window_end=window_end, now=now)
+
+
+def _update(session: Session, incident: IncidentRecord, members: list[AlertRecord],
+            run: CheckRunInfo, results: Mapping[tuple[str, str], CheckResultInfo],
+            share: float | None, config: AlertingConfig, report: GroupingReport,
+            now: datetime, *, opened: bool) -> None:
+    """One incident after the run: its evidence written, then paged (just opened) or
+    escalated (once), notified, and resolved after ``QUIET_WINDOWS`` quiet windows."""
+    before = incident.severity
+    incident = _record_run(session, incident, members, run, results, share, now)
     if opened:
-        incident.paged_at = now
+        incident = mark_incident_paged(session, incident.id, now=now)
         log.info("incident %d opened: %s", incident.id, incident.summary)
     elif _rank(incident.severity) > _rank(before) and incident.escalated_at is None:
-        incident.escalated_at = now
+        incident = mark_incident_escalated(session, incident.id, now=now)
         report.escalated.append(incident.id)
         report.notifications_queued += queue_incident_notifications(
             session, incident, event="escalated", config=config, now=now)
@@ -671,26 +706,17 @@ def _as_date(value: Any) -> date | None:
 # --- resolving and accepting ---------------------------------------------------------------
 
 
-def resolve(session: Session, incident: Incident, *, reason: str, config: AlertingConfig,
-            now: datetime, state: str = "resolved") -> int:
+def resolve(session: Session, incident: IncidentRecord, *, reason: str,
+            config: AlertingConfig, now: datetime, state: str = "resolved") -> int:
     """End an open incident (``state`` resolved or accepted) with ``reason`` and queue its
     ``resolved`` notification; returns how many notifications were queued."""
-    incident.state, incident.resolved_at, incident.resolved_reason = state, now, reason
-    incident.updated_at = now
-    session.flush()
+    incident = resolve_incident(session, incident.id, state=state, reason=reason, now=now)
     queued = 0
     if incident.paged_at is not None:
         queued = queue_incident_notifications(session, incident, event="resolved",
                                               config=config, now=now)
     log.info("incident %d %s: %s", incident.id, state, reason)
     return queued
-
-
-def _resolve_findings(session: Session, alerts: Iterable[Alert], now: datetime) -> None:
-    for alert in alerts:
-        alert.state, alert.resolved_at, alert.updated_at = "resolved", now, now
-        alert.consecutive, alert.firing_windows = 0, 0
-    session.flush()
 
 
 def resolve_version_incidents(session: Session, *, model: str, version: str, reason: str,
@@ -701,11 +727,9 @@ def resolve_version_incidents(session: Session, *, model: str, version: str, rea
     registry's, with the alias move). Returns the incidents' ids."""
     config = config or AlertingConfig()
     now = now or datetime.now(UTC)
-    _resolve_findings(session, session.scalars(select(Alert).where(
-        Alert.model == model, Alert.model_version == version,
-        Alert.state.in_(OPEN_ALERT_STATES))), now)
+    resolve_open_alerts_of_version(session, model=model, version=version, now=now)
     done = []
-    for incident in _open_incidents(session, model, version):
+    for incident in open_incidents(session, model=model, version=version):
         resolve(session, incident, reason=reason, config=config, now=now)
         done.append(incident.id)
     return done
@@ -733,7 +757,7 @@ def accept_incident(session: Session, incident_id: int, *, actor: str, since: da
     now = now or datetime.now(UTC)
     if since > local_day(now, zone):
         raise ValidationError(f"since {since.isoformat()} is in the future", field="since")
-    incident = incident_row(session, incident_id)
+    incident = incident_record(session, incident_id)
     if incident.state != "open":
         raise ConflictError(f"incident {incident_id} is {incident.state}, not open: only an "
                             "open incident can be accepted")
@@ -747,10 +771,9 @@ def accept_incident(session: Session, incident_id: int, *, actor: str, since: da
         field=incident.cause_field, value=incident.cause_value,
         since=local_midnight(since, zone), actor=actor, reason=reason.strip(),
         max_studies=max_studies, now=now)
-    incident.accepted_by, incident.accepted_at = actor, now
-    incident.accept_reason, incident.accepted_since = reason.strip(), since
-    _resolve_findings(session, session.scalars(select(Alert).where(
-        Alert.incident_id == incident.id, Alert.state.in_(OPEN_ALERT_STATES))), now)
+    record_acceptance(session, incident.id, actor=actor, reason=reason.strip(), since=since,
+                      now=now)
+    resolve_open_alerts_of_incident(session, incident.id, now=now)
     resolve(session, incident, reason=ACCEPTED, config=config, now=now, state="accepted")
     record_audit(session, actor=actor, action="accept_incident", model=incident.model,
                  model_version=incident.model_version, reason=reason.strip(), now=now,

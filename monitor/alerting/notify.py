@@ -42,7 +42,6 @@ from email.message import EmailMessage
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from monitor.alerting.config import (
@@ -56,8 +55,23 @@ from monitor.alerting.config import (
 )
 from monitor.runtime import Runtime
 from monitor.safe_output import html_safe_json, html_text, safe_link, visible
-from monitor.store.db import session_scope, updated_rows
-from monitor.store.models import Alert, Incident, Notification
+from monitor.store.alerts import OPEN_ALERT_STATES, AlertRecord, alert_record, alerts_of_incident
+from monitor.store.db import session_scope
+from monitor.store.incidents import IncidentRecord, incident_record, open_paged_incidents
+from monitor.store.notifications import (
+    PAGE_EVENTS,
+    NotificationRecord,
+    claim_due_notifications,
+    count_failed_attempt,
+    incident_notified,
+    latest_page,
+    mark_notification_failed,
+    mark_notification_sent,
+    mark_notification_silenced,
+    queue_notification,
+    rearm_notification,
+    schedule_retry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +86,6 @@ RUNBOOKS_PATH = "docs/runbooks"
 DASHBOARD_ALERTS_PAGE = "alerts"
 INCIDENT_ALERTNAME = "MonitorIncident"
 EVENTS = ("firing", "escalated", "resolved")
-OPEN_ALERT_STATES = ("pending", "firing")
 # Labels every finding carries that say where it came from, not how to route it: an
 # incident's labels take only the other (the rule's own ``labels:``) from its leading finding.
 FINDING_LABELS = frozenset({"alertname", "model", "model_version", "severity", "category",
@@ -112,8 +125,8 @@ class IncidentMessage:
     alert_id: int | None = None
 
     @classmethod
-    def of(cls, incident: Incident, *, event: str, lead: Alert | None, external_url: str,
-           dashboard_url: str) -> IncidentMessage:
+    def of(cls, incident: IncidentRecord, *, event: str, lead: AlertRecord | None,
+           external_url: str, dashboard_url: str) -> IncidentMessage:
         """``lead``: the incident's leading finding (its rule names the runbook and lends
         its own labels); ``dashboard_url`` is the dashboard's base (MONITOR_DASHBOARD_URL)."""
         rule = lead.rule if lead is not None else INCIDENT_ALERTNAME
@@ -129,15 +142,15 @@ class IncidentMessage:
             paged_at=incident.paged_at, resolved_at=incident.resolved_at,
             resolved_reason=incident.resolved_reason,
             first_evidence_day=incident.first_evidence_day,
-            findings=tuple(dict(row) for row in incident.evidence or []),
+            findings=tuple(dict(row) for row in incident.evidence),
             url=f"{external_url.rstrip('/')}/v1/incidents/{incident.id}",
             runbook_url=runbook_url(rule),
             dashboard_url=f"{dashboard_url.rstrip('/')}/{DASHBOARD_ALERTS_PAGE}",
         )
 
     @classmethod
-    def of_alert(cls, alert: Alert, *, event: str, external_url: str, dashboard_url: str
-                 ) -> IncidentMessage:
+    def of_alert(cls, alert: AlertRecord, *, event: str, external_url: str,
+                 dashboard_url: str) -> IncidentMessage:
         """A notification queued for one alert before incidents existed."""
         return cls(
             incident_id=None, event=event, rule=alert.rule, model=alert.model,
@@ -154,7 +167,7 @@ class IncidentMessage:
         )
 
 
-def incident_labels(incident: Incident, extra: Mapping[str, str] | None = None
+def incident_labels(incident: IncidentRecord, extra: Mapping[str, str] | None = None
                     ) -> dict[str, str]:
     """An incident's labels: its identity in Alertmanager (the fixed ones win over
     ``extra``, a rule's own routing labels)."""
@@ -374,16 +387,11 @@ def send(channel: Channel, message: IncidentMessage, *, settings: NotificationSe
         _send_email(email_message(message, channel), channel, timeout_s=timeout_s)
 
 
-def is_silenced(alert: Alert, now: datetime) -> bool:
+def is_silenced(alert: AlertRecord, now: datetime) -> bool:
     return alert.silenced_until is not None and alert.silenced_until > now
 
 
-def incident_findings(session: Session, incident: Incident) -> list[Alert]:
-    return list(session.scalars(select(Alert).where(Alert.incident_id == incident.id)
-                                .order_by(Alert.id)))
-
-
-def lead_finding(findings: Sequence[Alert], severity: str) -> Alert | None:
+def lead_finding(findings: Sequence[AlertRecord], severity: str) -> AlertRecord | None:
     """The finding an incident's runbook and routing labels come from: the oldest open one
     at the incident's severity, else the oldest open one, else the oldest."""
     open_ = [a for a in findings if a.state in OPEN_ALERT_STATES]
@@ -394,15 +402,15 @@ def lead_finding(findings: Sequence[Alert], severity: str) -> Alert | None:
     return None
 
 
-def incident_silenced(session: Session, incident: Incident, now: datetime) -> bool:
+def incident_silenced(session: Session, incident: IncidentRecord, now: datetime) -> bool:
     """An incident is silenced while every one of its open findings is (every finding, once
     none is open); one without findings is not."""
-    findings = incident_findings(session, incident)
+    findings = alerts_of_incident(session, incident.id)
     open_ = [a for a in findings if a.state in OPEN_ALERT_STATES] or findings
     return bool(open_) and all(is_silenced(a, now) for a in open_)
 
 
-def queue_incident_notifications(session: Session, incident: Incident, *, event: str,
+def queue_incident_notifications(session: Session, incident: IncidentRecord, *, event: str,
                                  config: AlertingConfig, now: datetime) -> int:
     """Add a pending notification of ``event`` per channel that takes the incident's
     severity, in the caller's transaction; each event at most once per incident and channel
@@ -413,24 +421,32 @@ def queue_incident_notifications(session: Session, incident: Incident, *, event:
     if incident_silenced(session, incident, now):
         return 0
     # a channel that first heard of the incident at its escalation has had its page
-    same = ("firing", "escalated") if event == "firing" else (event,)
+    same = PAGE_EVENTS if event == "firing" else (event,)
     added = 0
     for channel in config.notifications.channels:
         if not channel.accepts(incident.severity):
             continue
-        already = session.scalar(select(Notification.id).where(
-            Notification.incident_id == incident.id, Notification.channel == channel.kind,
-            Notification.target == channel.target, Notification.event.in_(same),
-            Notification.status != "silenced",  # dropped while silenced: notify again
-        ).limit(1))
-        if already is not None:
+        if incident_notified(session, incident.id, channel=channel.kind, target=channel.target,
+                             events=same):
             continue
-        session.add(Notification(
-            incident_id=incident.id, channel=channel.kind, target=channel.target, event=event,
-            status="pending", attempts=0, created_at=now, next_attempt_at=now,
-        ))
+        queue_notification(session, incident_id=incident.id, channel=channel.kind,
+                           target=channel.target, event=event, now=now)
         added += 1
     return added
+
+
+def _rearm(session: Session, incident: IncidentRecord, channel: Channel, *,
+           config: AlertingConfig, due: datetime, now: datetime) -> int:
+    """Re-arm one channel's page of an incident if its last send is as old as ``due``; queue
+    it if the channel never had one. Returns how many notifications that made pending."""
+    page = latest_page(session, incident.id, channel=channel.kind, target=channel.target)
+    if page is None:
+        return queue_incident_notifications(session, incident, event="firing", config=config,
+                                            now=now)
+    if page.status in ("sent", "failed", "silenced") and (page.sent_at or page.created_at) <= due:
+        rearm_notification(session, page.id, now=now)
+        return 1
+    return 0
 
 
 def resend_firing(session: Session, config: AlertingConfig, *, now: datetime) -> int:
@@ -441,25 +457,12 @@ def resend_firing(session: Session, config: AlertingConfig, *, now: datetime) ->
         return 0
     due = now - timedelta(seconds=config.notifications.resend_interval_s)
     rearmed = 0
-    for incident in session.scalars(select(Incident).where(Incident.state == "open",
-                                                           Incident.paged_at.is_not(None))):
+    for incident in open_paged_incidents(session):
         if incident_silenced(session, incident, now):
             continue
         for channel in channels:
-            if not channel.accepts(incident.severity):
-                continue
-            row = session.scalar(select(Notification).where(
-                Notification.incident_id == incident.id, Notification.channel == channel.kind,
-                Notification.target == channel.target,
-                Notification.event.in_(("firing", "escalated")),
-            ).order_by(Notification.id.desc()).limit(1))
-            if row is None:
-                rearmed += queue_incident_notifications(session, incident, event="firing",
-                                                        config=config, now=now)
-            elif (row.status in ("sent", "failed", "silenced")
-                  and (row.sent_at or row.created_at) <= due):
-                row.status, row.attempts, row.next_attempt_at = "pending", 0, now
-                rearmed += 1
+            if channel.accepts(incident.severity):
+                rearmed += _rearm(session, incident, channel, config=config, due=due, now=now)
     return rearmed
 
 
@@ -471,19 +474,18 @@ class _Claimed:
     silenced: bool
 
 
-def _message(session: Session, row: Notification, *, config: AlertingConfig,
+def _message(session: Session, row: NotificationRecord, *, config: AlertingConfig,
              dashboard_url: str, now: datetime) -> tuple[IncidentMessage, bool]:
-    """The message of a notification row and whether it is silenced now."""
+    """The message of a notification and whether it is silenced now."""
     external = config.notifications.external_url
     if row.incident_id is not None:
-        incident = session.get(Incident, row.incident_id)
-        assert incident is not None
-        lead = lead_finding(incident_findings(session, incident), incident.severity)
+        incident = incident_record(session, row.incident_id)
+        lead = lead_finding(alerts_of_incident(session, incident.id), incident.severity)
         return (IncidentMessage.of(incident, event=row.event, lead=lead, external_url=external,
                                    dashboard_url=dashboard_url),
                 incident_silenced(session, incident, now))
-    alert = session.get(Alert, row.alert_id)
-    assert alert is not None
+    assert row.alert_id is not None
+    alert = alert_record(session, row.alert_id)
     return (IncidentMessage.of_alert(alert, event=row.event, external_url=external,
                                      dashboard_url=dashboard_url),
             is_silenced(alert, now))
@@ -491,30 +493,16 @@ def _message(session: Session, row: Notification, *, config: AlertingConfig,
 
 def _claim(runtime: Runtime, config: AlertingConfig, now: datetime, limit: int
            ) -> list[_Claimed]:
-    """Take the due notifications: each is leased by moving its next_attempt_at forward only
-    if nobody else moved it first, so two delivery loops never send the same row at once."""
+    """Take the due notifications (leased, so two delivery loops never send the same row at
+    once) and build their messages."""
     lease = now + timedelta(seconds=3 * config.notifications.retry.timeout_s + 30)
     claimed = []
     with session_scope(runtime.sessions) as session:
-        due = session.execute(
-            select(Notification.id, Notification.next_attempt_at)
-            .where(Notification.status == "pending", Notification.next_attempt_at <= now)
-            .order_by(Notification.id).limit(limit)
-        ).all()
-        for notification_id, seen in due:
-            taken = updated_rows(session,
-                update(Notification)
-                .where(Notification.id == notification_id, Notification.status == "pending",
-                       Notification.next_attempt_at == seen)
-                .values(next_attempt_at=lease))
-            if not taken:
-                continue
-            row = session.get(Notification, notification_id)
-            assert row is not None
+        for row in claim_due_notifications(session, now=now, lease_until=lease, limit=limit):
             message, silenced = _message(session, row, config=config,
                                          dashboard_url=runtime.settings.dashboard_url, now=now)
             claimed.append(_Claimed(
-                notification_id=notification_id,
+                notification_id=row.id,
                 channel=config.notifications.channel(row.channel, row.target),
                 message=message, silenced=silenced,
             ))
@@ -525,20 +513,18 @@ def _record(runtime: Runtime, notification_id: int, *, error: str | None,
             config: AlertingConfig, now: datetime, skipped: bool = False) -> str:
     retry = config.notifications.retry
     with session_scope(runtime.sessions) as session:
-        row = session.get(Notification, notification_id)
-        assert row is not None
         if skipped:
-            row.status, row.next_attempt_at, row.last_error = "silenced", None, error
+            mark_notification_silenced(session, notification_id, reason=error)
             return "skipped"
-        row.attempts += 1
         if error is None:
-            row.status, row.sent_at, row.next_attempt_at = "sent", now, None
+            mark_notification_sent(session, notification_id, now=now)
             return "sent"
-        row.last_error = error[:2000]
-        if row.attempts >= retry.max_attempts:
-            row.status, row.next_attempt_at = "failed", None
+        attempts = count_failed_attempt(session, notification_id, error=error)
+        if attempts >= retry.max_attempts:
+            mark_notification_failed(session, notification_id)
             return "failed"
-        row.next_attempt_at = now + timedelta(seconds=retry.backoff_s(row.attempts))
+        schedule_retry(session, notification_id,
+                       at=now + timedelta(seconds=retry.backoff_s(attempts)))
         return "retrying"
 
 

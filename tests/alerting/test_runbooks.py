@@ -22,7 +22,8 @@ from monitor.alerting.notify import (
 )
 from monitor.alerting.rules import DEFAULT_RULES
 from monitor.config import ConfigError, load_settings
-from monitor.store.models import Alert, Incident
+from monitor.store.alerts import AlertRecord
+from monitor.store.incidents import IncidentRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ROOT / "docs" / "runbooks"
@@ -45,17 +46,25 @@ def prometheus_alert_names() -> set[str]:
     return {rule["alert"] for group in document["groups"] for rule in group["rules"]}
 
 
-def alert(rule: str, severity: str = "critical") -> Alert:
-    return Alert(id=5, key="k", rule=rule, model="cxr-triage", model_version="1.4.0",
-                 severity=severity, state="firing", summary="s", started_at=NOW,
-                 fired_at=NOW, labels={"alertname": rule, "model": "cxr-triage",
-                                       "model_version": "1.4.0", "severity": severity})
+def alert(rule: str, severity: str = "critical") -> AlertRecord:
+    return AlertRecord(
+        id=5, key="k", rule=rule, model="cxr-triage", model_version="1.4.0",
+        severity=severity, state="firing", summary="s", consecutive=1, firing_windows=1,
+        last_window_end=NOW, started_at=NOW, fired_at=NOW, updated_at=NOW, resolved_at=None,
+        acknowledged_by=None, acknowledged_at=None, silenced_until=None,
+        last_check_run_id=None, incident_id=3,
+        labels={"alertname": rule, "model": "cxr-triage", "model_version": "1.4.0",
+                "severity": severity})
 
 
-def incident(severity: str = "critical") -> Incident:
-    return Incident(id=3, model="cxr-triage", model_version="1.4.0", cause_field="station",
-                    cause_value="XR-SOUTH-1", cause_label="XR-SOUTH-1", state="open",
-                    severity=severity, opened_at=NOW, paged_at=NOW, summary="s", evidence=[])
+def incident(severity: str = "critical") -> IncidentRecord:
+    return IncidentRecord(
+        id=3, model="cxr-triage", model_version="1.4.0", cause_field="station",
+        cause_value="XR-SOUTH-1", cause_label="XR-SOUTH-1", state="open", severity=severity,
+        opened_at=NOW, first_evidence_day=None, paged_at=NOW, escalated_at=None,
+        resolved_at=None, resolved_reason=None, summary="s", evidence=(), quiet_windows=0,
+        last_check_run_id=None, last_window_end=None, accepted_by=None, accepted_at=None,
+        accept_reason=None, accepted_since=None, updated_at=NOW)
 
 
 def message(rule: str, dashboard_url: str) -> IncidentMessage:
