@@ -37,7 +37,6 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any, Protocol
 
 import httpx
@@ -182,14 +181,10 @@ def register_version(session: Session, *, model: str, version: str, actor: str,
 
 def promote(session: Session, *, model: str, version: str, actor: str, reason: str | None,
             alias: str = "production", force: bool = False, alert_id: int | None = None,
-            on_retired: VersionRetired | None = None, config: Any = None,
-            now: datetime | None = None) -> AliasMove:
+            on_retired: VersionRetired | None = None, now: datetime | None = None) -> AliasMove:
     """Point ``alias`` at ``version`` (status ``active``); the version it pointed at becomes
     ``retired`` unless another alias still points at it, and ``on_retired`` is called for
-    it. A version rolled back for cause is refused unless ``force``. (``config``: see the
-    transitional section at the end.)"""
-    if on_retired is None:  # transitional
-        on_retired = _legacy_wiring(config)[1]
+    it. A version rolled back for cause is refused unless ``force``."""
     reason = _require_reason(reason, f"promote {model} {version}")
     now = _now(now)
     _require_alert(session, alert_id)
@@ -204,7 +199,9 @@ def promote(session: Session, *, model: str, version: str, actor: str, reason: s
     if previous is not None and previous.status == "active" and not store.is_aliased(
             session, previous.id):
         store.set_version_status(session, previous.id, "retired", now)
-        on_retired(session, model=model, version=previous.version, rolled_back=False, now=now)
+        if on_retired is not None:
+            on_retired(session, model=model, version=previous.version, rolled_back=False,
+                       now=now)
     record_audit(session, actor=actor, action="promote", model=model, model_version=version,
                  reason=reason, alert_id=alert_id, now=now,
                  details={"alias": alias, "from_version": previous and previous.version,
@@ -279,14 +276,12 @@ def execute(session: Session, rec: RecommendationInfo, *, actor: str, reason: st
 
 
 def rollback(session: Session, *, model: str, actor: str, reason: str | None,
-             hooks: HookSettings | None = None, on_retired: VersionRetired | None = None,
-             config: Any = None, to_version: str | None = None, alias: str = "production",
+             hooks: HookSettings = NO_HOOK, on_retired: VersionRetired | None = None,
+             to_version: str | None = None, alias: str = "production",
              force: bool = False, alert_id: int | None = None, now: datetime | None = None
              ) -> RecommendationInfo:
     """Roll ``alias`` back now (a human's decision, recorded as an executed recommendation
-    with policy ``manual``). ``to_version`` defaults to ``rollback_target``. (``config``:
-    see the transitional section at the end.)"""
-    hooks, on_retired = _wired(hooks, on_retired, config)  # transitional
+    with policy ``manual``). ``to_version`` defaults to ``rollback_target``."""
     reason = _require_reason(reason, f"roll back {model}")
     now = _now(now)
     _require_alert(session, alert_id)
@@ -314,12 +309,10 @@ def _pending_recommendation(session: Session, recommendation_id: int) -> Recomme
 
 
 def approve(session: Session, recommendation_id: int, *, actor: str, reason: str | None,
-            hooks: HookSettings | None = None, on_retired: VersionRetired | None = None,
-            config: Any = None, force: bool = False, now: datetime | None = None
+            hooks: HookSettings = NO_HOOK, on_retired: VersionRetired | None = None,
+            force: bool = False, now: datetime | None = None
             ) -> RecommendationInfo:
-    """A human approves a pending recommendation: the rollback is executed. (``config``:
-    see the transitional section at the end.)"""
-    hooks, on_retired = _wired(hooks, on_retired, config)  # transitional
+    """A human approves a pending recommendation: the rollback is executed."""
     reason = _require_reason(reason, f"approve rollback recommendation {recommendation_id}")
     rec = _pending_recommendation(session, recommendation_id)
     return execute(session, rec, actor=actor, reason=reason, force=force, hooks=hooks,
@@ -383,13 +376,10 @@ def _call_hook(hooks: HookSettings, rec: RecommendationInfo) -> str | None:
     return None
 
 
-def deliver_deploy_hooks(runtime: Runtime, hooks: HookSettings | None = None, *,
-                         config: Any = None, now: datetime | None = None) -> HookReport:
+def deliver_deploy_hooks(runtime: Runtime, hooks: HookSettings, *,
+                         now: datetime | None = None) -> HookReport:
     """Call the deploy hook for every executed rollback whose hook is due; record each
-    outcome on the recommendation and in the audit log; retry with backoff. (``config``:
-    see the transitional section at the end.)"""
-    if hooks is None:  # transitional
-        hooks = _legacy_wiring(config, runtime)[0]
+    outcome on the recommendation and in the audit log; retry with backoff."""
     now = _now(now)
     counts = {"sent": 0, "retrying": 0, "failed": 0}
     lease_until = now + timedelta(seconds=3 * hooks.timeout_s + 30)
@@ -445,14 +435,12 @@ class Registry:
     """Each method is one transaction; rollbacks call the deploy hook after their commit.
     ``hooks`` and ``on_retired`` are the deploy hook and the callback for versions that stop
     being live (``monitor.alerting.rollback.registry_for`` builds a Registry with both from
-    the alerting config). (``config``: see the transitional section at the end.)"""
+    the alerting config)."""
 
-    def __init__(self, runtime: Runtime, config: Any = None, *,
-                 hooks: HookSettings | None = None, on_retired: VersionRetired | None = None):
+    def __init__(self, runtime: Runtime, *, hooks: HookSettings = NO_HOOK,
+                 on_retired: VersionRetired | None = None):
         self.runtime = runtime
-        if hooks is None and on_retired is None:  # transitional
-            hooks, on_retired = _legacy_wiring(config, runtime)
-        self.hooks = hooks or NO_HOOK
+        self.hooks = hooks
         self.on_retired = on_retired
 
     def _session(self) -> AbstractContextManager[Session]:
@@ -530,45 +518,3 @@ class Registry:
             deliver_deploy_hooks(self.runtime, self.hooks)
         return self.recommendation(rec.id)
 
-
-# --- transitional --------------------------------------------------------------------------
-# Callers not yet moved to ``monitor.alerting.rollback`` still use the old signatures: the
-# alerting engine (``apply_rollback_policies``, ``deliver_deploy_hooks(config=...)``), the CLI
-# and the dashboard (``Registry(runtime)``, which read the alerting config file) and tests
-# (``promote``/``rollback``/``approve`` with ``config`` or without a callback, relying on
-# incident resolution). For them the alerting config's deploy hook and incident resolution
-# are wired here through ``monitor.alerting.rollback``: the one import against the layers
-# left in this module. Once they have moved, delete this section, the ``config`` parameters
-# and the lines marked "transitional"; then ``hooks`` defaults to ``NO_HOOK`` (required by
-# ``deliver_deploy_hooks``) and ``on_retired=None`` means no callback.
-
-
-def _alerting_rollback() -> ModuleType:
-    from monitor.alerting import rollback as alerting_rollback
-
-    return alerting_rollback
-
-
-def _legacy_wiring(config: Any, runtime: Runtime | None = None
-                   ) -> tuple[HookSettings, VersionRetired]:
-    """The deploy hook and incident resolution of ``config`` (None: the config file the
-    runtime's settings name, or the built-in defaults)."""
-    wiring: tuple[HookSettings, VersionRetired] = _alerting_rollback().wiring(config, runtime)
-    return wiring
-
-
-def _wired(hooks: HookSettings | None, on_retired: VersionRetired | None, config: Any
-           ) -> tuple[HookSettings, VersionRetired]:
-    if hooks is not None and on_retired is not None:
-        return hooks, on_retired
-    legacy_hooks, legacy_retired = _legacy_wiring(config)
-    return (legacy_hooks if hooks is None else hooks,
-            legacy_retired if on_retired is None else on_retired)
-
-
-def apply_rollback_policies(session: Session, config: Any, *, model: str,
-                            now: datetime | None = None) -> list[RecommendationInfo]:
-    """Moved to ``monitor.alerting.rollback.apply_rollback_policies``."""
-    made: list[RecommendationInfo] = _alerting_rollback().apply_rollback_policies(
-        session, config, model=model, now=now)
-    return made

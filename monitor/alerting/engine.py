@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from monitor import registry
+from monitor.alerting import rollback
 from monitor.alerting.config import AlertingConfig, load_config
 from monitor.alerting.incidents import group_run
 from monitor.alerting.notify import (
@@ -60,6 +61,7 @@ from monitor.store.alerts import (
     resolve_alert,
     silence_alert,
 )
+from monitor.store.audit import record_audit
 from monitor.store.db import session_scope
 from monitor.store.incidents import AlertInfo, NotificationInfo
 from monitor.store.results import CheckRunInfo, get_check_run
@@ -187,7 +189,7 @@ def evaluate_run(session: Session, run: CheckRunInfo, config: AlertingConfig, *,
             firing.append(alert.id)
     transitions += _resolve_orphans(session, run, config, now)
     grouped = group_run(session, run, config, now=now)
-    recommendations = registry.apply_rollback_policies(session, config, model=run.model,
+    recommendations = rollback.apply_rollback_policies(session, config, model=run.model,
                                                        now=now)
     return EvaluationReport(run.id, tuple(transitions), tuple(firing),
                             grouped.notifications_queued, tuple(recommendations),
@@ -207,7 +209,7 @@ def process_check_run(runtime: Runtime, check_run_id: int, *,
     if not deliver:
         return report
     delivery = deliver_pending(runtime, config=config, now=now)
-    registry.deliver_deploy_hooks(runtime, config=config, now=now)
+    rollback.deliver_deploy_hooks(runtime, config=config, now=now)
     return replace(report, delivery=delivery)
 
 
@@ -226,7 +228,7 @@ def _check_run_id(outcome: Any) -> int:
 
 
 def on_check_complete(runtime: Runtime, outcome: Any) -> EvaluationReport | None:
-    """The hook ``monitor.checks`` calls after each check (``on_check_complete``). The check
+    """The hook the service passes to each check it runs (``run_check``'s ``hooks``). The check
     is already stored; an evaluation that fails is logged, not raised, so it cannot fail the
     check (``monitor alerts evaluate RUN_ID`` runs it again)."""
     try:
@@ -244,7 +246,7 @@ def acknowledge(session: Session, alert_id: int, *, actor: str, reason: str | No
                 now: datetime | None = None) -> AlertInfo:
     now = now or datetime.now(UTC)
     alert = acknowledge_alert(session, alert_id, actor=actor, now=now)
-    registry.record_audit(session, actor=actor, action="acknowledge_alert", model=alert.model,
+    record_audit(session, actor=actor, action="acknowledge_alert", model=alert.model,
                           model_version=alert.model_version, reason=reason, alert_id=alert.id,
                           now=now, details={"rule": alert.rule, "state": alert.state})
     return get_alert(session, alert_id)
@@ -260,7 +262,7 @@ def silence(session: Session, alert_id: int, *, actor: str, until: datetime,
     now = now or datetime.now(UTC)
     until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
     alert = silence_alert(session, alert_id, until=until, now=now)
-    registry.record_audit(session, actor=actor, action="silence_alert", model=alert.model,
+    record_audit(session, actor=actor, action="silence_alert", model=alert.model,
                           model_version=alert.model_version, reason=reason, alert_id=alert.id,
                           now=now, details={"rule": alert.rule, "until": until.isoformat()})
     return get_alert(session, alert_id)
@@ -285,7 +287,7 @@ def deliver_due(runtime: Runtime, *, config: AlertingConfig | None = None,
     with session_scope(runtime.sessions) as session:
         resent = resend_firing(session, config, now=now)
     delivery = deliver_pending(runtime, config=config, now=now)
-    hooks = registry.deliver_deploy_hooks(runtime, config=config, now=now)
+    hooks = rollback.deliver_deploy_hooks(runtime, config=config, now=now)
     return TickReport(resent, delivery, hooks)
 
 

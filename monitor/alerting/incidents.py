@@ -748,7 +748,7 @@ def accept_incident(session: Session, incident_id: int, *, actor: str, since: da
     that is not open or whose cause is not a stratum; InsufficientDataError when the stratum
     has too few studies from ``since`` yet."""
     from monitor.baselines import rebaseline_stratum  # baselines -> registry -> here
-    from monitor.registry import record_audit
+    from monitor.store.audit import record_audit
     from monitor.windows import local_day, local_midnight
 
     if reason is None or not reason.strip():

@@ -218,10 +218,8 @@ def test_incidents_cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
                        capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from monitor import checks
     from monitor.commands import alerts as alerts_cli
 
-    monkeypatch.setattr(checks, "on_check_complete", [])  # add_commands registers the hook
     deploy_update(runtime)
     incident_id = _open_incident(runtime, STATION)
     monkeypatch.setenv("MONITOR_DATABASE_URL", runtime.settings.database_url)

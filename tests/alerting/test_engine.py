@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from monitor import registry
-from monitor.alerting import engine, register_check_hook
+from monitor.alerting import engine, rollback
 from monitor.alerting.config import AlertingConfig, parse_config
 from monitor.errors import ValidationError
 from monitor.runtime import Runtime
@@ -220,13 +220,11 @@ def test_acknowledge_and_silence_are_audited_and_silence_needs_a_reason(
 
 def test_the_check_hook_evaluates_each_check(runtime: Runtime, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from monitor import checks
+    from monitor.api import create_app
 
-    hooks: list = []
-    monkeypatch.setattr(checks, "on_check_complete", hooks, raising=False)
-    register_check_hook()
-    register_check_hook()
-    assert hooks == [engine.on_check_complete]  # once, however often it is called
+    # the API's checks evaluate the rules (and so does `monitor serve`'s scheduler)
+    hooks = create_app(runtime).state.check_hooks
+    assert hooks == (engine.on_check_complete,)
 
     rules = tmp_path / "rules.yml"
     rules.write_text("rules:\n  - {name: perf, family: performance, condition: p_value < 0.01}\n")
@@ -249,9 +247,9 @@ def _policy_config(**policy: object) -> AlertingConfig:
 def _setup_production(runtime: Runtime) -> tuple[int, int]:
     old, new = add_version(runtime, "1.3.0"), add_version(runtime, "1.4.0")
     with session_scope(runtime.sessions) as session:
-        registry.promote(session, model="cxr-triage", version="1.3.0", actor="alice",
+        rollback.promote(session, model="cxr-triage", version="1.3.0", actor="alice",
                          reason="initial release")
-        registry.promote(session, model="cxr-triage", version="1.4.0", actor="alice",
+        rollback.promote(session, model="cxr-triage", version="1.4.0", actor="alice",
                          reason="better AUC in validation")
     return old, new
 
@@ -300,8 +298,8 @@ def test_no_recommendation_without_a_sound_target(runtime: Runtime) -> None:
     old = add_version(runtime, "1.3.0", baseline=False)  # no baseline: not a target
     new = add_version(runtime, "1.4.0")
     with session_scope(runtime.sessions) as session:
-        registry.promote(session, model="cxr-triage", version="1.3.0", actor="a", reason="r")
-        registry.promote(session, model="cxr-triage", version="1.4.0", actor="a", reason="r")
+        rollback.promote(session, model="cxr-triage", version="1.3.0", actor="a", reason="r")
+        rollback.promote(session, model="cxr-triage", version="1.4.0", actor="a", reason="r")
     assert old != new
     for day in (10, 11, 12, 13):
         report = _evaluate(runtime, store_run(runtime, new, day=day, results=[_perf(0.001)]),
@@ -311,10 +309,8 @@ def test_no_recommendation_without_a_sound_target(runtime: Runtime) -> None:
 
 def test_alerts_cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
                     capsys: pytest.CaptureFixture[str]) -> None:
-    from monitor import checks
     from monitor.commands import alerts as alerts_cli
 
-    monkeypatch.setattr(checks, "on_check_complete", [])  # add_commands registers the hook
     config = _config()
     version = add_version(runtime, "1.4.0")
     for day in (10, 11):
@@ -324,7 +320,6 @@ def test_alerts_cli(runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("MONITOR_SECRET_KEY", runtime.settings.secret_key.get_secret_value())
     parser = argparse.ArgumentParser()
     alerts_cli.add_commands(parser.add_subparsers(dest="command"))
-    assert checks.on_check_complete == [engine.on_check_complete]  # `monitor check` evaluates
 
     def run(*argv: str) -> str:
         args = parser.parse_args(["alerts", *argv])

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from monitor import registry
-from monitor.alerting import engine
+from monitor.alerting import engine, rollback
 from monitor.alerting.config import AlertingConfig, parse_config
 from monitor.alerting.incidents import canonical_cause, group_run
 from monitor.runtime import Runtime
@@ -391,9 +390,9 @@ def test_a_silence_on_its_findings_silences_the_incident(runtime: Runtime) -> No
 def _production(runtime: Runtime) -> tuple[int, int]:
     old, new = add_version(runtime, "1.3.0"), add_version(runtime, "1.4.0")
     with session_scope(runtime.sessions) as session:
-        registry.promote(session, model="cxr-triage", version="1.3.0", actor="alice",
+        rollback.promote(session, model="cxr-triage", version="1.3.0", actor="alice",
                          reason="initial release")
-        registry.promote(session, model="cxr-triage", version="1.4.0", actor="alice",
+        rollback.promote(session, model="cxr-triage", version="1.4.0", actor="alice",
                          reason="better AUC")
     return old, new
 
@@ -404,7 +403,7 @@ def test_a_rollback_resolves_the_versions_incidents(runtime: Runtime) -> None:
                                             "page")])
     (incident,) = _incidents(runtime)
     with session_scope(runtime.sessions) as session:
-        registry.rollback(session, model="cxr-triage", actor="alice", reason="sensitivity",
+        rollback.rollback(session, model="cxr-triage", actor="alice", reason="sensitivity",
                           config=_config())
     (after,) = _incidents(runtime, state=None)
     assert (after.state, after.resolved_reason) == ("resolved", "rolled back")
@@ -420,7 +419,7 @@ def test_a_retired_version_is_no_longer_live(runtime: Runtime) -> None:
     _evaluate(runtime, new, 10, [sequential("MMDDrift/embedding", "embedding", "page")])
     add_version(runtime, "1.5.0")
     with session_scope(runtime.sessions) as session:
-        registry.promote(session, model="cxr-triage", version="1.5.0", actor="alice",
+        rollback.promote(session, model="cxr-triage", version="1.5.0", actor="alice",
                          reason="fixes sensitivity", config=_config())
     (after,) = _incidents(runtime, state=None)
     assert (after.model_version, after.resolved_reason) == ("1.4.0", "no longer live")
