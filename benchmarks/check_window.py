@@ -31,12 +31,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine
 
-from monitor.baselines import create_baseline, load_reference
 from monitor.checks import CheckOptions, run_check
+from monitor.checks.baselines import create_baseline, load_reference
+from monitor.checks.reports import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS, run_drift_preset
 from monitor.collect.inprocess import InProcessCollector
 from monitor.config import Settings
 from monitor.detect._torch import resolve_device
-from monitor.reports import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS, run_drift_preset
 from monitor.runtime import Runtime
 from monitor.simulate import simulate_deployment
 from monitor.store import repo

@@ -38,7 +38,7 @@ Side by side, on the same stored check runs:
   incidents, so no cause is named.
 * Evidently ``DataDriftPreset`` (the version installed in the venv, through its legacy
   Report API: the same calculations without the HTML widgets) on each daily window against
-  the whole baseline, on the same 13 metadata and score columns (``monitor.reports``), with
+  the whole baseline, on the same 13 metadata and score columns (``monitor.checks.reports``), with
   its default dataset-drift rule (drift when at least half the columns drift). A drifting
   window is one alert; it has no warning level and names no cause.
 
@@ -89,17 +89,17 @@ from _common import machine
 from monitor.alerting.config import load_config
 from monitor.alerting.engine import process_check_run
 from monitor.alerting.rules import Rule, observe_all
-from monitor.baselines import load_reference
 from monitor.checks import CheckOptions, CheckOutcome
+from monitor.checks.baselines import load_reference
+from monitor.checks.reports import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS, _prepared
+from monitor.checks.scheduler import CheckScheduler
 from monitor.collect.inprocess import InProcessCollector
 from monitor.commands.demo import accepting, build_baselines, register_versions
 from monitor.config import Settings
 from monitor.detect.health import health_score
 from monitor.detect.result import DetectionResult
 from monitor.grid import GRID_GRACE
-from monitor.reports import CATEGORICAL_COLUMNS, NUMERIC_COLUMNS, _prepared
 from monitor.runtime import Runtime
-from monitor.scheduler import CheckScheduler
 from monitor.simulate import (
     ACCEPTED_CHANGE,
     CATALOGUE,
@@ -314,7 +314,7 @@ class Arrivals:
 def evidently_dataset_drift(reference: pd.DataFrame, current: pd.DataFrame
                             ) -> tuple[bool, int, int]:
     """Evidently's ``DataDriftPreset`` with its defaults on the columns of
-    ``monitor.reports`` that hold values on both sides: (dataset drift, drifted columns,
+    ``monitor.checks.reports`` that hold values on both sides: (dataset drift, drifted columns,
     columns). It runs through Evidently's ``legacy`` Report API: the same preset, stattests
     and ``drift_share`` (0.5) as the 0.7 Report (which wraps these calculations and gives the
     same per-column verdicts), without building the HTML widgets the 0.7 Report renders on

@@ -14,10 +14,10 @@ import uvicorn
 from monitor.alerting.engine import DeliveryLoop, on_check_complete
 from monitor.api import create_app
 from monitor.checks import CheckHook
+from monitor.checks.scheduler import CheckScheduler
 from monitor.config import Settings
 from monitor.errors import ConfigError
 from monitor.runtime import Runtime
-from monitor.scheduler import CheckScheduler
 
 log = logging.getLogger(__name__)
 

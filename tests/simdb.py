@@ -43,8 +43,8 @@ import pytest
 from monitor_client.dicom import normalise_manufacturer
 from sqlalchemy import select, text, update
 
-from monitor.baselines import create_baseline
 from monitor.checks import run_check
+from monitor.checks.baselines import create_baseline
 from monitor.collect.inprocess import InProcessCollector
 from monitor.runtime import Runtime
 from monitor.simulate import SimulatedDeployment, simulate_deployment

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import select, update
 
-from monitor.baselines import (
+from monitor.checks import CheckOptions, run_check
+from monitor.checks.baselines import (
     create_baseline,
     load_reference,
     monitored_versions,
@@ -17,7 +18,6 @@ from monitor.baselines import (
     resolve_version,
     stratified_sample,
 )
-from monitor.checks import CheckOptions, run_check
 from monitor.collect.inprocess import InProcessCollector
 from monitor.errors import InsufficientDataError, NotFoundError, ValidationError
 from monitor.runtime import Runtime
@@ -163,7 +163,7 @@ def test_a_rebaselined_stratum_is_sampled_at_the_baselines_rate(runtime: Runtime
     """A baseline capped at half of its studies: the stratum's new studies come in at the
     same rate, the rest of its members stay as they were, and the next re-baseline reads the
     same rate."""
-    from monitor.baselines import rebaseline_stratum
+    from monitor.checks.baselines import rebaseline_stratum
     from tests.alerting.support import NORTH, SOUTH, T0, UPDATED, add_studies
 
     add_studies(runtime, NORTH, range(0, 20), 8)

@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
-from monitor import checks
-from monitor.baselines import Reference, create_baseline
-from monitor.checks import CheckOptions, CheckOutcome, day_type_reference, run_check
+from monitor.checks import CheckOptions, CheckOutcome, run_check
+from monitor.checks import run as checks
+from monitor.checks.baselines import Reference, create_baseline
+from monitor.checks.run import day_type_reference
 from monitor.collect.inprocess import InProcessCollector
 from monitor.commands.checks import add_commands
 from monitor.detect import sequential

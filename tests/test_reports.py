@@ -9,10 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitor.checks import resolve_report_path
-from monitor.detect.metadata import CategoricalDrift, NumericDrift
-from monitor.errors import InsufficientDataError
-from monitor.reports import (
+from monitor.checks.reports import (
     ReportError,
     inert_value,
     inline_scripts,
@@ -22,6 +19,9 @@ from monitor.reports import (
     with_policy,
     write_drift_report,
 )
+from monitor.checks.run import resolve_report_path
+from monitor.detect.metadata import CategoricalDrift, NumericDrift
+from monitor.errors import InsufficientDataError
 from monitor.runtime import Runtime
 from monitor.store import results
 from monitor.store.db import session_scope

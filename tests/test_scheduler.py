@@ -16,13 +16,13 @@ import pytest
 from monitor_client.events import as_utc
 from sqlalchemy import select, update
 
-from monitor import scheduler as scheduler_module
-from monitor.baselines import resolve_version
 from monitor.checks import CheckOptions, CheckOutcome
+from monitor.checks import scheduler as scheduler_module
+from monitor.checks.baselines import resolve_version
+from monitor.checks.scheduler import CheckScheduler, RoundReport
 from monitor.errors import ValidationError
 from monitor.grid import day_window, grid_day
 from monitor.runtime import Runtime
-from monitor.scheduler import CheckScheduler, RoundReport
 from monitor.store.db import session_scope
 from monitor.store.models import CheckRun, ModelVersion
 from monitor.store.repo import newest_timestamp

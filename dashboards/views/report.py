@@ -2,7 +2,7 @@
 ``MONITOR_REPORTS_DIR``; a stored path outside that folder is refused.
 
 The report is drawn in a frame only when it carries its Content-Security-Policy (written by
-``monitor.reports``: only Evidently's own scripts, by hash, may run in it). A report written
+``monitor.checks.reports``: only Evidently's own scripts, by hash, may run in it). A report written
 by an earlier version, without one, is offered as a download only."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import streamlit as st
 import streamlit.components.v1 as components
 
 from dashboards.common import Context, context, fmt_time, query
-from monitor.reports import report_policy
+from monitor.checks.reports import report_policy
 from monitor.safe_output import markdown_text as md
 
 REPORT_HEIGHT_PX = 1400

@@ -45,7 +45,7 @@ its version (hysteresis: one quiet day does not end it), when its version is rol
 ("rolled back") or retired ("no longer live"; both from ``monitor.registry``, in the same
 transaction as the alias move), or when an operator accepts it as a validated change
 (``accept_incident``), which re-baselines the stratum from a chosen day
-(``monitor.baselines.rebaseline_stratum``).
+(``monitor.checks.baselines.rebaseline_stratum``).
 
 The summary names what, where, how much and since when, from the evidence rows available:
 "XR-SOUTH-1 (Ysio Max, software VF12B) since 2026-10-11: embedding MMD p<1e-4, software_version
@@ -66,9 +66,11 @@ from sqlalchemy.orm import Session
 from monitor.alerting.config import AlertingConfig
 from monitor.alerting.notify import queue_incident_notifications
 from monitor.alerting.rules import SEQUENTIAL_DETECTOR
+from monitor.checks.baselines import rebaseline_stratum
 from monitor.detect.health import DETECTOR_FAMILIES
 from monitor.detect.performance import WORSE_WHEN_HIGHER
 from monitor.errors import ConflictError, ValidationError, clip
+from monitor.grid import local_day, local_midnight
 from monitor.store.alerts import (
     OPEN_ALERT_STATES,
     AlertRecord,
@@ -78,6 +80,7 @@ from monitor.store.alerts import (
     resolve_open_alerts_of_version,
     set_alert_incident,
 )
+from monitor.store.audit import record_audit
 from monitor.store.incidents import (
     IncidentInfo,
     IncidentRecord,
@@ -92,11 +95,10 @@ from monitor.store.incidents import (
     resolve_incident,
 )
 from monitor.store.results import CheckResultInfo, CheckRunInfo
+from monitor.vocabulary import STRATUM_FIELDS
 
 log = logging.getLogger(__name__)
 
-# Most specific first: the order in which a field names a cause.
-STRATUM_FIELDS = ("station", "scanner_model", "software_version", "site", "vendor")
 VERSION_FIELD = "version"
 ATTRIBUTION_DETECTOR = "Attribution"
 ATTRIBUTION_BASES = ("embedding", "metadata")
@@ -741,16 +743,12 @@ def accept_incident(session: Session, incident_id: int, *, actor: str, since: da
                     ) -> IncidentInfo:
     """An operator accepts an open incident whose cause is a stratum as a validated change:
     the version gets a new baseline in which the stratum's studies from ``since`` (a local
-    day in ``zone``) replace its old ones (``monitor.baselines.rebaseline_stratum``; the
+    day in ``zone``) replace its old ones (``monitor.checks.baselines.rebaseline_stratum``; the
     sequential history restarts on it), the incident becomes ``accepted`` (who, why, since),
     its open findings resolve, its ``resolved`` notification is queued and the audit log
     records it, all in the caller's transaction. Refused (ConflictError) for an incident
     that is not open or whose cause is not a stratum; InsufficientDataError when the stratum
     has too few studies from ``since`` yet."""
-    from monitor.baselines import rebaseline_stratum  # baselines -> registry -> here
-    from monitor.store.audit import record_audit
-    from monitor.windows import local_day, local_midnight
-
     if reason is None or not reason.strip():
         raise ValidationError(f"reason is required to accept incident {incident_id} "
                               f"(got {reason!r})", field="reason")

@@ -12,10 +12,11 @@ from pydantic import BaseModel, Field
 
 from monitor.api.auth import Operator, Reader
 from monitor.api.params import Name, Offset, PathId, QueryName, UtcTime
-from monitor.baselines import create_baseline
-from monitor.checks import resolve_report_path, run_check
+from monitor.checks import run_check
+from monitor.checks.baselines import create_baseline
+from monitor.checks.reports import report_policy
+from monitor.checks.run import resolve_report_path
 from monitor.errors import NotFoundError
-from monitor.reports import report_policy
 from monitor.runtime import Runtime
 from monitor.store import results
 from monitor.store.audit import record_audit

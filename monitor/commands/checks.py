@@ -10,8 +10,8 @@ from datetime import date, datetime
 from monitor_client.events import as_utc
 
 from monitor.alerting.engine import on_check_complete
-from monitor.baselines import create_baseline
 from monitor.checks import CheckOptions, CheckOutcome, run_check
+from monitor.checks.baselines import create_baseline
 from monitor.config import load_settings
 from monitor.detect.result import DetectionResult
 from monitor.errors import ValidationError

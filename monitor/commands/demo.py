@@ -23,8 +23,8 @@ from tqdm import tqdm
 from monitor import registry, simulate
 from monitor.alerting import rollback
 from monitor.alerting.engine import process_check_run
-from monitor.baselines import create_baseline
 from monitor.checks import CheckOutcome, run_check
+from monitor.checks.baselines import create_baseline
 from monitor.collect.inprocess import InProcessCollector
 from monitor.commands.dashboard import APP, streamlit_command
 from monitor.config import Settings, ensure_secret_key, load_settings
@@ -227,7 +227,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if settings.alert_rules_file is None:
         settings = settings.model_copy(update={"alert_rules_file": DEMO_ALERT_RULES})
     if not args.verbose:  # one line per check and alert would bury the progress bar
-        for name in ("monitor.checks", "monitor.alerting", "monitor.baselines"):
+        for name in ("monitor.checks", "monitor.alerting", "monitor.checks.baselines"):
             logging.getLogger(name).setLevel(logging.WARNING)
     runtime, deployment = build_demo(settings, seed=args.seed, n_studies=args.studies,
                                      steps=DEMO_STEPS if args.no_serve else SERVE_STEPS)

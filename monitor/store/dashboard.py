@@ -22,7 +22,6 @@ from monitor_client.events import as_utc
 from sqlalchemy import Float, Integer, and_, case, cast, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
-from monitor.alerting.incidents import STRATUM_FIELDS
 from monitor.detect.sequential import STREAM_DETECTOR
 from monitor.detect.stats import wilson_interval
 from monitor.errors import ValidationError
@@ -44,6 +43,7 @@ from monitor.store.registry import active_version, monitored_versions
 from monitor.store.registry import aliases as model_aliases
 from monitor.store.repo import newest_timestamp
 from monitor.store.results import newest_baseline, stored_windows
+from monitor.vocabulary import STRATUM_FIELDS
 
 ACTIVE_ALIAS = "production"
 BIAS_DETECTOR = "SubgroupBias"

@@ -21,7 +21,7 @@ import yaml
 from aiosmtpd.controller import Controller
 
 from monitor import registry
-from monitor.baselines import create_baseline
+from monitor.checks.baselines import create_baseline
 from monitor.collect.ingest import store_inferences
 from monitor.runtime import Runtime
 from monitor.schema import INFERENCES

@@ -18,8 +18,8 @@ from monitor import registry
 from monitor.alerting import engine
 from monitor.alerting.config import AlertingConfig, parse_config
 from monitor.alerting.incidents import accept_incident
-from monitor.baselines import load_reference
 from monitor.checks import CheckOptions, run_check
+from monitor.checks.baselines import load_reference
 from monitor.errors import ConflictError, InsufficientDataError, ValidationError
 from monitor.runtime import Runtime
 from monitor.store import repo

@@ -32,7 +32,7 @@ from tests.conftest import make_settings
 from tests.servers import free_port
 
 STUDIES = 2_100  # 70 a day over the 30 simulated days: baselines hold, loading is quick
-QUIETED = ("monitor.checks", "monitor.alerting", "monitor.baselines")
+QUIETED = ("monitor.checks", "monitor.alerting", "monitor.checks.baselines")
 
 
 @pytest.fixture(autouse=True)

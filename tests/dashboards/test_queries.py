@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from monitor.checks import CheckOptions, run_check
+from monitor.checks.scheduler import due_grid_windows
 from monitor.collect.inprocess import InProcessCollector
 from monitor.runtime import Runtime
-from monitor.scheduler import due_grid_windows
 from monitor.simulate import SimulatedDeployment
 from monitor.store import dashboard as q
 from monitor.store.db import session_scope

@@ -17,7 +17,7 @@ from monitor_client.dicom import age_band
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from monitor.baselines import load_reference
+from monitor.checks.baselines import load_reference
 from monitor.store.db import (
     alembic_config,
     current_revision,

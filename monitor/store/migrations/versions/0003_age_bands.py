@@ -86,7 +86,7 @@ def downgrade() -> None:
 
 def _recount_baseline_bands() -> None:
     """Recompute ``summary.categories.age_band`` of every baseline from its members, as
-    ``monitor.baselines.summarise`` does: shares of the known bands, largest first."""
+    ``monitor.checks.baselines.summarise`` does: shares of the known bands, largest first."""
     connection = op.get_bind()
     counts: dict[int, Counter[str]] = defaultdict(Counter)
     for baseline_id, value, n in connection.execute(

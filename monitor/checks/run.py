@@ -33,7 +33,7 @@ health-v1); it stores no sequential rows.
 Then attribution, when embedding or metadata drift is found in the window or an embedding or
 metadata stream is at warning or page today (a result row ``Attribution`` / ``embedding`` or
 ``metadata`` holding the ranking, and the top of it in the drifting MMD or metadata result's
-details), and the Evidently report (``monitor.reports``).
+details), and the Evidently report (``monitor.checks.reports``).
 
 Small windows give results with ``details["status"] == "insufficient data"``; a family that
 raises is recorded as one result with ``details["status"] == "failed"`` and the error, and
@@ -57,13 +57,14 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.exc import IntegrityError
 
-from monitor.baselines import (
+from monitor.checks.baselines import (
     Reference,
     load_reference,
     reads_frame,
     require_baseline,
     resolve_version,
 )
+from monitor.checks.windows import load_window
 from monitor.detect.attribution import Attribution, attribute
 from monitor.detect.bias import SubgroupBias
 from monitor.detect.classifier import ClassifierDrift
@@ -89,7 +90,6 @@ from monitor.grid import GRID_LABEL, Window, day_window, grid_day, is_weekend
 from monitor.runtime import Runtime
 from monitor.store import results as store
 from monitor.store.db import session_scope
-from monitor.windows import load_window
 
 log = logging.getLogger(__name__)
 
@@ -611,7 +611,7 @@ def run_check(
     """Run every detector family over a window of a model version and store the results.
 
     ``version`` defaults to the version the ``production`` alias points at, else the newest
-    active one. ``window`` is a label (``1d``, ``7d``, ``last:500``; ``monitor.windows``)
+    active one. ``window`` is a label (``1d``, ``7d``, ``last:500``; ``monitor.checks.windows``)
     ending at ``now`` (default: just after the version's newest inference), or give ``start``
     and ``end``, or ``day`` (a local date: that day's grid window in ``Settings.timezone``).
     A window that covers exactly one local day is a grid window, however it was given: it is
@@ -705,7 +705,7 @@ def run_check(
     if options.report:
         clock = time.perf_counter()
         try:
-            from monitor.reports import write_drift_report
+            from monitor.checks.reports import write_drift_report
 
             stored_report = report_file(info.model, info.version, resolved)
             report_path = write_drift_report(

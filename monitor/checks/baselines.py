@@ -35,8 +35,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from monitor_client.events import as_utc
 from sqlalchemy.orm import Session
 
+from monitor.checks.windows import default_now
 from monitor.detect.performance import performance_summary
 from monitor.errors import InsufficientDataError, NotFoundError, ValidationError, clip
 from monitor.runtime import Runtime
@@ -47,7 +49,6 @@ from monitor.store.registry import active_version
 from monitor.store.registry import monitored_versions as monitored_versions  # its old place
 from monitor.store.repo import join_reads, load_embeddings
 from monitor.store.results import BaselineInfo
-from monitor.windows import as_utc, default_now
 
 STRATA = ("site", "scanner_model")
 CATEGORICAL_FIELDS = ("vendor", "manufacturer", "scanner_model", "station", "site", "view",

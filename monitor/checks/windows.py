@@ -20,15 +20,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from monitor_client.events import as_utc as as_utc  # re-exported: windows speak UTC
+from monitor_client.events import as_utc
 from sqlalchemy.orm import Session
 
 from monitor.errors import InsufficientDataError, ValidationError
 from monitor.grid import TICK, Window
-from monitor.grid import local_day as local_day  # re-exported for the incidents' dates
-from monitor.grid import local_midnight as local_midnight
 from monitor.store import repo
-from monitor.store.repo import newest_timestamp as newest_timestamp
+from monitor.store.repo import newest_timestamp
 
 _TIME = re.compile(r"^(\d+)([mhdw])$")
 _COUNT = re.compile(r"^last:(\d+)$")

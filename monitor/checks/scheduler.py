@@ -2,7 +2,7 @@
 (0 switches it off: ``start`` only logs that) and checks what is due.
 
 A round covers, for every model, the version the ``production`` alias points at and every
-version with status ``active`` (``monitor.baselines.monitored_versions``). What it checks
+version with status ``active`` (``monitor.checks.baselines.monitored_versions``). What it checks
 depends on ``Settings.check_window``:
 
 * ``grid`` (the default): the daily calendar grid (``monitor.grid.grid_windows``). Every
@@ -39,8 +39,9 @@ from datetime import UTC, datetime, tzinfo
 from monitor_client.events import as_utc
 from sqlalchemy.orm import Session
 
-from monitor.baselines import require_baseline
 from monitor.checks import CheckHook, CheckOptions, CheckOutcome, run_check
+from monitor.checks.baselines import require_baseline
+from monitor.checks.windows import parse_window
 from monitor.config import GRID_SCHEDULE
 from monitor.grid import GRID_LABEL, Window, grid_until, grid_windows
 from monitor.runtime import Runtime
@@ -49,7 +50,6 @@ from monitor.store import results as store
 from monitor.store.db import session_scope
 from monitor.store.registry import monitored_versions
 from monitor.store.repo import newest_timestamp
-from monitor.windows import parse_window
 
 log = logging.getLogger(__name__)
 
