@@ -56,6 +56,7 @@ from monitor.store.registry import RecommendationInfo as RecommendationInfo
 from monitor.store.registry import aliases as aliases
 from monitor.store.results import baseline_version_ids
 from monitor.store.results import has_baseline as has_baseline
+from monitor.vocabulary import PRODUCTION
 
 # (``X as X``: moved to the store, re-exported here for their callers.)
 
@@ -180,7 +181,7 @@ def register_version(session: Session, *, model: str, version: str, actor: str,
 
 
 def promote(session: Session, *, model: str, version: str, actor: str, reason: str | None,
-            alias: str = "production", force: bool = False, alert_id: int | None = None,
+            alias: str = PRODUCTION, force: bool = False, alert_id: int | None = None,
             on_retired: VersionRetired | None = None, now: datetime | None = None) -> AliasMove:
     """Point ``alias`` at ``version`` (status ``active``); the version it pointed at becomes
     ``retired`` unless another alias still points at it, and ``on_retired`` is called for
@@ -222,7 +223,7 @@ def rollback_problems(session: Session, target: repo.ModelVersionInfo) -> list[s
     return problems
 
 
-def rollback_target(session: Session, *, model: str, alias: str = "production") -> str | None:
+def rollback_target(session: Session, *, model: str, alias: str = PRODUCTION) -> str | None:
     """The last version that was live (``active`` or ``retired``) other than the one behind
     ``alias``, with a baseline, not rolled back, and without a critical alert firing; the
     most recently promoted or rolled-back-to first. None when there is none."""
@@ -277,7 +278,7 @@ def execute(session: Session, rec: RecommendationInfo, *, actor: str, reason: st
 
 def rollback(session: Session, *, model: str, actor: str, reason: str | None,
              hooks: HookSettings = NO_HOOK, on_retired: VersionRetired | None = None,
-             to_version: str | None = None, alias: str = "production",
+             to_version: str | None = None, alias: str = PRODUCTION,
              force: bool = False, alert_id: int | None = None, now: datetime | None = None
              ) -> RecommendationInfo:
     """Roll ``alias`` back now (a human's decision, recorded as an executed recommendation
@@ -463,7 +464,7 @@ class Registry:
                                     reason=reason)
 
     def promote(self, *, model: str, version: str, actor: str, reason: str | None,
-                alias: str = "production", force: bool = False, alert_id: int | None = None
+                alias: str = PRODUCTION, force: bool = False, alert_id: int | None = None
                 ) -> AliasMove:
         with self._session() as session:
             return promote(session, model=model, version=version, actor=actor, reason=reason,
@@ -471,7 +472,7 @@ class Registry:
                            on_retired=self.on_retired)
 
     def rollback(self, *, model: str, actor: str, reason: str | None,
-                 to_version: str | None = None, alias: str = "production", force: bool = False,
+                 to_version: str | None = None, alias: str = PRODUCTION, force: bool = False,
                  alert_id: int | None = None) -> RecommendationInfo:
         with self._session() as session:
             rec = rollback(session, model=model, actor=actor, reason=reason, hooks=self.hooks,

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Final
 
+# The alias of the version that serves patients: what is monitored, exported as live and
+# rolled back from. ``FALLBACK`` names the version kept ready as the rollback target.
+PRODUCTION: Final = "production"
+FALLBACK: Final = "fallback"
+
 # The scanner and site fields a finding can be traced to (its stratum), most specific first:
 # the order in which a field names a cause (``monitor.alerting.incidents``), and the causes
 # the dashboard offers to accept.

@@ -29,6 +29,7 @@ from dashboards.common import (
 )
 from monitor.errors import MonitorError
 from monitor.safe_output import markdown_text as md
+from monitor.vocabulary import PRODUCTION
 
 MAX_FINDINGS_SHOWN = 5
 COMPARED_RATES = ("override_rate", "sensitivity", "specificity", "ppv", "positive_rate")
@@ -176,7 +177,7 @@ def render(ctx: Context) -> None:
     pending = query(ctx.settings, "rollback_recommendations", model=model, status="pending")
     cols = st.columns(4)
     cols[0].metric("Versions", f"{len(registry)}")
-    cols[1].metric("Production", aliases.get("production", "–"))
+    cols[1].metric("Production", aliases.get(PRODUCTION, "–"))
     cols[2].metric("Pending rollbacks", f"{len(pending)}")
     cols[3].metric("Aliases", f"{len(aliases)}",
                    help=", ".join(f"{md(k)} → {md(v)}" for k, v in aliases.items()) or None)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from monitor.alerting.rules import DEFAULT_RULES, SEVERITY_RANK, Rule, Severity
 from monitor.config import Settings
 from monitor.errors import ConfigError
+from monitor.vocabulary import PRODUCTION
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -167,7 +168,7 @@ class RollbackPolicy(_Strict):
 
     name: str
     model: str = "*"
-    alias: str = "production"
+    alias: str = PRODUCTION
     severities: list[Severity] = Field(default_factory=lambda: list[Severity](["critical"]))
     categories: list[str] = Field(default_factory=list)
     rules: list[str] = Field(default_factory=list)

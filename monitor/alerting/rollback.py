@@ -39,6 +39,7 @@ from monitor.runtime import Runtime
 from monitor.store import registry as store
 from monitor.store.audit import record_audit
 from monitor.store.incidents import AlertInfo
+from monitor.vocabulary import PRODUCTION
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def registry_for(runtime: Runtime, config: AlertingConfig | None = None) -> Regi
 
 
 def promote(session: Session, *, model: str, version: str, actor: str, reason: str | None,
-            alias: str = "production", force: bool = False, alert_id: int | None = None,
+            alias: str = PRODUCTION, force: bool = False, alert_id: int | None = None,
             config: AlertingConfig | None = None, now: datetime | None = None) -> AliasMove:
     """``monitor.registry.promote``; the retired version's incidents resolve, notified
     through ``config``'s channels."""
@@ -97,7 +98,7 @@ def promote(session: Session, *, model: str, version: str, actor: str, reason: s
 
 
 def rollback(session: Session, *, model: str, actor: str, reason: str | None,
-             config: AlertingConfig, to_version: str | None = None, alias: str = "production",
+             config: AlertingConfig, to_version: str | None = None, alias: str = PRODUCTION,
              force: bool = False, alert_id: int | None = None, now: datetime | None = None
              ) -> RecommendationInfo:
     """``monitor.registry.rollback`` with ``config``'s deploy hook and incident resolution."""

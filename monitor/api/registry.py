@@ -13,6 +13,7 @@ from monitor.api.auth import Operator, Reader
 from monitor.api.params import MAX_ID, Name, PathId, PathName, QueryName, Text
 from monitor.registry import Registry
 from monitor.runtime import Runtime
+from monitor.vocabulary import PRODUCTION
 
 router = APIRouter(tags=["registry"])
 
@@ -27,7 +28,7 @@ class RegisterRequest(BaseModel):
 
 class PromoteRequest(BaseModel):
     version: Name
-    alias: Name = "production"
+    alias: Name = PRODUCTION
     reason: Text | None = None
     force: bool = False
     alert_id: int | None = Field(default=None, ge=1, le=MAX_ID)
@@ -37,7 +38,7 @@ class RollbackRequest(BaseModel):
     """``to_version`` defaults to the last clean version (see ``monitor.registry``)."""
 
     to_version: Name | None = None
-    alias: Name = "production"
+    alias: Name = PRODUCTION
     reason: Text | None = None
     force: bool = False
     alert_id: int | None = Field(default=None, ge=1, le=MAX_ID)

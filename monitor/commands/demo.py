@@ -36,6 +36,7 @@ from monitor.simulate import SimulatedDeployment, simulate_deployment
 from monitor.store import repo
 from monitor.store.db import make_engine, session_scope, upgrade
 from monitor.store.results import list_baselines, list_check_runs
+from monitor.vocabulary import FALLBACK, PRODUCTION
 
 log = logging.getLogger("monitor.demo")
 
@@ -97,11 +98,11 @@ def register_versions(runtime: Runtime, deployment: SimulatedDeployment) -> None
     keeps serving part of the traffic as ``fallback`` (the rollback target)."""
     previous, newest = sorted(deployment.model_versions, key=_version_key)[-2:]
     with session_scope(runtime.sessions) as session:
-        if registry.aliases(session, deployment.model).get("production"):
+        if registry.aliases(session, deployment.model).get(PRODUCTION):
             return
         for alias, version, reason in (
-            ("fallback", previous, "demo: the previous version keeps part of the traffic"),
-            ("production", newest, "demo: validated on the retrospective test set"),
+            (FALLBACK, previous, "demo: the previous version keeps part of the traffic"),
+            (PRODUCTION, newest, "demo: validated on the retrospective test set"),
         ):
             rollback.promote(session, model=deployment.model, version=version, actor="demo",
                              reason=reason, alias=alias, now=deployment.start)

@@ -10,6 +10,7 @@ from datetime import UTC
 from monitor.alerting.rollback import registry_for
 from monitor.commands.alerts import default_actor, opened, print_json
 from monitor.registry import RecommendationInfo
+from monitor.vocabulary import PRODUCTION
 
 
 def _hook(rec: RecommendationInfo) -> str:
@@ -156,7 +157,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     promote.add_argument("model", help="the model's name")
     promote.add_argument("version", help="the version the alias will point at")
     promote.add_argument("--reason", required=True, help="why (audit log)")
-    promote.add_argument("--alias", default="production",
+    promote.add_argument("--alias", default=PRODUCTION,
                          help="the alias to move (default production)")
     promote.add_argument("--force", action="store_true",
                          help="promote a version that was rolled back for cause")
@@ -169,7 +170,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     rollback.add_argument("--to", help="default: the last version that was live with a "
                           "baseline and no critical alert")
     rollback.add_argument("--reason", required=True, help="why (audit log)")
-    rollback.add_argument("--alias", default="production",
+    rollback.add_argument("--alias", default=PRODUCTION,
                           help="the alias to move back (default production)")
     rollback.add_argument("--alert-id", type=int, help="the alert that caused it")
     rollback.add_argument("--force", action="store_true", help="roll back to a version without "

@@ -45,7 +45,6 @@ from monitor.store.repo import newest_timestamp
 from monitor.store.results import newest_baseline, stored_windows
 from monitor.vocabulary import STRATUM_FIELDS
 
-ACTIVE_ALIAS = "production"
 BIAS_DETECTOR = "SubgroupBias"
 ATTRIBUTION_DETECTOR = "Attribution"
 # Runs whose results count: "partial" runs lost a family but scored the rest.

@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from monitor.vocabulary import PRODUCTION
+
 # Named constraints, so migrations match on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -363,7 +365,7 @@ class RollbackRecommendation(Base):
     hook_attempts: Mapped[int] = mapped_column(Integer, default=0)
     hook_error: Mapped[str | None] = mapped_column(Text)
     hook_next_attempt_at: Mapped[datetime | None]
-    alias: Mapped[str] = mapped_column(String(64), default="production")
+    alias: Mapped[str] = mapped_column(String(64), default=PRODUCTION)
 
 
 class AuditEntry(Base):

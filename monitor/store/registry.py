@@ -28,8 +28,8 @@ from monitor.store.db import updated_rows
 from monitor.store.incidents import AlertInfo
 from monitor.store.models import Alert, ModelAlias, ModelVersion, RollbackRecommendation
 from monitor.store.repo import ModelVersionInfo, list_model_versions
+from monitor.vocabulary import PRODUCTION
 
-ACTIVE_ALIAS = "production"
 HOOK_ERROR_LENGTH = 2000
 
 
@@ -87,7 +87,7 @@ def set_version_status(session: Session, version_id: int, status: str, now: date
 
 def monitored_version_ids(session: Session) -> set[int]:
     """The ids of ``monitored_versions``, in one query."""
-    production = select(ModelAlias.model_version_id).where(ModelAlias.alias == ACTIVE_ALIAS)
+    production = select(ModelAlias.model_version_id).where(ModelAlias.alias == PRODUCTION)
     return set(session.scalars(select(ModelVersion.id).where(
         (ModelVersion.status == "active") | ModelVersion.id.in_(production))))
 
@@ -117,7 +117,7 @@ def active_version(session: Session, model: str) -> str | None:
     production = session.scalar(
         select(ModelVersion.version)
         .join(ModelAlias, ModelAlias.model_version_id == ModelVersion.id)
-        .where(ModelAlias.model == model, ModelAlias.alias == ACTIVE_ALIAS,
+        .where(ModelAlias.model == model, ModelAlias.alias == PRODUCTION,
                ModelVersion.model == model))
     if production is not None:
         return production

@@ -26,7 +26,6 @@ from monitor.store.models import (
     CheckRun,
     Incident,
     Inference,
-    ModelAlias,
     ModelVersion,
     Override,
 )
@@ -147,12 +146,6 @@ def newest_inference_times(session: Session) -> dict[int, datetime]:
               .where(Inference.model_version_id == ModelVersion.id).scalar_subquery())
     return {version_id: ts for version_id, ts in session.execute(select(ModelVersion.id, newest))
             if ts is not None}
-
-
-def production_version_ids(session: Session) -> list[int]:
-    """The model version ids the ``production`` alias of each model points to."""
-    return list(session.scalars(
-        select(ModelAlias.model_version_id).where(ModelAlias.alias == "production")))
 
 
 # --- check runs and their results ---------------------------------------------------------

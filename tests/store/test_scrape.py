@@ -48,7 +48,6 @@ def test_versions_ingestion_and_the_production_alias(runtime: Runtime) -> None:
         newest = scrape.newest_inference_times(session)
         assert newest == {vid: datetime(2026, 11, 22, 10, 0, tzinfo=UTC),
                           older: datetime(2026, 11, 22, 10, 0, tzinfo=UTC)}
-        assert scrape.production_version_ids(session) == [vid]
         counted = scrape.settled_inference_counts(settle_seconds=60.0)
         assert counted.read(session, now=later) == {(vid,): 3, (older,): 1}
         overrides = scrape.settled_override_counts().read(session, now=later)
