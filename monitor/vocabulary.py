@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
+
+# A window's health, from its score (``monitor.detect.health``) and its sequential streams.
+HealthStatus = Literal["green", "amber", "red"]
+# A finding's severity, lowest first.
+Severity = Literal["info", "warning", "critical"]
 
 # The alias of the version that serves patients: what is monitored, exported as live and
 # rolled back from. ``FALLBACK`` names the version kept ready as the rollback target.

@@ -17,10 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from monitor.alerting.rules import DEFAULT_RULES, SEVERITY_RANK, Rule, Severity
+from monitor.alerting.rules import DEFAULT_RULES, SEVERITY_RANK, Rule
 from monitor.config import Settings
 from monitor.errors import ConfigError
-from monitor.vocabulary import PRODUCTION
+from monitor.vocabulary import PRODUCTION, Severity
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -28,14 +28,14 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from monitor.detect.health import DETECTOR_FAMILIES
 from monitor.store.results import CheckResultInfo, CheckRunInfo
+from monitor.vocabulary import Severity
 
-Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
 RUN_METRICS = ("health_score", "n_studies")
 

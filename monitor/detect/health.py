@@ -52,9 +52,10 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from monitor.detect.result import DetectionResult
+from monitor.vocabulary import HealthStatus
 
 FORMULA_VERSION = "health-v1"
 FLOOR = 0.4
@@ -86,7 +87,7 @@ class HealthScore:
     family, its weight, severity, number of results, number flagged and the worst feature."""
 
     score: float
-    status: Literal["green", "amber", "red"]
+    status: HealthStatus
     components: Mapping[str, float]
     formula_version: str = FORMULA_VERSION
     details: Mapping[str, Any] = field(default_factory=dict)
@@ -122,7 +123,7 @@ def result_severity(result: DetectionResult, *, family_size: int) -> float:
     return max(severity, FLOOR) if flagged_without_p else severity
 
 
-def status_of(score: float) -> Literal["green", "amber", "red"]:
+def status_of(score: float) -> HealthStatus:
     if score >= GREEN_AT:
         return "green"
     if score >= AMBER_AT:

@@ -45,6 +45,7 @@ from scipy.special import ndtri
 
 from monitor.detect.health import AMBER_AT, GREEN_AT, HealthScore, family_of
 from monitor.detect.result import DetectionResult
+from monitor.vocabulary import HealthStatus
 
 STREAM_DETECTOR = "SequentialEvidence"
 PAGING_FAMILIES = ("embedding", "metadata", "prediction", "performance", "bias")
@@ -268,7 +269,7 @@ def sequential_health(states: Sequence[StreamState]) -> HealthScore:
             components[state.family], worst[state.family] = score, state
     score = min(components.values(), default=1.0)
     levels = {state.level for state in states}
-    status: Literal["green", "amber", "red"] = (
+    status: HealthStatus = (
         "red" if "page" in levels else "amber" if "warning" in levels else "green")
     return HealthScore(
         score=score, status=status, components=components, formula_version=FORMULA_VERSION,

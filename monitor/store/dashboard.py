@@ -43,7 +43,7 @@ from monitor.store.registry import active_version, monitored_versions
 from monitor.store.registry import aliases as model_aliases
 from monitor.store.repo import newest_timestamp
 from monitor.store.results import newest_baseline, stored_windows
-from monitor.vocabulary import STRATUM_FIELDS
+from monitor.vocabulary import STRATUM_FIELDS, HealthStatus
 
 BIAS_DETECTOR = "SubgroupBias"
 ATTRIBUTION_DETECTOR = "Attribution"
@@ -95,7 +95,7 @@ class ModelStatus:
     alerts_firing: int
     critical_firing: int
     studies: int
-    rag: Literal["red", "amber", "green"]
+    rag: HealthStatus
     reasons: tuple[str, ...] = field(default_factory=tuple)
     # the active version's last HEALTH_HISTORY health scores, of its most checked window length
     health_history: tuple[float, ...] = field(default_factory=tuple)
@@ -284,7 +284,7 @@ def model_statuses(session: Session, *, start: datetime | None = None,
                 reasons.append(f"health {run.health_score:.2f} (amber)")
             if run is None:
                 reasons.append("no completed check for the active version")
-        rag: Literal["red", "amber", "green"] = "red" if red else "amber" if reasons else "green"
+        rag: HealthStatus = "red" if red else "amber" if reasons else "green"
         history: tuple[float, ...] = ()
         if run is not None:
             done = and_(CheckRun.model_version_id.in_(ids), CheckRun.status.in_(DONE_STATUSES),
