@@ -63,7 +63,8 @@ from monitor.store.alerts import (
 )
 from monitor.store.audit import record_audit
 from monitor.store.db import session_scope
-from monitor.store.incidents import AlertInfo, NotificationInfo
+from monitor.store.incidents import AlertInfo
+from monitor.store.notifications import NotificationInfo
 from monitor.store.results import CheckRunInfo, get_check_run
 
 log = logging.getLogger(__name__)

@@ -60,7 +60,7 @@ from monitor.store.db import session_scope
 from monitor.store.incidents import IncidentRecord, incident_record, open_paged_incidents
 from monitor.store.notifications import (
     PAGE_EVENTS,
-    NotificationRecord,
+    NotificationInfo,
     claim_due_notifications,
     count_failed_attempt,
     incident_notified,
@@ -474,7 +474,7 @@ class _Claimed:
     silenced: bool
 
 
-def _message(session: Session, row: NotificationRecord, *, config: AlertingConfig,
+def _message(session: Session, row: NotificationInfo, *, config: AlertingConfig,
              dashboard_url: str, now: datetime) -> tuple[IncidentMessage, bool]:
     """The message of a notification and whether it is silenced now."""
     external = config.notifications.external_url

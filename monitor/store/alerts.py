@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 
 from monitor.errors import NotFoundError, ValidationError
 from monitor.store.held import held, held_row
-from monitor.store.incidents import AlertInfo, NotificationInfo
+from monitor.store.incidents import AlertInfo
 from monitor.store.models import Alert, Notification
+from monitor.store.notifications import NotificationInfo
 
 ALERT_STATES = ("pending", "firing", "resolved")
 OPEN_ALERT_STATES = ("pending", "firing")

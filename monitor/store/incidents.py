@@ -24,28 +24,10 @@ from sqlalchemy.orm import Session
 from monitor.errors import NotFoundError, ValidationError
 from monitor.store.held import held, held_row
 from monitor.store.models import Alert, Incident, Notification
+from monitor.store.notifications import NotificationInfo
 
 INCIDENT_STATES = ("open", "resolved", "accepted")
 INCIDENT_SEVERITIES = ("warning", "critical")
-
-
-@dataclass(frozen=True)
-class NotificationInfo:
-    id: int
-    channel: str
-    target: str
-    event: str
-    status: str
-    attempts: int
-    last_error: str | None
-    created_at: datetime
-    next_attempt_at: datetime | None
-    sent_at: datetime | None
-
-    @classmethod
-    def of(cls, row: Notification) -> NotificationInfo:
-        return cls(row.id, row.channel, row.target, row.event, row.status, row.attempts,
-                   row.last_error, row.created_at, row.next_attempt_at, row.sent_at)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ MAX_ERROR_LENGTH = 2000  # of ``last_error``
 
 
 @dataclass(frozen=True, slots=True)
-class NotificationRecord:
+class NotificationInfo:
     """One ``notification`` row, every column."""
 
     id: int
@@ -47,7 +47,7 @@ class NotificationRecord:
     sent_at: datetime | None
 
     @classmethod
-    def of(cls, row: Notification) -> NotificationRecord:
+    def of(cls, row: Notification) -> NotificationInfo:
         return cls(row.id, row.alert_id, row.incident_id, row.channel, row.target, row.event,
                    row.status, row.attempts, row.last_error, row.created_at,
                    row.next_attempt_at, row.sent_at)
@@ -84,13 +84,13 @@ def queue_notification(session: Session, *, incident_id: int, channel: str, targ
 
 
 def latest_page(session: Session, incident_id: int, *, channel: str, target: str
-                ) -> NotificationRecord | None:
+                ) -> NotificationInfo | None:
     """The incident's newest firing or escalated notification for this channel, if any."""
     row = held_row(session, session.scalar(select(Notification).where(
         Notification.incident_id == incident_id, Notification.channel == channel,
         Notification.target == target, Notification.event.in_(PAGE_EVENTS),
     ).order_by(Notification.id.desc()).limit(1)))
-    return None if row is None else NotificationRecord.of(row)
+    return None if row is None else NotificationInfo.of(row)
 
 
 def rearm_notification(session: Session, notification_id: int, *, now: datetime) -> None:
@@ -114,7 +114,7 @@ def _lease(session: Session, notification_id: int, seen: datetime | None,
 
 
 def claim_due_notifications(session: Session, *, now: datetime, lease_until: datetime,
-                            limit: int) -> Iterator[NotificationRecord]:
+                            limit: int) -> Iterator[NotificationInfo]:
     """Take the pending notifications due at ``now`` (at most ``limit``, oldest first), one
     at a time as the caller iterates: each is leased until ``lease_until`` only if nobody
     moved it first, so two delivery loops never send the same row at once. Yields those this
@@ -126,7 +126,7 @@ def claim_due_notifications(session: Session, *, now: datetime, lease_until: dat
     ).all()
     for notification_id, seen in due:
         if _lease(session, notification_id, seen, lease_until):
-            yield NotificationRecord.of(_row(session, notification_id))
+            yield NotificationInfo.of(_row(session, notification_id))
 
 
 def mark_notification_silenced(session: Session, notification_id: int, *,

@@ -28,7 +28,7 @@ def queue(runtime: Runtime, incident_id: int, event: str = "firing", *,
                                   target=target, event=event, now=NOW)
 
 
-def claim(runtime: Runtime, now: datetime = NOW) -> list[outbox.NotificationRecord]:
+def claim(runtime: Runtime, now: datetime = NOW) -> list[outbox.NotificationInfo]:
     with session_scope(runtime.sessions) as session:
         return list(outbox.claim_due_notifications(session, now=now, lease_until=LEASE,
                                                     limit=10))
