@@ -48,14 +48,12 @@ from monitor.store import registry as store
 from monitor.store import repo
 from monitor.store.audit import SYSTEM_ACTOR as SYSTEM_ACTOR
 from monitor.store.audit import AuditInfo as AuditInfo
-from monitor.store.audit import last_made_live
+from monitor.store.audit import last_made_live, record_audit
 from monitor.store.audit import list_audit as list_audit
-from monitor.store.audit import record_audit as record_audit
 from monitor.store.db import session_scope
 from monitor.store.registry import RecommendationInfo as RecommendationInfo
 from monitor.store.registry import aliases as aliases
-from monitor.store.results import baseline_version_ids
-from monitor.store.results import has_baseline as has_baseline
+from monitor.store.results import baseline_version_ids, has_baseline
 from monitor.vocabulary import PRODUCTION
 
 # (``X as X``: moved to the store, re-exported here for their callers.)

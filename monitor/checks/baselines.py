@@ -46,7 +46,6 @@ from monitor.store import repo, results
 from monitor.store.audit import SYSTEM_ACTOR, record_audit
 from monitor.store.db import session_scope
 from monitor.store.registry import active_version
-from monitor.store.registry import monitored_versions as monitored_versions  # its old place
 from monitor.store.repo import join_reads, load_embeddings
 from monitor.store.results import BaselineInfo
 

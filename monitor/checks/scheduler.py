@@ -2,7 +2,7 @@
 (0 switches it off: ``start`` only logs that) and checks what is due.
 
 A round covers, for every model, the version the ``production`` alias points at and every
-version with status ``active`` (``monitor.checks.baselines.monitored_versions``). What it checks
+version with status ``active`` (``monitor.store.registry.monitored_versions``). What it checks
 depends on ``Settings.check_window``:
 
 * ``grid`` (the default): the daily calendar grid (``monitor.grid.grid_windows``). Every
