@@ -13,7 +13,6 @@ from monitor.checks import CheckOptions, run_check
 from monitor.checks.baselines import (
     create_baseline,
     load_reference,
-    monitored_versions,
     require_baseline,
     resolve_version,
     stratified_sample,
@@ -24,6 +23,7 @@ from monitor.runtime import Runtime
 from monitor.store import repo, results
 from monitor.store.db import session_scope
 from monitor.store.models import AuditEntry, ModelAlias, ModelVersion
+from monitor.store.registry import monitored_versions
 from tests.factories import inference_event, override_event
 from tests.simdb import MODEL, PREVIOUS, PRODUCTION, SimulatedTemplate
 
