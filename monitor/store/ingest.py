@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Executable, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -56,17 +56,9 @@ def insert_inference_rows(session: Session, rows: list[tuple[Any, ...]]) -> int:
 def insert_override_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     """INSERT ... ON CONFLICT (model, event_id) DO NOTHING, so a concurrent retry cannot fail
     the batch."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    stmt: Executable
-    if dialect == "sqlite":
-        stmt = sqlite_insert(Override).on_conflict_do_nothing(index_elements=["model", "event_id"])
-    elif dialect == "postgresql":
-        stmt = pg_insert(Override).on_conflict_do_nothing(index_elements=["model", "event_id"])
-    else:
-        stmt = insert(Override)
-    session.execute(stmt, rows)
+    if rows:
+        session.execute(_insert_skipping_conflicts(session, Override,
+                                                   index_elements=["model", "event_id"]), rows)
 
 
 def existing_override_keys(session: Session, keys: Sequence[EventKey]) -> set[EventKey]:
@@ -94,12 +86,8 @@ def version_id(session: Session, model: str, version: str) -> tuple[int, int | N
         now = datetime.now(UTC)
         values = {"model": model, "version": version, "status": "candidate",
                   "created_at": now, "updated_at": now}
-        dialect = session.get_bind().dialect.name
-        if dialect in ("sqlite", "postgresql"):  # a concurrent writer may create it first
-            make = sqlite_insert if dialect == "sqlite" else pg_insert
-            session.execute(make(ModelVersion).values(**values).on_conflict_do_nothing())
-        else:
-            session.execute(insert(ModelVersion).values(**values))
+        # a concurrent writer may create it first
+        session.execute(_insert_skipping_conflicts(session, ModelVersion).values(**values))
         found = session.execute(query).one()
     return found.id, found.embedding_dim
 
@@ -117,3 +105,13 @@ def register_embedding_lengths(session: Session, lengths: dict[int, int]) -> dic
     query = select(ModelVersion.id, ModelVersion.embedding_dim).where(
         ModelVersion.id.in_(list(lengths)))
     return {version: length for version, length in session.execute(query)}
+
+
+def _insert_skipping_conflicts(session: Session, table: Any, **conflict: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect (a plain INSERT elsewhere)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing(**conflict)
+    if dialect == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing(**conflict)
+    return insert(table)
